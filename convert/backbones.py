@@ -95,8 +95,10 @@ class Backbone:
                 "shorter_side": self.resize_shorter_to,
                 "interpolation": self.interpolation,
                 "antialias": True,
+                "longer_side_rounding": "floor",
             },
-            "crop": {"policy": "center", "width": self.input_size, "height": self.input_size},
+            "crop": {"policy": "center", "width": self.input_size, "height": self.input_size,
+                     "offset_rounding": "floor"},
             "normalization": {
                 "kind": "mean_std",
                 "scale": 1 / 255,

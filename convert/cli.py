@@ -7,7 +7,9 @@ import os
 import sys
 import time
 
+from convert.bundle_writer import check_destination
 from edge.errors import TeachcamError
+from edge.stdio import captured_stderr
 
 
 class RichProgress:
@@ -53,7 +55,8 @@ class RichProgress:
 def _import_tensorflow_quietly() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import tensorflow  # noqa: F401
+        with captured_stderr():  # absl and oneDNN banners
+            import tensorflow  # noqa: F401
     except ImportError:
         raise TeachcamError(
             "`teachcam convert` needs TensorFlow, which the device install leaves out: "
@@ -62,6 +65,7 @@ def _import_tensorflow_quietly() -> None:
 
 
 def run_convert(args) -> int:
+    check_destination(args.out, args.force)  # before the slow TensorFlow import
     _import_tensorflow_quietly()
     from convert.build import ConvertOptions, convert_bundle
 

@@ -35,7 +35,8 @@ class Preprocessor:
             if section.get("color_order", "RGB") != "RGB":
                 raise BundleError(f"unsupported colour order {section['color_order']!r} in the bundle manifest")
             resize, crop = section["resize"], section["crop"]
-            if resize.get("policy") != "shorter_side" or crop.get("policy") != "center":
+            if (resize.get("policy") != "shorter_side" or crop.get("policy") != "center"
+                    or crop.get("offset_rounding", "floor") != "floor"):
                 raise BundleError("unsupported resize/crop policy in the bundle manifest")
             interpolation = resize.get("interpolation", "bilinear")
             if interpolation not in _FILTERS:
@@ -44,13 +45,19 @@ class Preprocessor:
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"the bundle manifest's preprocessing section is incomplete ({exc})") from None
 
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """The frame size after "shorter side → N" (torchvision's rounding: the longer side truncates)."""
+        if width <= height:
+            return self.shorter_side, int(self.shorter_side * height / width)
+        return int(self.shorter_side * width / height), self.shorter_side
+
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
-        """The source-pixel box that ends up in the crop."""
-        scale = self.shorter_side / min(width, height)
-        resized_w, resized_h = width * scale, height * scale
-        left = (resized_w - self.crop_width) / 2.0
-        top = (resized_h - self.crop_height) / 2.0
-        return (left / scale, top / scale, (left + self.crop_width) / scale, (top + self.crop_height) / scale)
+        """The source-pixel box that ends up in the crop (centre crop, offsets rounded down to whole pixels)."""
+        resized_w, resized_h = self.resized_size(width, height)
+        left = (resized_w - self.crop_width) // 2
+        top = (resized_h - self.crop_height) // 2
+        sx, sy = width / resized_w, height / resized_h
+        return (left * sx, top * sy, (left + self.crop_width) * sx, (top + self.crop_height) * sy)
 
     def __call__(self, frame: np.ndarray | Image.Image) -> np.ndarray:
         """``(H, W, 3)`` RGB uint8 → ``(crop_height, crop_width, 3)`` RGB uint8."""

@@ -1,0 +1,43 @@
+"""Shared fixtures: one real bundle per test session, built by the real `teachcam convert`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_teachcam(*args: str, check: bool = False, env: dict | None = None, timeout: float = 600,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], capture_output=True, text=True,
+                          check=check, env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd or ROOT)
+
+
+@pytest.fixture(scope="session")
+def bundle_path(tmp_path_factory) -> Path:
+    """The default bundle (MobileNetV2, torchvision weights, int8 + float32), built once per session.
+
+    Set TEACHCAM_TEST_BUNDLE to an existing bundle to skip the build while iterating locally.
+    """
+    existing = os.environ.get("TEACHCAM_TEST_BUNDLE")
+    if existing:
+        return Path(existing)
+    out = tmp_path_factory.mktemp("bundle") / "default"
+    result = run_teachcam("convert", "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture
+def bundle_copy(bundle_path, tmp_path) -> Path:
+    """A private copy of the default bundle that a test may damage."""
+    target = tmp_path / "bundle"
+    shutil.copytree(bundle_path, target)
+    return target
