@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", "--top-k", type=int, default=5, help="how many labels per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    from edge import cli_teach
+
+    cli_teach.register(sub, _add_bundle_flag)
+
     p = sub.add_parser("info", help="show what a bundle's manifest says and check every file's sha256")
     p.add_argument("bundle", type=Path, nargs="?", default=DEFAULT_BUNDLE)
     p.add_argument("--json", action="store_true", help="print the manifest and the check as JSON")
@@ -191,6 +195,12 @@ def cmd_convert(args) -> int:
 COMMANDS = {"classify": cmd_classify, "info": cmd_info, "convert": cmd_convert, "demo": cmd_demo}
 
 
+def _commands() -> dict:
+    from edge import cli_teach
+
+    return {**COMMANDS, **cli_teach.COMMANDS}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -199,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _configure_logging(args.verbose)
     try:
-        return COMMANDS[args.command](args)
+        return _commands()[args.command](args)
     except TeachcamError as exc:
         print(f"teachcam: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,0 +1,197 @@
+"""CLI handlers for teaching from image files: ``enroll``, ``predict`` and ``store …``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from edge.errors import StoreError, TeachcamError
+
+DEFAULT_STORE = Path(os.environ.get("TEACHCAM_STORE", Path.home() / ".local/share/teachcam/store"))
+
+
+def add_store_flags(parser, *, knn: bool = False) -> None:
+    parser.add_argument("-s", "--store", type=Path, default=DEFAULT_STORE,
+                        help="enrollment store folder (default: %(default)s, or $TEACHCAM_STORE)")
+    if knn:
+        parser.add_argument("--k", type=int, default=5, help="neighbours per class (default 5)")
+        parser.add_argument("--threshold", type=float, default=None,
+                            help="similarity below which the answer is 'unknown' (default: the measured default)")
+        parser.add_argument("--cap", type=int, default=200, help="examples kept per class (default 200)")
+        parser.add_argument("--cap-policy", choices=("oldest", "redundant"), default="oldest",
+                            help="which example goes when a class is full (default: oldest)")
+
+
+def register(sub, add_bundle_flag) -> None:
+    p = sub.add_parser("enroll", help="add examples of a class from image files",
+                       description="Embed each image with the bundle's embedder and add it to class LABEL in the store.")
+    add_bundle_flag(p)
+    add_store_flags(p, knn=True)
+    p.add_argument("-l", "--label", required=True, help="class name (1-64 characters, no slashes)")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+
+    p = sub.add_parser("predict", help="predict the enrolled class of image files (KNN over the store)")
+    add_bundle_flag(p)
+    add_store_flags(p, knn=True)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+
+    p = sub.add_parser("store", help="list, rename, remove, clear, export or import enrolled classes",
+                       description="Manage an enrollment store. Every change is atomic; the previous generation is kept.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("list", help="classes and example counts")
+    a.add_argument("store", type=Path)
+    a.add_argument("--json", action="store_true")
+    a = actions.add_parser("rename", help="rename a class")
+    a.add_argument("store", type=Path)
+    a.add_argument("old")
+    a.add_argument("new")
+    a = actions.add_parser("remove-class", help="forget one class and its examples")
+    a.add_argument("store", type=Path)
+    a.add_argument("label")
+    a = actions.add_parser("clear", help="forget every class")
+    a.add_argument("store", type=Path)
+    a.add_argument("--yes", action="store_true", help="do not ask")
+    a = actions.add_parser("export", help="write thumbnails + labels to a zip that `teachcam train --data` reads")
+    a.add_argument("store", type=Path)
+    a.add_argument("archive", type=Path)
+    a = actions.add_parser("import", help="merge an exported zip into a store (embeds with the bundle)")
+    a.add_argument("store", type=Path)
+    a.add_argument("archive", type=Path)
+    add_bundle_flag(a)
+
+
+def _knn_options(args) -> dict:
+    from edge.knn import KNNConfig
+
+    config = KNNConfig(k=args.k) if args.threshold is None else KNNConfig(k=args.k, threshold=args.threshold)
+    return {"config": config, "cap": args.cap, "cap_policy": args.cap_policy}
+
+
+def _pipeline(args):
+    from edge.bundle import load_bundle
+    from edge.models import Embedder
+    from edge.preprocess import Preprocessor
+
+    bundle = load_bundle(args.bundle)
+    return Preprocessor.from_manifest(bundle.preprocessing), Embedder.create(bundle, args.precision,
+                                                                              num_threads=args.threads)
+
+
+def cmd_enroll(args) -> int:
+    from edge.images import read_image
+    from edge.teach import Teacher
+
+    preprocess, embedder = _pipeline(args)
+    with Teacher.open(args.store, embedder, **_knn_options(args)) as teacher:
+        name = teacher.resolve_name(args.label, create=True)  # a bad name fails before any work
+        items, failures = [], 0
+        for path in args.images:
+            try:
+                pixels = preprocess(read_image(path, min_side=preprocess.shorter_side))
+            except TeachcamError as exc:
+                failures += 1
+                print(f"teachcam: error: {exc}", file=sys.stderr)
+                continue
+            items.append((name, embedder.embed(pixels), pixels, path.name))
+        if items:
+            teacher.add_many(items)
+        counts = teacher.counts()
+    print(f"enrolled {len(items)} example(s) of {name!r}; the store now holds "
+          + ", ".join(f"{label}: {n}" for label, n in counts.items()))
+    return 1 if failures else 0
+
+
+def cmd_predict(args) -> int:
+    from edge.images import read_image
+    from edge.teach import Teacher
+
+    preprocess, embedder = _pipeline(args)
+    with Teacher.open(args.store, embedder, **_knn_options(args)) as teacher:
+        if not len(teacher):
+            raise StoreError(f"the store {args.store} has no examples yet: `teachcam enroll --label NAME IMAGE…` first")
+        results, failures = [], 0
+        for path in args.images:
+            try:
+                pixels = preprocess(read_image(path, min_side=preprocess.shorter_side))
+            except TeachcamError as exc:
+                failures += 1
+                print(f"teachcam: error: {exc}", file=sys.stderr)
+                continue
+            results.append({"image": str(path), **teacher.predict(embedder.embed(pixels)).as_json()})
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        for r in results:
+            others = "  ".join(f"{k} {v * 100:.0f}%" for k, v in sorted(r["confidences"].items(), key=lambda kv: -kv[1]))
+            print(f"{r['image']}: {r['label']} (similarity {r['score']:.2f}, confidence {r['confidence'] * 100:.0f}%)"
+                  f"   [{others}]")
+    return 1 if failures else 0
+
+
+def cmd_store(args) -> int:
+    from edge.teach import Teacher, read_archive
+
+    if args.action == "list":
+        if not args.store.is_dir():
+            raise StoreError(f"no store at {args.store}")
+        with Teacher.open(args.store, writable=False) as teacher:
+            counts, snap = teacher.counts(), teacher.snapshot
+        if args.json:
+            print(json.dumps({"store": str(args.store), "generation": snap.generation, "fingerprint": snap.fingerprint,
+                              "classes": counts}, indent=2, ensure_ascii=False))
+        else:
+            print(f"{args.store}: {sum(counts.values())} example(s) in {len(counts)} class(es), generation "
+                  f"{snap.generation}, embedder {snap.fingerprint[:12] or '-'}")
+            for label, n in counts.items():
+                print(f"  {n:5d}  {label}")
+        return 0
+    if not args.store.is_dir():
+        raise StoreError(f"no store at {args.store}")
+    if args.action == "import":
+        return _import(args, read_archive(args.archive))
+    with Teacher.open(args.store) as teacher:
+        if args.action == "rename":
+            teacher.rename_class(args.old, args.new)
+            print(f"renamed {args.old!r} to {args.new!r}")
+        elif args.action == "remove-class":
+            print(f"removed {teacher.remove_class(args.label)} example(s) of {args.label!r}")
+        elif args.action == "clear":
+            if not args.yes and sys.stdin.isatty():
+                if input(f"forget all {len(teacher)} example(s) in {args.store}? [y/N] ").strip().lower() != "y":
+                    print("nothing changed")
+                    return 1
+            print(f"cleared {teacher.clear()} example(s); the previous generation stays on disk until the next change")
+        elif args.action == "export":
+            print(f"exported {teacher.export(args.archive)} example(s) to {args.archive}")
+    return 0
+
+
+def _import(args, members) -> int:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from edge.teach import Teacher
+
+    preprocess, embedder = _pipeline(args)
+    with Teacher.open(args.store, embedder) as teacher:
+        items = []
+        for label, data in members:
+            with Image.open(io.BytesIO(data)) as image:
+                pixels = np.asarray(image.convert("RGB"), np.uint8)
+            if pixels.shape[:2] != (preprocess.crop_height, preprocess.crop_width):
+                pixels = preprocess(pixels)
+            items.append((label, embedder.embed(pixels), pixels, "import"))
+        if not items:
+            raise StoreError(f"{args.archive} holds no images in class folders")
+        teacher.add_many(items)
+        print(f"imported {len(items)} example(s) into {args.store}: "
+              + ", ".join(f"{k}: {v}" for k, v in teacher.counts().items()))
+    return 0
+
+
+COMMANDS = {"enroll": cmd_enroll, "predict": cmd_predict, "store": cmd_store}

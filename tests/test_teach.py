@@ -1,0 +1,148 @@
+"""Teaching with real embeddings: few-shot recognition, unknowns, re-embedding, export/import, the CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge.bundle import load_bundle
+from edge.models import Embedder
+from edge.preprocess import Preprocessor
+from edge.teach import Teacher
+from tests.conftest import run_teachcam
+from tests.helpers import augmented_views
+
+OBJECTS = {"cat": "chelsea.png", "coffee": "coffee.png", "rocket": "rocket.jpg"}
+
+
+@pytest.fixture(scope="module")
+def runtime(bundle_path):
+    bundle = load_bundle(bundle_path)
+    return Preprocessor.from_manifest(bundle.preprocessing), {p: Embedder.create(bundle, p) for p in ("int8", "float32")}
+
+
+def embed_views(runtime, photo, count, seed, precision="int8"):
+    pre, embedders = runtime
+    out = []
+    for view in augmented_views(photo, count, seed):
+        pixels = pre(view)
+        out.append((embedders[precision].embed(pixels), pixels))
+    return out
+
+
+def teach_three(runtime, path, shots=5, precision="int8") -> Teacher:
+    teacher = Teacher.open(path, runtime[1][precision])
+    for label, photo in OBJECTS.items():
+        teacher.add_many([(label, e, p, "") for e, p in embed_views(runtime, photo, shots, seed=1, precision=precision)])
+    return teacher
+
+
+def test_recognises_taught_objects_and_reports_unknown(runtime, tmp_path):
+    with teach_three(runtime, tmp_path / "s") as teacher:
+        correct = total = 0
+        for label, photo in OBJECTS.items():
+            for embedding, _ in embed_views(runtime, photo, 8, seed=2):
+                correct += teacher.predict(embedding).label == label
+                total += 1
+        assert correct / total >= 0.95
+        unknown = [teacher.predict(e).is_unknown for e, _ in embed_views(runtime, "astronaut.png", 8, seed=3)]
+        assert sum(unknown) >= 6, "a never-taught object should mostly be reported as unknown"
+
+
+def test_a_big_class_does_not_win_by_being_big(runtime, tmp_path):
+    with Teacher.open(tmp_path / "s", runtime[1]["int8"]) as teacher:
+        teacher.add_many([("coffee", e, p, "") for e, p in embed_views(runtime, "coffee.png", 30, seed=4)])
+        teacher.add_many([("cat", e, p, "") for e, p in embed_views(runtime, "chelsea.png", 2, seed=5)])
+        predictions = [teacher.predict(e).label for e, _ in embed_views(runtime, "chelsea.png", 6, seed=6)]
+    assert predictions.count("cat") >= 5
+
+
+def test_a_new_embedder_triggers_re_embedding_from_thumbnails(runtime, tmp_path, caplog):
+    teach_three(runtime, tmp_path / "s").close()
+    int8_fp, float_fp = runtime[1]["int8"].fingerprint, runtime[1]["float32"].fingerprint
+    with caplog.at_level(logging.WARNING), Teacher.open(tmp_path / "s", runtime[1]["float32"]) as teacher:
+        assert teacher.snapshot.fingerprint == float_fp != int8_fp
+        assert "re-embedding 15 example(s) from their thumbnails" in caplog.text
+        expected = np.stack([runtime[1]["float32"].embed(teacher.store.read_thumbnail(e.thumb))
+                             for e in teacher.snapshot.examples])
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+        np.testing.assert_allclose(teacher.snapshot.embeddings, expected, atol=2e-3)
+        embedding, _ = embed_views(runtime, "coffee.png", 1, seed=7, precision="float32")[0]
+        assert teacher.predict(embedding).label == "coffee"
+
+
+def test_export_is_a_folder_per_class_zip_and_imports_back(runtime, bundle_path, tmp_path):
+    teach_three(runtime, tmp_path / "s", shots=2).close()
+    archive = tmp_path / "examples.zip"
+    result = run_teachcam("store", "export", tmp_path / "s", archive)
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+        assert sum(n.startswith("cat/") and n.endswith(".png") for n in names) == 2
+        assert "labels.csv" in names and "teachcam-export.json" in names
+        assert Image.open(zf.open(next(n for n in names if n.startswith("rocket/")))).size == (224, 224)
+    result = run_teachcam("store", "import", tmp_path / "fresh", archive, "--bundle", bundle_path)
+    assert result.returncode == 2 and "no store at" in result.stderr
+    (tmp_path / "fresh").mkdir()
+    result = run_teachcam("store", "import", tmp_path / "fresh", archive, "--bundle", bundle_path)
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(run_teachcam("store", "list", tmp_path / "fresh", "--json").stdout)
+    assert listing["classes"] == {"cat": 2, "coffee": 2, "rocket": 2}
+
+
+def test_cli_enroll_predict_and_store_commands(bundle_path, tmp_path):
+    views = {label: augmented_views(photo, 4, seed=8) for label, photo in OBJECTS.items()}
+    files = {}
+    for label, images in views.items():
+        files[label] = []
+        for i, image in enumerate(images):
+            path = tmp_path / f"{label}-{i}.jpg"
+            Image.fromarray(image).save(path)
+            files[label].append(path)
+    store = tmp_path / "store"
+    for label in OBJECTS:
+        result = run_teachcam("enroll", "-b", bundle_path, "-s", store, "-l", label, *files[label][:3])
+        assert result.returncode == 0, result.stderr
+    result = run_teachcam("predict", "-b", bundle_path, "-s", store, "--json", *(files[k][3] for k in OBJECTS))
+    assert result.returncode == 0, result.stderr
+    assert [r["label"] for r in json.loads(result.stdout)] == list(OBJECTS)
+    assert run_teachcam("store", "rename", store, "cat", "Chelsea the cat").returncode == 0
+    assert run_teachcam("store", "remove-class", store, "rocket").returncode == 0
+    listing = json.loads(run_teachcam("store", "list", store, "--json").stdout)
+    assert listing["classes"] == {"Chelsea the cat": 3, "coffee": 3}
+    assert run_teachcam("store", "clear", store, "--yes").returncode == 0
+    assert json.loads(run_teachcam("store", "list", store, "--json").stdout)["classes"] == {}
+
+
+@pytest.mark.parametrize("label, message", [("", "cannot be empty"), ("a/b", "slash"), ("x" * 80, "limit is 64")])
+def test_cli_bad_class_names_change_nothing(bundle_path, tmp_path, label, message):
+    store = tmp_path / "store"
+    image = tmp_path / "one.jpg"
+    Image.fromarray(augmented_views("coffee.png", 1, seed=9)[0]).save(image)
+    assert run_teachcam("enroll", "-b", bundle_path, "-s", store, "-l", "coffee", image).returncode == 0
+    before = sorted(p.name for p in store.iterdir())
+    result = run_teachcam("enroll", "-b", bundle_path, "-s", store, "-l", label, image)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
+    assert sorted(p.name for p in store.iterdir()) == before
+
+
+def test_cli_predict_on_an_empty_store_and_a_corrupt_store(bundle_path, tmp_path):
+    image = tmp_path / "one.jpg"
+    Image.fromarray(augmented_views("coffee.png", 1, seed=10)[0]).save(image)
+    result = run_teachcam("predict", "-b", bundle_path, "-s", tmp_path / "empty", image)
+    assert result.returncode == 2 and "has no examples yet" in result.stderr
+    store = tmp_path / "store"
+    for _ in range(2):
+        run_teachcam("enroll", "-b", bundle_path, "-s", store, "-l", "coffee", image, check=True)
+    newest = sorted(store.glob("gen-*.tcs"))[-1]
+    newest.write_bytes(newest.read_bytes()[:100])
+    result = run_teachcam("predict", "-b", bundle_path, "-s", store, "--json", image)
+    assert result.returncode == 0
+    assert json.loads(result.stdout)[0]["label"] == "coffee"
+    assert "falling back to the previous generation" in result.stderr
