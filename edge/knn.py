@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 UNKNOWN = "unknown"
+EXACT_LIMIT = 2048  # above this many examples, a coarse pass picks the candidates to score exactly
+COARSE_DIM = 64
+CANDIDATES_PER_K = 4
 
 
 @dataclass(frozen=True)
@@ -78,11 +81,22 @@ class Prediction:
                 "nearest": self.nearest, "confidences": {k: round(v, 4) for k, v in self.confidences.items()}}
 
 
+def fit_projection(matrix: np.ndarray, dim: int, sample: int = 2048, seed: int = 0) -> np.ndarray:
+    """Top ``dim`` principal directions (D × dim) of ``matrix`` by randomized SVD on a row sample."""
+    rng = np.random.default_rng(seed)
+    rows = matrix[rng.choice(len(matrix), min(sample, len(matrix)), replace=False)]
+    rows = rows - rows.mean(axis=0)
+    sketch = rows.T @ (rows @ rng.standard_normal((rows.shape[1], dim + 16)).astype(np.float32))
+    basis = np.linalg.qr(sketch)[0]  # D × (dim+16), spans the dominant directions
+    _, _, vt = np.linalg.svd(rows @ basis, full_matrices=False)
+    return np.ascontiguousarray((basis @ vt.T)[:, :dim], dtype=np.float32)
+
+
 class KNNIndex:
     """Embeddings grouped by class, ready to score. Rebuild it when the examples change."""
 
     def __init__(self, embeddings: np.ndarray, labels: list[str], classes: list[str] | None = None,
-                 power: float = KNNConfig.power):
+                 power: float = KNNConfig.power, projection: np.ndarray | None = None):
         self.power = power
         embeddings = transform(embeddings, power) if len(labels) else np.asarray(embeddings, np.float32)
         order = list(dict.fromkeys(classes or [])) + [c for c in dict.fromkeys(labels) if c not in (classes or [])]
@@ -96,6 +110,17 @@ class KNNIndex:
         self.bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.prototypes = np.stack([self._normalized_mean(self.matrix[a:b]) for a, b in self._slices()]) \
             if self.classes else np.zeros((0, 0), np.float32)
+        self.counts = counts.astype(np.int64)
+        # grid[c, j] = row of the j-th example of class c; shorter classes are padded with len(self).
+        self.grid = np.full((len(self.classes), int(counts.max()) if len(counts) else 0), len(labels), np.int64)
+        for c, (a, b) in enumerate(self._slices()):
+            self.grid[c, : b - a] = np.arange(a, b)
+        self.projection = self.coarse = None
+        if len(self) > EXACT_LIMIT:
+            # The coarse pass runs in the top principal directions of the enrolled embeddings: a 64-wide
+            # copy of the matrix is a twentieth of the memory traffic of the full one.
+            self.projection = projection if projection is not None else fit_projection(self.matrix, COARSE_DIM)
+            self.coarse = np.ascontiguousarray(self.matrix @ self.projection)
 
     @staticmethod
     def _normalized_mean(rows: np.ndarray) -> np.ndarray:
@@ -108,14 +133,35 @@ class KNNIndex:
     def __len__(self) -> int:
         return int(self.bounds[-1]) if len(self.bounds) else 0
 
+    def _top_k_means(self, grid: np.ndarray, k: int) -> np.ndarray:
+        """Mean of each row's k largest values (fewer for classes with fewer examples); pads are -inf."""
+        width = grid.shape[1]
+        m = min(k, width)
+        top = np.partition(grid, width - m, axis=1)[:, width - m :] if m < width else grid
+        top = -np.sort(-top, axis=1)
+        per_class_k = np.minimum(k, self.counts)
+        sums = np.cumsum(top, axis=1)[np.arange(len(self.classes)), per_class_k - 1]
+        return (sums / per_class_k).astype(np.float32)
+
     def class_scores(self, query: np.ndarray, config: KNNConfig) -> np.ndarray:
-        """Per-class score for one L2-normalized query."""
-        similarities = self.matrix @ query
-        knn = np.empty(len(self.classes), np.float32)
-        for i, (a, b) in enumerate(self._slices()):
-            own = similarities[a:b]
-            k = min(config.k, b - a)
-            knn[i] = own.mean() if k == b - a else np.partition(own, b - a - k)[b - a - k :].mean()
+        """Per-class score for one transformed query."""
+        n = len(self)
+        scores = np.empty(n + 1, np.float32)
+        scores[n] = -np.inf  # the padding slot of the class grid
+        if self.coarse is None:
+            np.matmul(self.matrix, query, out=scores[:n])
+            knn = self._top_k_means(scores[self.grid], config.k)
+        else:
+            np.matmul(self.coarse, query @ self.projection, out=scores[:n])
+            grid = scores[self.grid]
+            width = grid.shape[1]
+            m = min(CANDIDATES_PER_K * config.k, width)
+            positions = np.argpartition(grid, width - m, axis=1)[:, width - m :]
+            candidates = np.take_along_axis(self.grid, positions, axis=1)
+            padding = candidates == n
+            exact = (self.matrix[np.minimum(candidates, n - 1).ravel()] @ query).reshape(candidates.shape)
+            exact[padding] = -np.inf
+            knn = self._top_k_means(exact, config.k)
         if config.prototype_weight == 0.0:
             return knn
         return (1.0 - config.prototype_weight) * knn + config.prototype_weight * (self.prototypes @ query)

@@ -49,6 +49,7 @@ class Teacher:
         self.cap_policy = cap_policy
         self.embed = embed
         self._index: KNNIndex | None = None
+        self._projection: tuple[np.ndarray, int] | None = None
 
     @classmethod
     def open(cls, path: str | Path, embedder=None, *, writable: bool = True, **options) -> Teacher:
@@ -100,7 +101,12 @@ class Teacher:
     def index(self) -> KNNIndex:
         if self._index is None:
             snap = self.snapshot
-            self._index = KNNIndex(snap.embeddings, [e.label for e in snap.examples], snap.classes, self.config.power)
+            # Reuse the coarse projection while the store has less than doubled since it was fitted.
+            reuse = self._projection if self._projection and len(snap.examples) < 2 * self._projection[1] else None
+            self._index = KNNIndex(snap.embeddings, [e.label for e in snap.examples], snap.classes, self.config.power,
+                                   projection=reuse[0] if reuse else None)
+            if self._index.projection is not None and reuse is None:
+                self._projection = (self._index.projection, len(snap.examples))
         return self._index
 
     def predict(self, embedding: np.ndarray) -> Prediction:
@@ -127,6 +133,8 @@ class Teacher:
                        snap.embedding_size, examples, embeddings, classes)
         self.store.commit(new)  # raises before anything in memory changes if the disk says no
         self._index = None
+        if fingerprint and fingerprint != snap.fingerprint:
+            self._projection = None
 
     def add(self, label: str, embedding: np.ndarray, pixels: np.ndarray, *, source: str = "") -> Example:
         """Enroll one example; durable on disk when this returns."""

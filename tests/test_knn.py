@@ -1,0 +1,60 @@
+"""KNN scoring rules, on small hand-made embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge import knn
+from edge.knn import KNNConfig, KNNIndex
+
+
+def clusters(n_per_class: dict[str, int], d: int = 32, spread: float = 0.3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = {c: np.abs(rng.normal(size=d)) for c in n_per_class}
+    rows, labels = [], []
+    for c, n in n_per_class.items():
+        rows.append(np.abs(centres[c] + rng.normal(scale=spread, size=(n, d))))
+        labels += [c] * n
+    return np.concatenate(rows).astype(np.float32), labels, centres
+
+
+def test_classes_with_fewer_than_k_examples_are_scored_on_what_they_have():
+    x, labels, centres = clusters({"a": 2, "b": 40})
+    index = KNNIndex(x, labels)
+    prediction = index.predict(centres["a"], KNNConfig(k=5, threshold=0.0))
+    assert prediction.label == "a"
+    assert set(prediction.confidences) == {"a", "b"}
+    assert sum(prediction.confidences.values()) == pytest.approx(1.0)
+
+
+def test_unknown_below_the_threshold_but_nearest_is_still_reported():
+    x, labels, centres = clusters({"a": 5, "b": 5})
+    far = np.zeros(32, np.float32)
+    far[0] = 1.0
+    prediction = KNNIndex(x, labels).predict(far, KNNConfig(threshold=0.99))
+    assert prediction.is_unknown and prediction.nearest in ("a", "b")
+
+
+def test_empty_index_says_unknown():
+    assert KNNIndex(np.zeros((0, 4), np.float32), []).predict(np.ones(4), KNNConfig()).is_unknown
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError):
+        KNNConfig(k=0)
+    with pytest.raises(ValueError):
+        KNNConfig(prototype_weight=2.0)
+
+
+def test_two_stage_search_agrees_with_exact_scoring(monkeypatch):
+    x, labels, _ = clusters({f"c{i}": 400 for i in range(8)}, d=128, spread=1.0, seed=1)
+    queries, truth, _ = clusters({f"c{i}": 10 for i in range(8)}, d=128, spread=1.0, seed=1)
+    fast = KNNIndex(x, labels)
+    assert fast.coarse is not None, "3,200 examples should use the two-stage search"
+    monkeypatch.setattr(knn, "EXACT_LIMIT", 10**9)
+    exact = KNNIndex(x, labels)
+    assert exact.coarse is None
+    config = KNNConfig()
+    agree = [fast.predict(q, config).nearest == exact.predict(q, config).nearest for q in queries]
+    assert np.mean(agree) >= 0.95
