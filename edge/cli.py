@@ -68,16 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON (one document) instead of text")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
 
-    p = sub.add_parser("demo", help="the main job on a built-in default: classify the reference sample photos",
-                       description="Classify the sample photos that ship with scikit-image and scikit-learn "
-                                   "(chelsea, coffee, motorcycle_left, china) with the bundle on the device runtime.")
-    _add_bundle_flag(p)
-    p.add_argument("-k", "--top-k", type=int, default=5, help="how many labels per image (default 5)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-
-    from edge import cli_teach
+    from edge import cli_daemon, cli_teach
 
     cli_teach.register(sub, _add_bundle_flag)
+    cli_daemon.register(sub)
 
     p = sub.add_parser("info", help="show what a bundle's manifest says and check every file's sha256")
     p.add_argument("bundle", type=Path, nargs="?", default=DEFAULT_BUNDLE)
@@ -127,16 +121,6 @@ def cmd_classify(args) -> int:
             for c in result["top"]:
                 print(f"  {c['score'] * 100:6.2f}%  {c['label']}")
     return 1 if failures else 0
-
-
-def cmd_demo(args) -> int:
-    from edge.samples import REFERENCE_TOP1, sample_photos
-
-    photos = sample_photos(tuple(REFERENCE_TOP1))
-    if not photos:
-        raise TeachcamError("the demo photos come with scikit-image and scikit-learn: pip install 'teachcam[demo]'")
-    args.images = photos
-    return cmd_classify(args)
 
 
 def cmd_info(args) -> int:
@@ -192,13 +176,13 @@ def cmd_convert(args) -> int:
     return run_convert(args)
 
 
-COMMANDS = {"classify": cmd_classify, "info": cmd_info, "convert": cmd_convert, "demo": cmd_demo}
+COMMANDS = {"classify": cmd_classify, "info": cmd_info, "convert": cmd_convert}
 
 
 def _commands() -> dict:
-    from edge import cli_teach
+    from edge import cli_daemon, cli_teach
 
-    return {**COMMANDS, **cli_teach.COMMANDS}
+    return {**COMMANDS, **cli_teach.COMMANDS, **cli_daemon.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,304 @@
+"""Camera sources by spec string, and a grabber thread that keeps only the newest frame.
+
+Specs: ``picamera2`` (Raspberry Pi camera; the low-resolution stream feeds inference),
+``opencv:N`` (USB webcam N), ``file:PATH`` (a video), ``images:DIR_OR_GLOB``, ``demo``
+(scenes made from sample photos, with camera-like jitter, lighting and noise). Every
+source delivers RGB uint8 frames. A source raises :class:`CameraError` or returns None
+when it has nothing; the grabber logs that, backs off, reopens and carries on.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import CameraError
+
+log = logging.getLogger(__name__)
+
+
+class Source:
+    """The camera protocol: open, read frames (RGB uint8, or None when none is ready), close."""
+
+    name = "source"
+    paced = False  # True: read() itself waits for the next frame (a real camera)
+    finite = False  # True: None from read() means the end (a video or image list without --loop)
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class Picamera2Source(Source):
+    """The Raspberry Pi camera through picamera2 (from Raspberry Pi OS: apt install python3-picamera2).
+
+    The main stream is configured for preview at ``width``×``height``; inference reads the
+    low-resolution YUV420 stream (no CPU cost to scale on the ISP) converted to RGB.
+    """
+
+    name = "picamera2"
+    paced = True
+
+    def __init__(self, width: int = 640, height: int = 480, lores: tuple[int, int] = (320, 240)):
+        self.size, self.lores = (width, height), lores
+        self.camera = None
+
+    def open(self) -> None:
+        try:
+            from picamera2 import Picamera2
+        except ImportError:
+            raise CameraError("picamera2 is not installed: on Raspberry Pi OS run `sudo apt install python3-picamera2` "
+                              "and create the venv with --system-site-packages") from None
+        try:
+            camera = Picamera2()
+            config = camera.create_preview_configuration(main={"size": self.size, "format": "RGB888"},
+                                                         lores={"size": self.lores, "format": "YUV420"})
+            camera.configure(config)
+            camera.start()
+        except (RuntimeError, IndexError, OSError) as exc:
+            raise CameraError(f"the Raspberry Pi camera did not start ({exc}); is it connected and enabled?") from None
+        self.camera = camera
+
+    def read(self) -> np.ndarray | None:
+        import cv2
+
+        if self.camera is None:
+            raise CameraError("picamera2 source read before open")
+        try:
+            yuv = self.camera.capture_array("lores")
+        except (RuntimeError, OSError) as exc:
+            raise CameraError(f"picamera2 capture failed ({exc})") from None
+        return cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420)  # picamera2 YUV420 is I420 (U before V)
+
+    def close(self) -> None:
+        if self.camera is not None:
+            try:
+                self.camera.stop()
+                self.camera.close()
+            finally:
+                self.camera = None
+
+
+class OpenCVSource(Source):
+    """A USB webcam (``opencv:0``) or a video file (``file:clip.mp4``) through OpenCV."""
+
+    def __init__(self, target: int | str, *, loop: bool = False, width: int = 640, height: int = 480):
+        self.target, self.loop, self.size = target, loop, (width, height)
+        self.name = f"opencv:{target}" if isinstance(target, int) else f"file:{target}"
+        self.paced = isinstance(target, int)
+        self.finite = not self.paced and not loop
+        self.capture = None
+
+    def open(self) -> None:
+        import cv2
+
+        if isinstance(self.target, str) and not Path(self.target).is_file():
+            raise CameraError(f"video file not found: {self.target}")
+        capture = cv2.VideoCapture(self.target)
+        if not capture.isOpened():
+            raise CameraError(f"cannot open {self.name}" + (" (is the webcam plugged in?)" if self.paced else ""))
+        if self.paced:
+            capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[0])
+            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[1])
+            capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        self.capture = capture
+
+    def read(self) -> np.ndarray | None:
+        import cv2
+
+        if self.capture is None:
+            raise CameraError(f"{self.name} read before open")
+        ok, frame = self.capture.read()
+        if not ok and self.loop and not self.paced:
+            self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self.capture.read()
+        if not ok:
+            if self.paced:
+                raise CameraError(f"{self.name} stopped delivering frames (unplugged?)")
+            return None
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.release()
+            self.capture = None
+
+
+class ImagesSource(Source):
+    """Still images from a folder or a glob, one per read, in name order (``images:DIR_OR_GLOB``)."""
+
+    def __init__(self, pattern: str, *, loop: bool = True):
+        self.pattern, self.loop = pattern, loop
+        self.name = f"images:{pattern}"
+        self.finite = not loop
+        self.paths: list[Path] = []
+        self.position = 0
+
+    def open(self) -> None:
+        from edge.images import read_image  # noqa: F401  (fail early if Pillow is missing)
+
+        base = Path(self.pattern)
+        if base.is_dir():
+            paths = sorted(p for p in base.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp"))
+        else:
+            paths = sorted(Path(p) for p in glob.glob(self.pattern))
+        if not paths:
+            raise CameraError(f"no images match {self.pattern}")
+        self.paths, self.position = paths, 0
+
+    def read(self) -> np.ndarray | None:
+        from edge.errors import ImageError
+        from edge.images import read_image
+
+        for _ in range(len(self.paths)):
+            if self.position >= len(self.paths):
+                if not self.loop:
+                    return None
+                self.position = 0
+            path = self.paths[self.position]
+            self.position += 1
+            try:
+                return read_image(path)
+            except ImageError as exc:
+                log.warning("skipping %s", exc)
+        raise CameraError(f"none of the images matching {self.pattern} can be read")
+
+
+def make_source(spec: str, *, width: int = 640, height: int = 480, loop: bool = True, fps: float = 30.0) -> Source:
+    """Build the source a spec string names.
+
+    Raises:
+        CameraError: an unknown spec.
+    """
+    kind, _, arg = spec.partition(":")
+    if spec == "picamera2":
+        return Picamera2Source(width, height)
+    if kind == "opencv":
+        try:
+            return OpenCVSource(int(arg or 0), width=width, height=height)
+        except ValueError:
+            raise CameraError(f"opencv:{arg}: the webcam number must be an integer (opencv:0)") from None
+    if kind == "file" and arg:
+        return OpenCVSource(arg, loop=loop)
+    if kind == "images" and arg:
+        return ImagesSource(arg, loop=loop)
+    if spec == "demo":
+        from edge.demo import DemoSource
+
+        return DemoSource(fps=fps)
+    raise CameraError(f"unknown camera source {spec!r}: use picamera2, opencv:N, file:PATH, images:DIR_OR_GLOB or demo")
+
+
+@dataclass
+class Frame:
+    """A captured frame with its sequence number and capture time (time.monotonic())."""
+
+    image: np.ndarray
+    number: int
+    captured: float
+
+
+class FrameGrabber:
+    """Reads a source in its own thread and keeps only the newest frame.
+
+    The interpreter never waits on the camera and latency never builds up: a slow consumer
+    skips frames instead of queueing them. Errors are logged, the source is reopened with
+    exponential backoff (0.5 s doubling to 10 s), and the daemon keeps its state.
+    """
+
+    def __init__(self, source: Source, *, fps: float | None = None, max_backoff: float = 10.0):
+        self.source = source
+        self.interval = (1.0 / fps) if fps and not source.paced else 0.0
+        self.max_backoff = max_backoff
+        self._lock = threading.Condition()
+        self._frame: Frame | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.frames_captured = 0
+        self.errors = 0
+        self.ended = False
+        self.healthy = False
+
+    def start(self) -> FrameGrabber:
+        self._thread = threading.Thread(target=self._run, name="teachcam-capture", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        backoff = 0.5
+        opened = False
+        empty_reads = 0
+        next_due = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                if not opened:
+                    self.source.open()
+                    opened = True
+                    if self.errors:
+                        log.warning("camera %s is back", self.source.name)
+                image = self.source.read()
+            except CameraError as exc:
+                self.errors += 1
+                self.healthy = False
+                log.error("camera %s: %s; retrying in %.1f s", self.source.name, exc, backoff)
+                if opened:
+                    self._close_quietly()
+                    opened = False
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            if image is None:
+                empty_reads += 1
+                if self.source.finite:
+                    self.ended = True
+                    with self._lock:
+                        self._lock.notify_all()
+                    break
+                self._stop.wait(min(0.05 * empty_reads, 1.0))
+                continue
+            empty_reads, backoff, self.healthy = 0, 0.5, True
+            self.frames_captured += 1
+            with self._lock:
+                self._frame = Frame(image, self.frames_captured, time.monotonic())
+                self._lock.notify_all()
+            if self.interval:
+                next_due = max(next_due + self.interval, time.monotonic() - self.interval)
+                self._stop.wait(max(0.0, next_due - time.monotonic()))
+        if opened:
+            self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        try:
+            self.source.close()
+        except Exception as exc:  # a dying camera may fail to close; that must not kill capture
+            log.debug("closing %s failed: %s", self.source.name, exc)
+
+    def latest(self, after: int = 0, timeout: float = 1.0) -> Frame | None:
+        """The newest frame with a number greater than ``after``, waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while (self._frame is None or self._frame.number <= after) and not self.ended:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._lock.wait(remaining)
+            frame = self._frame
+            return frame if frame is not None and frame.number > after else None
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,105 @@
+"""CLI handlers for the daemon: ``run`` (the service) and ``demo`` (the live demo on any machine)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from edge.errors import TeachcamError
+
+log = logging.getLogger("teachcam")
+
+
+def _flag_overrides(args) -> dict:
+    """CLI flags as dotted config keys (only the ones given)."""
+    mapping = {"bundle": "bundle", "store": "store", "mode": "mode", "precision": "precision", "threads": "threads",
+               "source": "camera.source", "fps": "camera.fps", "frames": "frames", "smoothing": "smoothing",
+               "k": "knn.k", "threshold": "knn.threshold"}
+    out = {}
+    for attr, key in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[key] = str(value) if isinstance(value, Path) else value
+    if getattr(args, "classes", None):
+        out["classes"] = [c.strip() for c in args.classes.split(",")]
+    if getattr(args, "no_loop", False):
+        out["camera.loop"] = False
+    if getattr(args, "no_gpio", False):
+        out["buttons.enabled"] = False
+        out["leds.enabled"] = False
+    if getattr(args, "json", False):
+        out["output.json"] = "on"
+        out["output.terminal"] = "off"
+    if getattr(args, "preview", False):
+        out["output.preview"] = True
+    return out
+
+
+def register(sub) -> None:
+    def common(p, *, bundle_default_in_config=True):
+        p.add_argument("-b", "--bundle", type=Path, default=None, help="bundle folder (overrides the config)")
+        p.add_argument("--precision", default=None, choices=("auto", "edgetpu", "int8", "float32"))
+        p.add_argument("--threads", type=int, default=None, help="interpreter threads")
+        p.add_argument("--fps", type=float, default=None, help="camera frame rate to ask for (default 30)")
+
+    p = sub.add_parser("run", help="(device) the daemon: camera in, buttons to teach, LEDs/display/stdout out",
+                       description="Run until stopped. Every option can be set in the TOML config "
+                                   "(see systemd/teachcam.toml) and overridden by a flag. SIGTERM/SIGINT stop cleanly; "
+                                   "SIGHUP reloads the config and the bundle, keeping enrollments.")
+    p.add_argument("-c", "--config", type=Path, default=None, help="TOML config file")
+    common(p)
+    p.add_argument("-s", "--store", type=Path, default=None, help="enrollment store folder")
+    p.add_argument("--source", default=None,
+                   help="camera: picamera2, opencv:N, file:PATH, images:DIR_OR_GLOB or demo (default: demo)")
+    p.add_argument("--no-loop", action="store_true", help="stop at the end of a file: or images: source")
+    p.add_argument("--mode", default=None, choices=("knn", "head", "imagenet"), help="what classifies (default knn)")
+    p.add_argument("--classes", default=None, help="comma-separated class names, one per button (default one,two,...)")
+    p.add_argument("--k", type=int, default=None, help="KNN neighbours per class")
+    p.add_argument("--threshold", type=float, default=None, help="KNN similarity below which it says unknown")
+    p.add_argument("--smoothing", type=int, default=None, help="vote window in frames (1 = off)")
+    p.add_argument("--frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--no-gpio", action="store_true", help="no buttons or LEDs, even on a Pi (keys still work on a TTY)")
+    p.add_argument("--json", action="store_true", help="JSON lines on stdout even on a terminal")
+    p.add_argument("--preview", action="store_true", help="a preview window (OpenCV with a GUI only)")
+
+    p = sub.add_parser("demo", help="the live demo on any machine: teach three objects by (mock) buttons, then recognise",
+                       description="A synthetic camera films sample photos with jitter, lighting drift and noise; "
+                                   "scripted presses on gpiozero mock pins teach three objects; the daemon then "
+                                   "recognises them (and an untaught scene as unknown). Prints what a person would "
+                                   "see, then the accuracy and frame rate. Needs no hardware.")
+    common(p)
+
+
+def cmd_run(args) -> int:
+    from edge.config import load_config
+    from edge.daemon import Daemon
+
+    config = load_config(args.config, _flag_overrides(args))
+    daemon = Daemon(config, config_path=args.config)
+    daemon.install_signal_handlers()
+    try:
+        daemon.start()
+        log.info("running: camera %s, mode %s, controls %s", config.camera.source, config.mode, daemon.control_mode)
+        code = daemon.run()
+    finally:
+        daemon.close()
+    return code
+
+
+def cmd_demo(args) -> int:
+    from edge.cli import DEFAULT_BUNDLE
+    from edge.config import load_config
+    from edge.demo import run_demo
+
+    overrides = _flag_overrides(args)
+    overrides.setdefault("bundle", str(DEFAULT_BUNDLE))
+    config = load_config(None, overrides)
+    if not (Path(config.bundle) / "manifest.json").is_file():
+        raise TeachcamError(f"no bundle at {config.bundle}: run ./scripts/demo (it builds one), or "
+                            f"`teachcam convert --out {config.bundle}`")
+    figures = run_demo(config, stream=sys.stdout)
+    return 0 if figures["frames"] > 0 else 1
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo}

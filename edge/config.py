@@ -1,0 +1,220 @@
+"""Daemon configuration: frozen dataclasses, a TOML loader that rejects typos, CLI overrides.
+
+Example ``teachcam.toml``::
+
+    bundle = "/opt/teachcam/bundle"
+    store = "/var/lib/teachcam/store"
+    mode = "knn"                      # knn | head | imagenet
+    classes = ["mug", "pen", "phone", "keys"]
+
+    [camera]
+    source = "picamera2"              # picamera2 | opencv:0 | file:clip.mp4 | images:DIR | demo
+
+    [buttons]
+    pins = [5, 6, 13, 19]             # one per class, BCM numbering
+    clear_pin = 26
+
+    [leds]
+    pins = [12, 16, 20, 21]
+
+Every key is checked: an unknown key, a wrong type, a pin used twice or a class without a
+button is one error naming the key, and the daemon does not start half-configured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.errors import ConfigError
+
+DEFAULT_CLASSES = ("one", "two", "three", "four")
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: str = "demo"
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    loop: bool = True
+
+
+@dataclass(frozen=True)
+class ButtonsConfig:
+    enabled: bool = True
+    pins: tuple[int, ...] = (5, 6, 13, 19)
+    clear_pin: int | None = 26
+    pull_up: bool = True
+    bounce_time: float = 0.05
+    hold_time: float = 0.5  # held longer than this, a class button enrolls one example every hold_time
+    clear_hold_time: float = 3.0
+
+
+@dataclass(frozen=True)
+class LedsConfig:
+    enabled: bool = True
+    pins: tuple[int, ...] = (12, 16, 20, 21)
+    pwm: bool = True
+
+
+@dataclass(frozen=True)
+class KnnConfigSection:
+    k: int = 5
+    threshold: float | None = None
+    cap: int = 200
+    cap_policy: str = "oldest"
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    terminal: str = "auto"  # auto | on | off : the live view when stdout is a TTY
+    json: str = "auto"  # auto | on | off : JSON lines on stdout when it is not a TTY
+    preview: bool = False
+    oled: bool = False
+    oled_i2c_port: int = 1
+    oled_i2c_address: int = 0x3C
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    bundle: str = "build/default-bundle"
+    store: str = "teachcam-store"
+    mode: str = "knn"
+    precision: str = "auto"
+    threads: int | None = None
+    head: str = "imagenet"
+    classes: tuple[str, ...] = DEFAULT_CLASSES
+    smoothing: int = 5  # frames in the vote window; 1 = no smoothing
+    frames: int | None = None  # stop after this many frames (tests, benchmarks)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    buttons: ButtonsConfig = field(default_factory=ButtonsConfig)
+    leds: LedsConfig = field(default_factory=LedsConfig)
+    knn: KnnConfigSection = field(default_factory=KnnConfigSection)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> DaemonConfig:
+        if self.mode not in ("knn", "head", "imagenet"):
+            raise ConfigError(f"mode = {self.mode!r}: use knn, head or imagenet")
+        if self.precision not in ("auto", "edgetpu", "int8", "float32"):
+            raise ConfigError(f"precision = {self.precision!r}: use auto, edgetpu, int8 or float32")
+        if self.smoothing < 1:
+            raise ConfigError("smoothing must be at least 1 frame")
+        if self.knn.cap_policy not in ("oldest", "redundant"):
+            raise ConfigError(f"knn.cap_policy = {self.knn.cap_policy!r}: use oldest or redundant")
+        if self.knn.k < 1 or self.knn.cap < 1:
+            raise ConfigError("knn.k and knn.cap must be at least 1")
+        for key in ("terminal", "json"):
+            if getattr(self.output, key) not in ("auto", "on", "off"):
+                raise ConfigError(f"output.{key} = {getattr(self.output, key)!r}: use auto, on or off")
+        from edge.store import check_class_name
+
+        names = [check_class_name(c) for c in self.classes]
+        if len({n.casefold() for n in names}) != len(names):
+            raise ConfigError("classes: two class names are the same (ignoring case)")
+        if not names or len(names) > 9:
+            raise ConfigError("classes: give 1 to 9 class names")
+        if self.buttons.enabled:
+            if len(self.buttons.pins) != len(names):
+                raise ConfigError(f"buttons.pins: {len(self.buttons.pins)} pin(s) for {len(names)} classes — "
+                                  "every class needs its own button")
+        used: dict[int, str] = {}
+        groups = []
+        if self.buttons.enabled:
+            groups += [("buttons.pins", p) for p in self.buttons.pins]
+            if self.buttons.clear_pin is not None:
+                groups.append(("buttons.clear_pin", self.buttons.clear_pin))
+        if self.leds.enabled:
+            if len(self.leds.pins) not in (0, len(names)):
+                raise ConfigError(f"leds.pins: {len(self.leds.pins)} pin(s) for {len(names)} classes; give one per class")
+            groups += [("leds.pins", p) for p in self.leds.pins]
+        for key, pin in groups:
+            if not 0 <= pin <= 27:
+                raise ConfigError(f"{key}: GPIO{pin} is not a Raspberry Pi header GPIO (0-27)")
+            if pin in used:
+                raise ConfigError(f"{key}: GPIO{pin} is already used by {used[pin]}")
+            used[pin] = key
+        return self
+
+
+def _check_type(value, annotation, key: str):
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is tuple:
+        (item,) = typing.get_args(annotation)[:1]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list")
+        return tuple(_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number, not {str(value).lower()}")
+    if not isinstance(value, annotation):
+        raise ConfigError(f"{key} must be {annotation.__name__}, not {type(value).__name__} ({value!r})")
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name} must be a table ([{prefix}{name}])")
+            values[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            values[name] = _check_type(value, hint, f"{prefix}{name}")
+    return cls(**values)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> DaemonConfig:
+    """Read a TOML config (or the defaults), apply ``overrides`` (dotted keys), validate.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type, or an inconsistent setup.
+    """
+    data: dict = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path} ({exc})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        target = data
+        *parents, last = dotted.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[last] = value
+    config = _build(DaemonConfig, data)
+    if "classes" in data and "buttons" not in data and config.buttons.enabled:
+        # Default pins follow the number of classes when the config names classes but no pins.
+        count = len(config.classes)
+        config = dataclasses.replace(config, buttons=dataclasses.replace(config.buttons, pins=ButtonsConfig.pins[:count]))
+        if "leds" not in data:
+            config = dataclasses.replace(config, leds=dataclasses.replace(config.leds, pins=LedsConfig.pins[:count]))
+    return config.validate()

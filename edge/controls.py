@@ -1,0 +1,210 @@
+"""Buttons and LEDs through gpiozero, and terminal keys as the fallback on a desktop.
+
+Buttons never run inference: they post :class:`Command` objects to a queue, and the daemon
+applies them to the frame it has just embedded (no second inference). Semantics:
+
+* class button: a press enrolls one example; held, it keeps enrolling ``hold_rate``
+  examples per second until released;
+* clear button: a short press undoes the last enrollment; held for ``clear_hold_time``
+  seconds, it clears every class.
+
+Presses closer together than ``bounce_time`` are one press (software debounce on top of
+whatever the pin factory does, so a noisy contact never enrolls twice).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import select
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Command:
+    """What a person asked for: ``enroll`` (with a class index), ``undo``, ``clear`` or ``quit``."""
+
+    kind: str
+    index: int = -1
+    source: str = "button"
+
+
+class ButtonPanel:
+    """One gpiozero Button per class plus an optional clear button."""
+
+    def __init__(self, pins, clear_pin, commands: queue.Queue, *, pull_up=True, bounce_time=0.05, hold_time=0.5,
+                 clear_hold_time=3.0, pin_factory=None):
+        from gpiozero import Button
+
+        self.commands = commands
+        self.bounce_time = bounce_time
+        self._last_press: dict[int, float] = {}
+        self._clear_press_counts = False
+        self._clear_was_held = False
+        # While a class button is held, gpiozero calls when_held every hold_time (hold_repeat).
+        self.buttons = [Button(pin, pull_up=pull_up, hold_time=hold_time, hold_repeat=True, pin_factory=pin_factory)
+                        for pin in pins]
+        for index, button in enumerate(self.buttons):
+            button.when_pressed = lambda _b=None, i=index: self._pressed(i)
+            button.when_held = lambda _b=None, i=index: self.commands.put(Command("enroll", i, "hold"))
+        self.clear_button = None
+        if clear_pin is not None:
+            self.clear_button = Button(clear_pin, pull_up=pull_up, hold_time=clear_hold_time, pin_factory=pin_factory)
+            self.clear_button.when_pressed = lambda _b=None: self._clear_pressed()
+            self.clear_button.when_held = lambda _b=None: self._clear_held()
+            self.clear_button.when_released = lambda _b=None: self._clear_released()
+
+    def _debounced(self, key: int) -> bool:
+        now = time.monotonic()
+        if now - self._last_press.get(key, -1e9) < self.bounce_time:
+            return False
+        self._last_press[key] = now
+        return True
+
+    def _pressed(self, index: int) -> None:
+        if self._debounced(index):
+            self.commands.put(Command("enroll", index))
+
+    def _clear_pressed(self) -> None:
+        self._clear_press_counts = self._debounced(-1)
+        self._clear_was_held = False
+
+    def _clear_held(self) -> None:
+        self._clear_was_held = True
+        self.commands.put(Command("clear"))
+
+    def _clear_released(self) -> None:
+        if self._clear_press_counts and not self._clear_was_held:
+            self.commands.put(Command("undo"))
+        self._clear_press_counts = False
+
+    def close(self) -> None:
+        for button in [*self.buttons, self.clear_button]:
+            if button is not None:
+                button.close()
+
+
+class LedPanel:
+    """One LED per class: the predicted class lit (PWM brightness = confidence when the pin can),
+    all dark for unknown; a class LED blinks once to acknowledge an enrollment."""
+
+    def __init__(self, pins, *, pwm=True, pin_factory=None):
+        from gpiozero import LED, PWMLED
+        from gpiozero.exc import PinPWMUnsupported
+
+        self.leds = []
+        for pin in pins:
+            led = None
+            if pwm:
+                try:
+                    led = PWMLED(pin, pin_factory=pin_factory)
+                except PinPWMUnsupported:
+                    led = None
+            self.leds.append(led or LED(pin, pin_factory=pin_factory))
+        self._pwm_class = PWMLED
+        self._shown: tuple[int, float] | None = None
+        self._blinking: dict[int, float] = {}
+
+    def show(self, index: int | None, confidence: float = 1.0) -> None:
+        """Light the LED of class ``index`` (None: all dark)."""
+        now = time.monotonic()
+        level = round(max(0.15, min(1.0, confidence)), 2)
+        state = (index, level) if index is not None else None
+        if state == self._shown and not self._blinking:
+            return
+        for i, led in enumerate(self.leds):
+            if self._blinking.get(i, 0) > now:
+                continue
+            self._blinking.pop(i, None)
+            target = level if i == index else 0.0
+            if isinstance(led, self._pwm_class):
+                if led.value != target:
+                    led.value = target
+            elif led.is_lit != (target > 0):
+                led.on() if target > 0 else led.off()
+        self._shown = state
+
+    def blink(self, index: int) -> None:
+        """Acknowledge an enrollment on the class LED (one short blink, non-blocking)."""
+        if 0 <= index < len(self.leds):
+            self._blinking[index] = time.monotonic() + 0.25
+            self.leds[index].blink(on_time=0.12, off_time=0.12, n=1, background=True)
+
+    def close(self) -> None:
+        for led in self.leds:
+            led.close()
+
+
+class KeyboardControls:
+    """Keys on the terminal do what the buttons do: 1-9 enroll, u undo, c clear all, q quit."""
+
+    def __init__(self, commands: queue.Queue, classes: int, stream=None):
+        self.commands = commands
+        self.classes = classes
+        self.stream = stream or sys.stdin
+        self._stop = threading.Event()
+        self._saved = None
+        self._thread = threading.Thread(target=self._run, name="teachcam-keys", daemon=True)
+
+    def start(self) -> KeyboardControls:
+        try:
+            import termios
+            import tty
+
+            fd = self.stream.fileno()
+            self._saved = termios.tcgetattr(fd)
+            tty.setcbreak(fd)
+        except (ImportError, OSError, ValueError, AttributeError):
+            self._saved = None
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self.stream], [], [], 0.2)
+            except (OSError, ValueError):
+                return
+            if not ready:
+                continue
+            key = self.stream.read(1)
+            if not key:
+                return
+            self.handle(key)
+
+    def handle(self, key: str) -> None:
+        if key.isdigit() and 1 <= int(key) <= self.classes:
+            self.commands.put(Command("enroll", int(key) - 1, "key"))
+        elif key.lower() == "u":
+            self.commands.put(Command("undo", source="key"))
+        elif key.lower() == "c":
+            self.commands.put(Command("clear", source="key"))
+        elif key.lower() == "q":
+            self.commands.put(Command("quit", source="key"))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._saved is not None:
+            import termios
+
+            termios.tcsetattr(self.stream.fileno(), termios.TCSADRAIN, self._saved)
+
+
+def gpio_available() -> bool:
+    """True when gpiozero finds a working pin factory (a Raspberry Pi's GPIO chip, or GPIOZERO_PIN_FACTORY)."""
+    import warnings
+
+    from gpiozero import Device
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gpiozero warns once per factory it falls back from
+        try:
+            Device.ensure_pin_factory()
+        except Exception:  # BadPinFactory off a Pi, or a driver error on a broken one
+            return False
+    return True

@@ -1,0 +1,196 @@
+"""Where predictions go: the terminal, JSON lines (journal, pipes), a small OLED, a preview window.
+
+Each sink has ``update(view, frame)`` (every classified frame), ``event(kind, **data)``
+(enrollments, undo, clear, camera trouble) and ``close()``. The daemon holds a list of
+them; with none configured the list is empty (no ``if sink:`` checks anywhere).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class View:
+    """What a person should see about the current frame."""
+
+    label: str  # smoothed: what the LEDs show
+    raw_label: str
+    score: float
+    confidence: float
+    confidences: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    fps: float = 0.0
+    latency_ms: float = 0.0
+    frame: int = 0
+    mode: str = "knn"
+
+
+class Sink:
+    def update(self, view: View, frame: np.ndarray | None = None) -> None:
+        pass
+
+    def event(self, kind: str, **data) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class JsonLinesSink(Sink):
+    """One JSON object per line: a prediction when the shown label changes, and every event."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self._last: str | None = None
+
+    def _write(self, record: dict) -> None:
+        try:
+            self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def update(self, view: View, frame=None) -> None:
+        if view.label == self._last:
+            return
+        self._last = view.label
+        record = {"event": "prediction", "time": round(time.time(), 3), **asdict(view)}
+        record["confidences"] = {k: round(v, 3) for k, v in view.confidences.items()}
+        for key in ("score", "confidence", "fps", "latency_ms"):
+            record[key] = round(record[key], 3)
+        self._write(record)
+
+    def event(self, kind: str, **data) -> None:
+        self._write({"event": kind, "time": round(time.time(), 3), **data})
+
+
+class TerminalSink(Sink):
+    """A live view: current class, confidence bars per class, examples per class, FPS, latency."""
+
+    def __init__(self, classes: list[str], mode: str, controls_hint: str, console=None):
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = console or Console()
+        self.classes = classes
+        self.mode = mode
+        self.hint = controls_hint
+        self.messages: list[str] = []
+        self.live = Live(console=self.console, refresh_per_second=8, transient=False)
+        self.live.start()
+        self._last_draw = 0.0
+
+    def _render(self, view: View):
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table.grid(padding=(0, 1))
+        head = Text(f"teachcam · {self.mode}", style="bold")
+        head.append(f"   {view.fps:5.1f} fps   {view.latency_ms:5.1f} ms/frame", style="dim")
+        table.add_row(head)
+        shown = Text("  now: ", style="bold")
+        shown.append(view.label, style="bold green" if view.label != "unknown" else "bold yellow")
+        shown.append(f"   (similarity {view.score:.2f})" if view.mode == "knn" else f"   ({view.confidence:.0%})",
+                     style="dim")
+        table.add_row(shown)
+        names = list(dict.fromkeys([*self.classes, *view.confidences]))[:12]
+        for name in names:
+            p = view.confidences.get(name, 0.0)
+            bar = "█" * int(round(p * 30))
+            count = view.counts.get(name)
+            count_text = f"{count:4d} ex" if count is not None else "      "
+            table.add_row(Text(f"  {name[:18]:<18} {bar:<30} {p:4.0%}  {count_text}"))
+        for message in self.messages[-3:]:
+            table.add_row(Text(f"  {message}", style="cyan"))
+        table.add_row(Text(f"  {self.hint}", style="dim"))
+        return table
+
+    def update(self, view: View, frame=None) -> None:
+        now = time.monotonic()
+        if now - self._last_draw < 0.1:
+            return
+        self._last_draw = now
+        self.live.update(self._render(view))
+
+    def event(self, kind: str, **data) -> None:
+        text = {"enrolled": "enrolled an example of {label} ({count} now)", "undo": "undid the last example of {label}",
+                "cleared": "cleared {count} examples", "camera": "camera: {message}"}.get(kind, kind + " {}")
+        try:
+            self.messages.append(text.format(**data))
+        except (KeyError, IndexError):
+            self.messages.append(f"{kind}: {data}")
+
+    def close(self) -> None:
+        self.live.stop()
+
+
+class OledSink(Sink):
+    """A small I2C OLED (SSD1306 128×64 by default) through luma.oled: class and confidence."""
+
+    def __init__(self, device=None, *, port: int = 1, address: int = 0x3C):
+        if device is None:
+            try:
+                from luma.core.interface.serial import i2c
+                from luma.oled.device import ssd1306
+            except ImportError:
+                from edge.errors import ConfigError
+
+                raise ConfigError("output.oled needs luma.oled: pip install 'teachcam[pi]'") from None
+            device = ssd1306(i2c(port=port, address=address))
+        self.device = device
+        self._last: tuple | None = None
+
+    def update(self, view: View, frame=None) -> None:
+        from luma.core.render import canvas
+
+        shown = (view.label, round(view.confidence, 1), sum(view.counts.values()))
+        if shown == self._last:
+            return
+        self._last = shown
+        with canvas(self.device) as draw:
+            draw.text((0, 0), view.label[:21], fill="white")
+            draw.rectangle((0, 20, int(view.confidence * (self.device.width - 1)), 30), outline="white", fill="white")
+            draw.text((0, 40), f"{sum(view.counts.values())} examples  {view.fps:.0f} fps", fill="white")
+
+    def close(self) -> None:
+        try:
+            self.device.cleanup()
+        except Exception as exc:  # luma devices may fail to clear on shutdown; not worth dying for
+            log.debug("OLED cleanup failed: %s", exc)
+
+
+class PreviewSink(Sink):
+    """An OpenCV window with the label drawn on the frame (only where OpenCV has a GUI)."""
+
+    def __init__(self):
+        import cv2
+
+        self.cv2 = cv2
+        try:
+            cv2.namedWindow("teachcam", cv2.WINDOW_NORMAL)
+        except cv2.error:
+            from edge.errors import ConfigError
+
+            raise ConfigError("output.preview needs OpenCV with a GUI (opencv-python, not -headless) and a display") \
+                from None
+
+    def update(self, view: View, frame=None) -> None:
+        if frame is None:
+            return
+        image = self.cv2.cvtColor(frame, self.cv2.COLOR_RGB2BGR)
+        self.cv2.putText(image, f"{view.label} {view.confidence:.0%}", (10, 30), self.cv2.FONT_HERSHEY_SIMPLEX, 1,
+                         (0, 255, 0), 2)
+        self.cv2.imshow("teachcam", image)
+        self.cv2.waitKey(1)
+
+    def close(self) -> None:
+        self.cv2.destroyAllWindows()
