@@ -50,8 +50,11 @@ class Picamera2Source(Source):
     name = "picamera2"
     paced = True
 
-    def __init__(self, width: int = 640, height: int = 480, lores: tuple[int, int] = (320, 240)):
-        self.size, self.lores = (width, height), lores
+    def __init__(self, width: int = 640, height: int = 480, lores: tuple[int, int] | None = None):
+        # By default the ISP scales the low-resolution stream to 256 pixels on the shorter side, which is
+        # what the default bundle resizes to: preprocessing is then a centre crop with no arithmetic.
+        self.size = (width, height)
+        self.lores = lores or (2 * round(256 * width / height / 2), 256)
         self.camera = None
 
     def open(self) -> None:
@@ -175,7 +178,8 @@ class ImagesSource(Source):
         raise CameraError(f"none of the images matching {self.pattern} can be read")
 
 
-def make_source(spec: str, *, width: int = 640, height: int = 480, loop: bool = True, fps: float = 30.0) -> Source:
+def make_source(spec: str, *, width: int = 640, height: int = 480, loop: bool = True, fps: float = 30.0,
+                inference_size: tuple[int, int] | None = None) -> Source:
     """Build the source a spec string names.
 
     Raises:
@@ -183,7 +187,7 @@ def make_source(spec: str, *, width: int = 640, height: int = 480, loop: bool = 
     """
     kind, _, arg = spec.partition(":")
     if spec == "picamera2":
-        return Picamera2Source(width, height)
+        return Picamera2Source(width, height, inference_size)
     if kind == "opencv":
         try:
             return OpenCVSource(int(arg or 0), width=width, height=height)
@@ -202,11 +206,13 @@ def make_source(spec: str, *, width: int = 640, height: int = 480, loop: bool = 
 
 @dataclass
 class Frame:
-    """A captured frame with its sequence number and capture time (time.monotonic())."""
+    """A captured frame with its sequence number, capture time (time.monotonic()) and, when the
+    grabber was given a ``prepare`` function, the model-ready pixels made in the capture thread."""
 
     image: np.ndarray
     number: int
     captured: float
+    pixels: np.ndarray | None = None
 
 
 class FrameGrabber:
@@ -217,9 +223,12 @@ class FrameGrabber:
     exponential backoff (0.5 s doubling to 10 s), and the daemon keeps its state.
     """
 
-    def __init__(self, source: Source, *, fps: float | None = None, max_backoff: float = 10.0):
+    def __init__(self, source: Source, *, fps: float | None = None, max_backoff: float = 10.0, prepare=None):
         self.source = source
+        self.prepare = prepare  # e.g. the bundle's preprocessing: runs here, overlapping the previous invoke
         self.interval = (1.0 / fps) if fps and not source.paced else 0.0
+        self._taken = threading.Event()  # unpaced sources: read the next frame only once this one is taken
+        self._taken.set()
         self.max_backoff = max_backoff
         self._lock = threading.Condition()
         self._frame: Frame | None = None
@@ -268,11 +277,20 @@ class FrameGrabber:
                 self._stop.wait(min(0.05 * empty_reads, 1.0))
                 continue
             empty_reads, backoff, self.healthy = 0, 0.5, True
+            captured = time.monotonic()
+            prepare = self.prepare
+            pixels = prepare(image) if prepare is not None else None
             self.frames_captured += 1
             with self._lock:
-                self._frame = Frame(image, self.frames_captured, time.monotonic())
+                self._frame = Frame(image, self.frames_captured, captured, pixels)
+                self._taken.clear()
                 self._lock.notify_all()
-            if self.interval:
+            if not self.source.paced and not self.interval:
+                # A file or an in-memory source can produce frames faster than anyone uses them:
+                # stay exactly one frame ahead instead of spinning (and holding the GIL).
+                while not self._taken.wait(0.1) and not self._stop.is_set():
+                    pass
+            elif self.interval:
                 next_due = max(next_due + self.interval, time.monotonic() - self.interval)
                 self._stop.wait(max(0.0, next_due - time.monotonic()))
         if opened:
@@ -294,10 +312,14 @@ class FrameGrabber:
                     return None
                 self._lock.wait(remaining)
             frame = self._frame
-            return frame if frame is not None and frame.number > after else None
+            if frame is not None and frame.number > after:
+                self._taken.set()
+                return frame
+            return None
 
     def stop(self) -> None:
         self._stop.set()
+        self._taken.set()
         with self._lock:
             self._lock.notify_all()
         if self._thread is not None:

@@ -181,9 +181,12 @@ class Daemon:
 
     def _open_camera(self) -> None:
         camera = self.config.camera
+        # The low-resolution camera stream is asked for at the size the bundle resizes to (shorter side).
+        shorter = self.preprocess.shorter_side
+        lores = (2 * round(shorter * camera.width / camera.height / 2), shorter)
         source = self.source_override or make_source(camera.source, width=camera.width, height=camera.height,
-                                                     loop=camera.loop, fps=camera.fps)
-        self.grabber = FrameGrabber(source, fps=camera.fps).start()
+                                                     loop=camera.loop, fps=camera.fps, inference_size=lores)
+        self.grabber = FrameGrabber(source, fps=camera.fps, prepare=self.preprocess).start()
 
     # -- running -------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -199,6 +202,16 @@ class Daemon:
 
     def run(self) -> int:
         """Classify frames until stopped (or ``config.frames`` frames). Returns the exit code."""
+        # The capture thread and the main loop hand frames over through the GIL; the default 5 ms switch
+        # interval would let either wait that long for the other at every call into the interpreter.
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)
+        try:
+            return self._loop()
+        finally:
+            sys.setswitchinterval(switch_interval)
+
+    def _loop(self) -> int:
         last = 0
         self.notifier.notify(f"STATUS=starting: {self.config.camera.source}")
         while not self._stop:
@@ -214,15 +227,20 @@ class Daemon:
                     break
                 continue
             last = frame.number
-            self.step(frame.image, frame.captured, frame.number)
+            self.step(frame.image, frame.captured, frame.number, frame.pixels)
             if self.config.frames is not None and self.stats.frames >= self.config.frames:
                 break
         return 0
 
-    def step(self, image: np.ndarray, captured: float | None = None, number: int | None = None) -> View:
-        """Embed one frame, apply pending button commands to it, predict, and show the result."""
+    def step(self, image: np.ndarray, captured: float | None = None, number: int | None = None,
+             pixels: np.ndarray | None = None) -> View:
+        """Embed one frame, apply pending button commands to it, predict, and show the result.
+
+        ``pixels``: the frame already preprocessed (the capture thread does it when it can).
+        """
         t0 = time.perf_counter()
-        pixels = self.preprocess(image)
+        if pixels is None or pixels.shape[:2] != (self.preprocess.crop_height, self.preprocess.crop_width):
+            pixels = self.preprocess(image)
         t1 = time.perf_counter()
         embedding = self.embedder.embed(pixels)
         t2 = time.perf_counter()
@@ -334,6 +352,8 @@ class Daemon:
         if new.camera != old.camera:
             self.grabber.stop()
             self._open_camera()
+        else:
+            self.grabber.prepare = self.preprocess
         self.smoother = Smoother(new.smoothing)
         log.warning("reloaded the configuration and the bundle (%d examples kept)", len(self.teacher))
         self._event("reloaded", examples=len(self.teacher))

@@ -61,6 +61,13 @@ class Preprocessor:
 
     def __call__(self, frame: np.ndarray | Image.Image) -> np.ndarray:
         """``(H, W, 3)`` RGB uint8 → ``(crop_height, crop_width, 3)`` RGB uint8."""
+        if isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8:
+            height, width = frame.shape[:2]
+            if self.resized_size(width, height) == (width, height):
+                # The camera already delivers the resized size (an ISP-scaled stream): the resize is the
+                # identity, so the crop is a slice — the same pixels, no arithmetic.
+                left, top = (width - self.crop_width) // 2, (height - self.crop_height) // 2
+                return np.ascontiguousarray(frame[top : top + self.crop_height, left : left + self.crop_width])
         image = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame, np.uint8))
         if image.mode != "RGB":
             image = image.convert("RGB")

@@ -50,6 +50,7 @@ class Teacher:
         self.embed = embed
         self._index: KNNIndex | None = None
         self._projection: tuple[np.ndarray, int] | None = None
+        self._counts: dict[str, int] | None = None
 
     @classmethod
     def open(cls, path: str | Path, embedder=None, *, writable: bool = True, **options) -> Teacher:
@@ -92,7 +93,10 @@ class Teacher:
         return list(self.snapshot.classes)
 
     def counts(self) -> dict[str, int]:
-        return self.store.counts()
+        """Examples per class (cached until the next change: the daemon asks every frame)."""
+        if self._counts is None:
+            self._counts = self.store.counts()
+        return dict(self._counts)
 
     def __len__(self) -> int:
         return len(self.snapshot.examples)
@@ -132,7 +136,7 @@ class Teacher:
         new = Snapshot(fingerprint or snap.fingerprint, embeddings.shape[1] if embeddings.ndim == 2 else
                        snap.embedding_size, examples, embeddings, classes)
         self.store.commit(new)  # raises before anything in memory changes if the disk says no
-        self._index = None
+        self._index = self._counts = None
         if fingerprint and fingerprint != snap.fingerprint:
             self._projection = None
 

@@ -305,9 +305,9 @@ def test_picamera2_source_reads_the_lores_stream_as_rgb(monkeypatch):
     source.open()
     frame = source.read()
     source.close()
-    assert frame.shape == (240, 320, 3)
+    assert frame.shape == (256, 342, 3)  # shorter side = the bundle's 256: preprocessing is a plain crop
     assert abs(int(frame[..., 0].mean()) - 200) < 8 and frame[..., 2].mean() < 20  # RGB order, not BGR
-    assert calls[1][2] == {"size": (320, 240), "format": "YUV420"} and calls[-2:] == ["stop", "close"]
+    assert calls[1][2] == {"size": (342, 256), "format": "YUV420"} and calls[-2:] == ["stop", "close"]
 
 
 def test_picamera2_missing_is_a_clear_error(monkeypatch):
