@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 from edge.errors import CameraError
 
 log = logging.getLogger(__name__)
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # before cv2 is imported: failures are reported by teachcam
 
 
 class Source:

@@ -63,6 +63,16 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="JSON lines on stdout even on a terminal")
     p.add_argument("--preview", action="store_true", help="a preview window (OpenCV with a GUI only)")
 
+    p = sub.add_parser("doctor", help="(device) check camera, GPIO, runtime, Edge TPU, bundle, store and permissions",
+                       description="Check everything `teachcam run` needs, with the same config, and say how to fix "
+                                   "what is wrong. Exit 1 if anything would stop the daemon.")
+    p.add_argument("-c", "--config", type=Path, default=None, help="TOML config file (default: built-in defaults)")
+    p.add_argument("-b", "--bundle", type=Path, default=None)
+    p.add_argument("-s", "--store", type=Path, default=None)
+    p.add_argument("--source", default=None, help="camera spec to test")
+    p.add_argument("--no-camera", action="store_true", help="do not open the camera (e.g. while the service runs)")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("demo", help="the live demo on any machine: teach three objects by (mock) buttons, then recognise",
                        description="A synthetic camera films sample photos with jitter, lighting drift and noise; "
                                    "scripted presses on gpiozero mock pins teach three objects; the daemon then "
@@ -102,4 +112,24 @@ def cmd_demo(args) -> int:
     return 0 if figures["frames"] > 0 else 1
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo}
+def cmd_doctor(args) -> int:
+    import json
+
+    from edge.config import load_config
+    from edge.doctor import as_json, run_checks
+
+    overrides = {k: v for k, v in _flag_overrides(args).items() if k in ("bundle", "store", "camera.source")}
+    config = load_config(args.config, overrides)
+    checks = run_checks(config, camera=not args.no_camera)
+    if args.json:
+        print(json.dumps(as_json(checks), indent=2))
+    else:
+        marks = {"ok": "✓", "warn": "!", "fail": "✗"}
+        for check in checks:
+            print(f"{marks[check.status]} {check.name:<12} {check.detail}")
+            if check.fix:
+                print(f"  {'':<12} fix: {check.fix}")
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "doctor": cmd_doctor}

@@ -83,6 +83,9 @@ class OutputConfig:
 @dataclass(frozen=True)
 class DaemonConfig:
     bundle: str = "build/default-bundle"
+    # A verified copy of the last bundle that started; used (with an error in the journal) when `bundle`
+    # is refused — damaged, half-copied, or of an unknown format. Empty: no copy, a bad bundle stops the daemon.
+    last_good_bundle: str = ""
     store: str = "teachcam-store"
     mode: str = "knn"
     precision: str = "auto"

@@ -35,6 +35,29 @@ from edge.teach import Teacher
 log = logging.getLogger(__name__)
 
 
+def keep_last_good(bundle: Path, target: Path) -> None:
+    """Copy a bundle that just loaded and verified to ``target`` (atomically), unless it is already there."""
+    import shutil
+
+    manifest = (bundle / "manifest.json").read_bytes()
+    if (target / "manifest.json").is_file() and (target / "manifest.json").read_bytes() == manifest:
+        return
+    staging = target.with_name(f".{target.name}.partial")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(bundle, staging)
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("kept a copy of bundle %s as the last good bundle (%s)", bundle, target)
+    except OSError as exc:
+        log.warning("could not keep a copy of the bundle at %s (%s); a bad bundle later would stop the daemon",
+                    target, exc)
+
+
 class Notifier:
     """systemd's sd_notify (through sdnotify); silent when not run by systemd."""
 
@@ -112,9 +135,26 @@ class Daemon:
         self._open_camera()
         return self
 
+    def _load_bundle(self):
+        """The configured bundle, or the kept last good one when the configured one is refused."""
+        config = self.config
+        try:
+            bundle = load_bundle(config.bundle)
+        except TeachcamError as exc:
+            fallback = Path(config.last_good_bundle) if config.last_good_bundle else None
+            if fallback is None or not (fallback / "manifest.json").is_file():
+                raise
+            bundle = load_bundle(fallback)  # raises too if the kept copy is also bad
+            log.error("bundle %s refused: %s — running on the last good bundle (%s, built %s)", config.bundle, exc,
+                      fallback, bundle.manifest.get("created", "?"))
+            return bundle
+        if config.last_good_bundle:
+            keep_last_good(bundle.path, Path(config.last_good_bundle))
+        return bundle
+
     def _load_models(self) -> None:
         config = self.config
-        bundle = load_bundle(config.bundle)
+        bundle = self._load_bundle()
         self.preprocess = Preprocessor.from_manifest(bundle.preprocessing)
         embedder = Embedder.create(bundle, config.precision, num_threads=config.threads)
         knn = KNNConfig(k=config.knn.k) if config.knn.threshold is None else KNNConfig(k=config.knn.k,

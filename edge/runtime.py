@@ -10,10 +10,12 @@ reef atlas) has no ``pycoral.utils.edgetpu`` and is ignored.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
 import platform
+import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -132,7 +134,7 @@ def _new_interpreter(runtime: InterpreterModule, model_path: str, threads: int, 
     if runtime.load_delegate is None:
         raise ModelError(f"{runtime.name} cannot load delegates")
     options = {"device": edgetpu_device} if edgetpu_device else {}
-    delegate = runtime.load_delegate(EDGETPU_LIBRARY, options)
+    delegate = load_delegate_quietly(runtime, EDGETPU_LIBRARY, options)
     return runtime.Interpreter(model_path=model_path, experimental_delegates=[delegate], num_threads=threads)
 
 
@@ -144,10 +146,31 @@ def edgetpu_available() -> bool:
     if runtime.load_delegate is None:
         return False
     try:
-        runtime.load_delegate(EDGETPU_LIBRARY)
+        load_delegate_quietly(runtime, EDGETPU_LIBRARY)
     except (ValueError, RuntimeError, OSError):
         return False
     return True
+
+
+def load_delegate_quietly(runtime: InterpreterModule, library: str, options: dict | None = None):
+    """``load_delegate``, without the "Exception ignored in Delegate.__del__" that litert prints when the
+    library is missing (its half-built Delegate object fails in ``__del__``)."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, AttributeError) and "Delegate" in repr(unraisable.object)):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    failure = None
+    try:
+        return runtime.load_delegate(library, options or {})
+    except (ValueError, RuntimeError, OSError) as exc:
+        failure = type(exc)(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    finally:
+        gc.collect()  # with the failed call's traceback gone, the half-built Delegate is collected here
+        sys.unraisablehook = previous
+    raise failure
 
 
 def warn_edgetpu_fallback(reason: str) -> None:

@@ -1,0 +1,197 @@
+"""``teachcam doctor``: check everything the daemon needs and say how to fix what is wrong.
+
+Each check gives ``ok``, ``warn`` (works, but not as well as it could) or ``fail`` (the
+daemon will not start or will not do its job), with one line of detail and, when not ok,
+one line saying what to do.
+"""
+
+from __future__ import annotations
+
+import glob
+import grp
+import os
+import pwd
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edge.config import DaemonConfig
+from edge.errors import TeachcamError
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
+
+
+def _user_groups() -> set[str]:
+    names = {grp.getgrgid(g).gr_name for g in os.getgroups() if _has_group(g)}
+    try:
+        names.add(grp.getgrgid(os.getgid()).gr_name)
+    except KeyError:
+        pass
+    return names
+
+
+def _has_group(gid: int) -> bool:
+    try:
+        grp.getgrgid(gid)
+        return True
+    except KeyError:
+        return False
+
+
+def check_runtime() -> Check:
+    from edge.runtime import interpreter_module
+
+    try:
+        runtime = interpreter_module()
+    except TeachcamError as exc:
+        return Check("runtime", "fail", str(exc), "pip install ai-edge-litert")
+    status = "ok" if runtime.name == "ai_edge_litert" else "warn"
+    fix = "" if status == "ok" else "pip install ai-edge-litert (faster int8 kernels than the fallback)"
+    return Check("runtime", status, f"{runtime.name} {runtime.version}", fix)
+
+
+def check_bundle(config: DaemonConfig) -> tuple[Check, object]:
+    from edge.bundle import load_bundle
+
+    try:
+        bundle = load_bundle(config.bundle)
+    except TeachcamError as exc:
+        return Check("bundle", "fail", str(exc), "copy a bundle with scripts/deploy, or build one with teachcam convert"), None
+    sizes = sum(m.raw.get("bytes", 0) for m in bundle.models) / 1e6
+    return Check("bundle", "ok", f"{config.bundle}: {len(bundle.models)} models, {sizes:.1f} MB, every sha256 matches"), \
+        bundle
+
+
+def check_edgetpu(config: DaemonConfig, bundle) -> Check:
+    from edge.runtime import edgetpu_available
+
+    compiled = bundle is not None and bundle.find("embedder", precision="int8", edgetpu=True) is not None
+    library = edgetpu_available()
+    devices = glob.glob("/dev/apex_*") + [p for p in glob.glob("/sys/bus/usb/devices/*/idVendor")
+                                          if Path(p).read_text().strip() in ("1a6e", "18d1")]
+    if not compiled:
+        note = "the bundle has no Edge TPU model: the int8 model runs on the CPU"
+        return Check("edgetpu", "ok" if not devices else "warn", note,
+                     "" if not devices else "a Coral is plugged in: rebuild with `teachcam convert --edgetpu`")
+    if not library:
+        return Check("edgetpu", "warn", "the bundle has an Edge TPU model but libedgetpu is not installed",
+                     "install libedgetpu1-std from Coral's apt repository (the CPU model runs meanwhile)")
+    if not devices:
+        return Check("edgetpu", "warn", "libedgetpu is installed but no Coral device is visible",
+                     "plug the USB accelerator in (blue port) or check the PCIe driver (gasket-dkms)")
+    return Check("edgetpu", "ok", f"Edge TPU model present, libedgetpu loads, {len(devices)} device(s) visible")
+
+
+def check_store(config: DaemonConfig) -> Check:
+    from edge.store import EnrollmentStore
+
+    path = Path(config.store)
+    if not path.exists():
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if os.access(parent, os.W_OK):
+            return Check("store", "ok", f"{path} does not exist yet; it will be created on the first enrollment")
+        return Check("store", "fail", f"{path} does not exist and {parent} is not writable",
+                     f"create it for this user: sudo install -d -o {pwd.getpwuid(os.getuid()).pw_name} {path}")
+    if not os.access(path, os.W_OK):
+        return Check("store", "fail", f"{path} is not writable by {pwd.getpwuid(os.getuid()).pw_name}",
+                     f"sudo chown -R {pwd.getpwuid(os.getuid()).pw_name} {path} (under systemd: the teachcam user)")
+    try:
+        store = EnrollmentStore.open(path, writable=False)
+    except TeachcamError as exc:
+        return Check("store", "fail", str(exc), "see `teachcam store list` and the damaged/ folder")
+    counts = store.counts()
+    damaged = list((path / "damaged").glob("*")) if (path / "damaged").is_dir() else []
+    detail = f"{path}: {sum(counts.values())} examples in {len(counts)} classes, generation {store.snapshot.generation}"
+    if damaged:
+        return Check("store", "warn", detail + f"; {len(damaged)} damaged generation(s) set aside",
+                     f"the store works; inspect or delete {path / 'damaged'}")
+    return Check("store", "ok", detail)
+
+
+def check_camera(config: DaemonConfig, timeout: float = 5.0) -> Check:
+    from edge.camera import make_source
+
+    spec = config.camera.source
+    try:
+        source = make_source(spec, width=config.camera.width, height=config.camera.height, loop=True)
+        source.open()
+        started = time.monotonic()
+        frame = None
+        while frame is None and time.monotonic() - started < timeout:
+            frame = source.read()
+        source.close()
+    except TeachcamError as exc:
+        fix = {"picamera2": "check the ribbon cable, `rpicam-hello --list-cameras`, and that the user is in group video"}
+        return Check("camera", "fail", str(exc), fix.get(spec, "check the camera spec in the config"))
+    if frame is None:
+        return Check("camera", "fail", f"{spec} opened but gave no frame in {timeout:.0f} s", "check the camera")
+    return Check("camera", "ok", f"{spec}: {frame.shape[1]}x{frame.shape[0]} frames")
+
+
+def check_gpio(config: DaemonConfig) -> Check:
+    from edge.controls import gpio_available
+
+    if not (config.buttons.enabled or config.leds.enabled):
+        return Check("gpio", "ok", "buttons and LEDs are disabled in the config")
+    chips = glob.glob("/dev/gpiochip*")
+    if not chips:
+        return Check("gpio", "warn", "no /dev/gpiochip*: not a Raspberry Pi (keys on a terminal work instead)",
+                     "on a Pi, enable GPIO; elsewhere use --no-gpio")
+    if not all(os.access(c, os.R_OK | os.W_OK) for c in chips):
+        return Check("gpio", "fail", f"{chips[0]} is not accessible to this user",
+                     "add the user to group gpio: sudo usermod -aG gpio $USER (the service user already is)")
+    if not gpio_available():
+        return Check("gpio", "fail", "gpiozero finds no working pin factory", "pip install 'teachcam[pi]' (lgpio)")
+    return Check("gpio", "ok", f"{len(chips)} GPIO chip(s); buttons on {list(config.buttons.pins)}, "
+                               f"LEDs on {list(config.leds.pins)}")
+
+
+def check_i2c(config: DaemonConfig) -> Check:
+    if not config.output.oled:
+        return Check("i2c", "ok", "no OLED configured")
+    device = Path(f"/dev/i2c-{config.output.oled_i2c_port}")
+    if not device.exists():
+        return Check("i2c", "fail", f"{device} does not exist", "enable I2C: sudo raspi-config nonint do_i2c 0")
+    if not os.access(device, os.R_OK | os.W_OK):
+        return Check("i2c", "fail", f"{device} is not accessible", "add the user to group i2c")
+    return Check("i2c", "ok", f"{device} present")
+
+
+def check_groups() -> Check:
+    needed = {"video", "gpio", "i2c"}
+    existing = {g for g in needed if _group_exists(g)}
+    missing = existing - _user_groups()
+    if os.getuid() == 0 or not missing:
+        return Check("permissions", "ok", f"user {pwd.getpwuid(os.getuid()).pw_name} can use {sorted(existing) or 'all'}")
+    return Check("permissions", "warn", f"user {pwd.getpwuid(os.getuid()).pw_name} is not in {', '.join(sorted(missing))}",
+                 f"sudo usermod -aG {','.join(sorted(missing))} $USER, then log in again")
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def run_checks(config: DaemonConfig, *, camera: bool = True) -> list[Check]:
+    checks = [check_runtime()]
+    bundle_check, bundle = check_bundle(config)
+    checks += [bundle_check, check_edgetpu(config, bundle), check_store(config)]
+    if camera:
+        checks.append(check_camera(config))
+    checks += [check_gpio(config), check_i2c(config), check_groups()]
+    return checks
+
+
+def as_json(checks: list[Check]) -> list[dict]:
+    return [asdict(c) for c in checks]

@@ -1,0 +1,97 @@
+"""scripts/deploy against a real sshd on loopback standing in for the Pi (key-only, its own host key)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SSHD = "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def stand_in_pi(tmp_path):
+    if os.geteuid() != 0 or not Path(SSHD).exists() or shutil.which("rsync") is None:
+        pytest.skip("needs root, openssh-server and rsync (.ci/run installs them)")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+    port = free_port()
+    config = keys / "sshd_config"
+    config.write_text(f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {keys / 'host'}
+AuthorizedKeysFile {keys / 'authorized_keys'}
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PermitRootLogin prohibit-password
+StrictModes no
+PidFile {keys / 'sshd.pid'}
+""")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen([SSHD, "-D", "-f", str(config), "-E", str(keys / "sshd.log")])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, (keys / "sshd.log").read_text()
+            time.sleep(0.1)
+    yield {"host": "root@127.0.0.1", "port": port, "identity": keys / "client"}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_deploy_installs_and_a_second_deploy_changes_nothing(stand_in_pi, bundle_path, tmp_path):
+    scratch = tmp_path / "pi"
+    env = {**os.environ,
+           "DEPLOY_SSH_OPTIONS": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+           "TEACHCAM_PREFIX": str(scratch / "opt"), "TEACHCAM_ETC": str(scratch / "etc"),
+           "TEACHCAM_UNIT_DIR": str(scratch / "systemd")}
+    config = tmp_path / "teachcam.toml"
+    config.write_text((ROOT / "systemd" / "teachcam.toml").read_text()
+                      .replace("/opt/teachcam/bundle", str(scratch / "opt" / "bundle"))
+                      .replace("/var/lib/teachcam", str(scratch / "var")))
+    command = [str(ROOT / "scripts" / "deploy"), stand_in_pi["host"], str(bundle_path), "--config", str(config),
+               "--port", str(stand_in_pi["port"]), "--identity", str(stand_in_pi["identity"])]
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "installing teachcam (device install)" in first.stdout
+    assert "✓ bundle" in first.stdout
+    unit = (scratch / "systemd" / "teachcam.service").read_text()
+    assert f"ExecStart={scratch / 'opt'}/venv/bin/teachcam run --config {scratch / 'etc'}/teachcam.toml" in unit
+    venv_python = scratch / "opt" / "venv" / "bin" / "python"
+    probe = subprocess.run([str(venv_python), "-c", "import edge, importlib.util as u; "
+                            "print(u.find_spec('tensorflow') is None, u.find_spec('ai_edge_litert') is not None)"],
+                           capture_output=True, text=True)
+    assert probe.stdout.split() == ["True", "True"], "the device install must have the runtime and no TensorFlow"
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "install-pi: nothing changed" in second.stdout
+    size = subprocess.run(["du", "-sm", str(scratch / "opt" / "venv")], capture_output=True, text=True).stdout.split()[0]
+    print(f"\ndevice venv on the stand-in Pi: {size} MB")
+
+
+def test_deploy_refuses_a_folder_that_is_not_a_bundle(tmp_path):
+    result = subprocess.run([str(ROOT / "scripts" / "deploy"), "pi@nowhere", str(tmp_path)], capture_output=True,
+                            text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"deploy: {tmp_path} is not a teachcam bundle (no manifest.json)"
