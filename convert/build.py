@@ -92,7 +92,18 @@ def agreement(bundle: Bundle, paths: list[Path]) -> dict:
     }
 
 
-def convert_bundle(options: ConvertOptions, progress=None) -> Bundle:
+@dataclass
+class ExtraHead:
+    """A head trained on the embedding, exported next to the ImageNet head."""
+
+    name: str
+    model: object  # keras: embedding -> logits
+    labels: list[str]
+    kind: str = "trained_dense"
+
+
+def convert_bundle(options: ConvertOptions, progress=None, *, calibration_pixels: list[np.ndarray] | None = None,
+                   heads: tuple[ExtraHead, ...] = (), finish=None, backbone=None) -> Bundle:
     """Build the default bundle at ``options.out`` and return it, checked.
 
     Raises:
@@ -105,7 +116,9 @@ def convert_bundle(options: ConvertOptions, progress=None) -> Bundle:
     progress = progress or NullProgress()
     out = Path(options.out)
     check_destination(out, options.force)
-    if options.calibration is not None:
+    if calibration_pixels is not None:
+        photos, source = [], "the user's own training images"
+    elif options.calibration is not None:
         photos = calibration.image_files(options.calibration)
         if not photos:
             raise DatasetError(f"no images found under {options.calibration} for calibration")
@@ -116,17 +129,22 @@ def convert_bundle(options: ConvertOptions, progress=None) -> Bundle:
             raise DatasetError("no sample photos found for calibration: install scikit-image, or pass --calibration DIR")
         source = "sample photos shipped with scikit-image and scikit-learn"
 
-    progress.step("loading MobileNetV2 weights")
-    backbone = load_backbone(options.weights, options.input_size, options.alpha)
-    progress.advance()
+    if backbone is None:
+        progress.step("loading MobileNetV2 weights")
+        backbone = load_backbone(options.weights, options.input_size, options.alpha)
+        progress.advance()
     preprocessing = backbone.manifest_preprocessing()
     pre = Preprocessor.from_manifest(preprocessing)
 
-    progress.step("preparing calibration images", total=len(photos))
-    samples = calibration.representative_pixels(
-        photos, pre, per_image=max(1, options.calibration_samples // len(photos)), limit=options.calibration_samples,
-        on_image=lambda _: progress.advance(),
-        on_skip=lambda path, exc: progress.note(f"skipped calibration image {path.name}: {exc}"))
+    if calibration_pixels is not None:
+        samples = [calibration.full_range_sample(pre.crop_height, pre.crop_width), *calibration_pixels]
+        samples = samples[: options.calibration_samples + 1]
+    else:
+        progress.step("preparing calibration images", total=len(photos))
+        samples = calibration.representative_pixels(
+            photos, pre, per_image=max(1, options.calibration_samples // len(photos)),
+            limit=options.calibration_samples, on_image=lambda _: progress.advance(),
+            on_skip=lambda path, exc: progress.note(f"skipped calibration image {path.name}: {exc}"))
 
     with staging_folder(out, options.force) as folder:
         progress.step("exporting float32 embedder")
@@ -155,12 +173,28 @@ def convert_bundle(options: ConvertOptions, progress=None) -> Bundle:
         progress.advance()
         (folder / "labels").mkdir()
         shutil.copyfile(LABELS_FILE, folder / "labels" / "imagenet.txt")
+        head_models, head_sections = [], {}
+        for extra in heads:
+            progress.step(f"exporting head {extra.name!r} (float32 and int8)", total=2)
+            head_float_path = write_tflite(extra.model, folder / f"{extra.name}_head_float32.tflite", int8=False)
+            progress.advance()
+            head_int8_path = write_tflite(extra.model, folder / f"{extra.name}_head_int8.tflite", int8=True,
+                                          representative=lambda: iter(embeddings))
+            progress.advance()
+            (folder / "labels" / f"{extra.name}.txt").write_text("\n".join(extra.labels) + "\n", encoding="utf-8")
+            head_models += [
+                describe_model(head_int8_path, role="head", precision="int8", head=extra.name, output="logits"),
+                describe_model(head_float_path, role="head", precision="float32", head=extra.name, output="logits"),
+            ]
+            head_sections[extra.name] = {"labels": f"labels/{extra.name}.txt", "num_classes": len(extra.labels),
+                                         "kind": extra.kind, "output": "logits"}
 
         models = [
             describe_model(int8_path, role="embedder", precision="int8"),
             describe_model(float_path, role="embedder", precision="float32"),
             describe_model(head_int8, role="head", precision="int8", head="imagenet", output="logits"),
             describe_model(head_float, role="head", precision="float32", head="imagenet", output="logits"),
+            *head_models,
         ]
         if options.edgetpu:
             progress.step("compiling for the Edge TPU")
@@ -174,17 +208,19 @@ def convert_bundle(options: ConvertOptions, progress=None) -> Bundle:
                           "layer": "global average pool of the last 1x1 convolution (after ReLU6)"},
             "models": models,
             "heads": {"imagenet": {"labels": "labels/imagenet.txt", "num_classes": 1000,
-                                   "kind": "imagenet_classifier", "output": "logits"}},
+                                   "kind": "imagenet_classifier", "output": "logits"}, **head_sections},
             "calibration": {"source": source, "images": len(photos), "samples": len(samples),
                             "note": "first sample is a 0..255 gradient so the uint8 input keeps scale 1, zero point 0"},
         }
         write_manifest(folder, manifest)
 
         progress.step("measuring float32 vs int8 agreement", total=1)
-        evaluation = agreement(load_bundle(folder), photos)
+        evaluation = agreement(load_bundle(folder), photos or calibration.sample_photos())
         manifest["evaluation"] = {"float_vs_int8": evaluation}
-        write_manifest(folder, manifest)
         progress.advance()
+        if finish is not None:  # e.g. training: held-out accuracy on the device runtime, the report folder
+            manifest.update(finish(load_bundle(folder, verify=False), folder))
+        write_manifest(folder, manifest)
     return load_bundle(out)
 
 

@@ -94,3 +94,38 @@ def run_convert(args) -> int:
               f"{evaluation['top1_agreement'] * 100:.1f}%, mean embedding cosine {evaluation['mean_embedding_cosine']:.4f}")
         print(f"next: teachcam classify --bundle {bundle.path} IMAGE")
     return 0
+
+
+def run_train(args) -> int:
+    check_destination(args.out, args.force)
+    if not args.data.exists():
+        raise TeachcamError(f"training data not found: {args.data}")
+    _import_tensorflow_quietly()
+    from convert.train import QuantizationDropError, TrainOptions, train
+
+    options = TrainOptions(data=args.data, out=args.out, head=args.head, head_name=args.name, val=args.val,
+                           val_fraction=args.val_fraction, limit=args.limit, epochs=args.epochs, hidden=args.hidden,
+                           dropout=args.dropout, learning_rate=args.learning_rate, max_int8_drop=args.max_int8_drop,
+                           weights=args.weights, edgetpu=args.edgetpu, force=args.force)
+    started = time.monotonic()
+    failure = None
+    with RichProgress() as progress:
+        try:
+            bundle = train(options, progress)
+        except QuantizationDropError as exc:
+            failure, bundle = exc, None
+    from edge.bundle import load_bundle
+
+    bundle = bundle or load_bundle(args.out)
+    metrics = bundle.manifest["training"]
+    if args.json:
+        print(json.dumps(metrics, indent=2, ensure_ascii=False))
+    else:
+        acc = metrics["accuracy"]
+        print(f"wrote {bundle.path} in {time.monotonic() - started:.0f} s; held-out accuracy on the device runtime: "
+              f"float32 {acc['float32']:.3f}, int8 {acc['int8']:.3f} (int8 drop {acc['int8_drop_points']:+.2f} points)")
+        print(f"report: {bundle.path / 'report'} (curves.png, confusion_*.png, samples_int8.png, metrics.json)")
+        print(f"on the Pi: teachcam run --bundle BUNDLE --mode head  (head {args.name!r}, {len(metrics['classes'])} classes)")
+    if failure is not None:
+        raise failure
+    return 0

@@ -61,6 +61,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--json", action="store_true", help="print the manifest summary as JSON when done")
 
+    p = sub.add_parser("train", help="(laptop) train a head on your images; int8 + float32 bundle with an accuracy report",
+                       description="Train a classifier head on your images and write a bundle the Pi runs "
+                                   "(`teachcam run --mode head`). DATA: a folder with one sub-folder per class, a CSV "
+                                   "of path,label rows, IDX (MNIST-style) files, or a `teachcam store export` zip. "
+                                   "Both float32 and int8 are measured on held-out images; the report folder in the "
+                                   "bundle has the curves, confusion matrices, sample predictions and metrics.json.")
+    p.add_argument("-d", "--data", type=Path, required=True, help="training data (see above)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--head", default="dense", choices=("dense", "finetune", "cnn"),
+                   help="dense: frozen backbone + dense softmax head (default; finetune and cnn are not built yet)")
+    p.add_argument("--name", default="trained", help="the head's name in the bundle (default: trained)")
+    p.add_argument("--val", type=Path, default=None, help="validation data (default: a stratified 20%% split)")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--limit", type=int, default=None, help="use at most this many training images (balanced)")
+    p.add_argument("--epochs", type=int, default=40, help="at most this many epochs (early stopping)")
+    p.add_argument("--hidden", type=int, default=0, help="units in a hidden layer (default: none)")
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--max-int8-drop", type=float, default=None, metavar="POINTS",
+                   help="fail (exit 3; the bundle is still written, and marked) if int8 loses more accuracy than this")
+    p.add_argument("--weights", default="offline", help="backbone weights, as for convert")
+    p.add_argument("--edgetpu", action="store_true", help="also compile for the Edge TPU when edgetpu_compiler is on PATH")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--json", action="store_true", help="print metrics.json when done")
+
     p = sub.add_parser("classify", help="(device) top-k ImageNet labels for image files",
                        description="Classify images with the bundle's ImageNet head on the TFLite runtime.")
     _add_bundle_flag(p)
@@ -176,7 +201,13 @@ def cmd_convert(args) -> int:
     return run_convert(args)
 
 
-COMMANDS = {"classify": cmd_classify, "info": cmd_info, "convert": cmd_convert}
+def cmd_train(args) -> int:
+    from convert.cli import run_train
+
+    return run_train(args)
+
+
+COMMANDS = {"classify": cmd_classify, "info": cmd_info, "convert": cmd_convert, "train": cmd_train}
 
 
 def _commands() -> dict:

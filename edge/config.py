@@ -90,7 +90,7 @@ class DaemonConfig:
     mode: str = "knn"
     precision: str = "auto"
     threads: int | None = None
-    head: str = "imagenet"
+    head: str = "trained"  # the bundle head used by mode = "head" (teachcam train --name)
     classes: tuple[str, ...] = DEFAULT_CLASSES
     smoothing: int = 5  # frames in the vote window; 1 = no smoothing
     frames: int | None = None  # stop after this many frames (tests, benchmarks)

@@ -1,0 +1,221 @@
+"""``teachcam train``: a head trained on the user's images, quantized, measured, bundled.
+
+Built so far: ``dense`` — the backbone frozen, one embedding per image computed once (and
+cached on disk), a softmax dense head (optionally a hidden layer with dropout) trained on
+them with class-balanced weights, a validation split and early stopping. The bundle holds
+the embedders (int8 calibrated on the user's own training images, and float32), the
+ImageNet head and the trained head (float32 and int8); the held-out set is then classified
+on the device runtime with float32 and with int8 end to end, and the report folder shows
+curves, confusion matrices, sample predictions and per-class precision/recall.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from convert import report
+from convert.build import ConvertOptions, ExtraHead, NullProgress, convert_bundle
+from convert.datasets import Dataset, limit_per_class, load_dataset, stratified_split
+from edge.bundle import Bundle
+from edge.errors import TeachcamError
+from edge.models import Embedder, Head
+from edge.preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
+HEADS = ("dense", "finetune", "cnn")
+CACHE = Path(os.environ.get("TEACHCAM_CACHE", Path.home() / ".cache" / "teachcam")) / "embeddings"
+
+
+class QuantizationDropError(TeachcamError):
+    """int8 cost more accuracy than --max-int8-drop allows (the bundle is written and marked)."""
+
+    exit_code = 3
+
+
+@dataclass
+class TrainOptions:
+    data: Path
+    out: Path
+    head: str = "dense"
+    head_name: str = "trained"
+    val: Path | None = None
+    val_fraction: float = 0.2
+    limit: int | None = None
+    epochs: int = 40
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    hidden: int = 0
+    dropout: float = 0.2
+    patience: int = 6
+    max_int8_drop: float | None = None
+    weights: str = "offline"
+    edgetpu: bool = False
+    force: bool = False
+    seed: int = 0
+
+
+def embed_dataset(backbone, pre: Preprocessor, dataset: Dataset, progress, *, batch: int = 32) -> np.ndarray:
+    """Float embeddings of every image (keras, batched), cached on disk by content and backbone."""
+    digest = hashlib.sha256(str(backbone.weights.get("sha256", backbone.weights)).encode())
+    pixels = []
+    progress.step(f"preprocessing {len(dataset)} images", total=len(dataset))
+    for i in range(len(dataset)):
+        pixels.append(pre(dataset.pixels(i, min_side=pre.shorter_side)))
+        digest.update(pixels[-1].tobytes()[::97])
+        progress.advance()
+    cache = CACHE / f"{digest.hexdigest()[:32]}.npy"
+    if cache.is_file():
+        cached = np.load(cache)
+        if cached.shape[0] == len(dataset):
+            return cached, pixels
+    progress.step(f"embedding {len(dataset)} images (frozen backbone)", total=len(dataset))
+    out = []
+    for start in range(0, len(pixels), batch):
+        chunk = np.stack(pixels[start : start + batch]).astype(np.float32)
+        out.append(backbone.embedder(chunk, training=False).numpy())
+        progress.advance(len(chunk))
+    embeddings = np.concatenate(out)
+    try:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        np.save(cache, embeddings)
+    except OSError as exc:
+        log.info("embedding cache not written (%s)", exc)
+    return embeddings, pixels
+
+
+def build_dense_head(keras, size: int, classes: int, hidden: int, dropout: float):
+    inputs = keras.Input((size,), name="embedding")
+    x = inputs
+    if hidden:
+        x = keras.layers.Dense(hidden, activation="relu", name="hidden")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+    logits = keras.layers.Dense(classes, name="logits")(x)
+    return keras.Model(inputs, logits, name="dense_head")
+
+
+class _KerasProgress:
+    """A keras callback that feeds the rich progress: one tick per epoch with loss and accuracy."""
+
+    def __new__(cls, keras, progress, epochs):
+        class Callback(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                progress.step("training the dense head", total=epochs)
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                progress.advance()
+                progress.note(f"epoch {epoch + 1:3d}: loss {logs.get('loss', 0):.4f} acc {logs.get('accuracy', 0):.3f}"
+                              f"  val_loss {logs.get('val_loss', 0):.4f} val_acc {logs.get('val_accuracy', 0):.3f}")
+
+        return Callback()
+
+
+def evaluate(bundle: Bundle, head_name: str, pixels: list[np.ndarray], labels: np.ndarray) -> dict:
+    """Held-out accuracy on the device runtime, float32 end to end and int8 end to end."""
+    out = {}
+    for precision in ("float32", "int8"):
+        embedder = Embedder.create(bundle, precision)
+        head = Head.create(bundle, head_name, embedder)
+        predicted = np.array([int(np.argmax(head.probabilities(embedder.embed(p)))) for p in pixels])
+        out[precision] = predicted
+    return out
+
+
+def train(options: TrainOptions, progress=None) -> Bundle:
+    """Train, export, evaluate and write the bundle. Returns it.
+
+    Raises:
+        DatasetError: bad training data. QuantizationDropError: int8 lost more than allowed.
+    """
+    import keras
+
+    from convert.backbones import load_backbone
+
+    progress = progress or NullProgress()
+    if options.head != "dense":
+        raise TeachcamError(f"--head {options.head} is not available in this version yet; use --head dense")
+    data = load_dataset(options.data)
+    if options.limit:
+        data = limit_per_class(data, options.limit, options.seed)
+    if options.val is not None:
+        train_set, val_set = data, load_dataset(options.val)
+        if val_set.classes != train_set.classes:
+            raise TeachcamError(f"--val has classes {val_set.classes}, the training data {train_set.classes}")
+    else:
+        train_set, val_set = stratified_split(data, options.val_fraction, options.seed)
+    progress.note(f"{len(train_set)} training and {len(val_set)} validation images in {len(data.classes)} classes: "
+                  + ", ".join(f"{k} {v}" for k, v in train_set.counts().items()))
+
+    progress.step("loading MobileNetV2 weights")
+    backbone = load_backbone(options.weights)
+    pre = Preprocessor.from_manifest(backbone.manifest_preprocessing())
+    train_x, train_pixels = embed_dataset(backbone, pre, train_set, progress)
+    val_x, val_pixels = embed_dataset(backbone, pre, val_set, progress)
+
+    keras.utils.set_random_seed(options.seed)
+    model = build_dense_head(keras, train_x.shape[1], len(data.classes), options.hidden, options.dropout)
+    summary: list[str] = []
+    model.summary(print_fn=lambda line, **_: summary.append(line))
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    progress.note("\n".join(summary) + f"\ntrainable parameters: {trainable:,} (backbone frozen)")
+    counts = np.bincount(train_set.labels, minlength=len(data.classes))
+    class_weight = {i: float(len(train_set) / (len(counts) * max(1, n))) for i, n in enumerate(counts)}
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience, restore_best_weights=True)
+    history = model.fit(train_x, train_set.labels, validation_data=(val_x, val_set.labels), epochs=options.epochs,
+                        batch_size=options.batch_size, class_weight=class_weight, verbose=0,
+                        callbacks=[stop, _KerasProgress(keras, progress, options.epochs)]).history
+
+    rng = np.random.default_rng(options.seed)
+    calibration = [train_pixels[i] for i in rng.permutation(len(train_pixels))[:128]]
+    outcome: dict = {}
+
+    def finish(bundle: Bundle, folder: Path) -> dict:
+        progress.step(f"classifying {len(val_pixels)} held-out images on the device runtime (float32 and int8)")
+        predicted = evaluate(bundle, options.head_name, val_pixels, val_set.labels)
+        progress.advance()
+        folder_report = folder / "report"
+        folder_report.mkdir()
+        accuracy = {p: float((predicted[p] == val_set.labels).mean()) for p in predicted}
+        drop = (accuracy["float32"] - accuracy["int8"]) * 100
+        matrices = {p: report.confusion(val_set.labels, predicted[p], len(data.classes)) for p in predicted}
+        report.plot_curves(history, folder_report / "curves.png")
+        for precision, matrix in matrices.items():
+            report.plot_confusion(matrix, data.classes, folder_report / f"confusion_{precision}.png",
+                                  f"{precision}: accuracy {accuracy[precision]:.3f}")
+        report.plot_samples(val_pixels, [data.classes[i] for i in val_set.labels],
+                            [data.classes[i] for i in predicted["int8"]], folder_report / "samples_int8.png")
+        failed = options.max_int8_drop is not None and drop > options.max_int8_drop
+        metrics = {
+            "head": options.head, "classes": data.classes, "train_images": len(train_set),
+            "validation_images": len(val_set), "epochs_run": len(history.get("loss", [])),
+            "trainable_parameters": trainable,
+            "accuracy": {"float32": round(accuracy["float32"], 4), "int8": round(accuracy["int8"], 4),
+                         "int8_drop_points": round(drop, 2)},
+            "per_class_int8": report.per_class(matrices["int8"], data.classes),
+            "per_class_float32": report.per_class(matrices["float32"], data.classes),
+            "max_int8_drop": options.max_int8_drop, "quantization_check": "failed" if failed else "passed",
+            "skipped_images": len(data.skipped),
+        }
+        report.write_metrics(folder_report / "metrics.json", metrics)
+        outcome.update(metrics)
+        return {"training": metrics}
+
+    bundle = convert_bundle(
+        ConvertOptions(out=options.out, weights=options.weights, edgetpu=options.edgetpu, force=options.force),
+        progress, calibration_pixels=calibration, backbone=backbone,
+        heads=(ExtraHead(options.head_name, model, list(data.classes)),), finish=finish)
+    if outcome["quantization_check"] == "failed":
+        raise QuantizationDropError(
+            f"int8 lost {outcome['accuracy']['int8_drop_points']:.2f} accuracy points (float32 "
+            f"{outcome['accuracy']['float32']:.3f}, int8 {outcome['accuracy']['int8']:.3f}), more than "
+            f"--max-int8-drop {options.max_int8_drop}; the bundle was written to {bundle.path} and marked")
+    return bundle
