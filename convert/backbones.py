@@ -150,11 +150,12 @@ def _normalizer(keras, mean, std):
     return Normalize(name="normalize")
 
 
-def build_torchvision_mobilenet_v2(state: dict[str, np.ndarray], input_size: int = 224):
+def build_torchvision_mobilenet_v2(state: dict[str, np.ndarray], input_size: int = 224, *, normalize: bool = True):
     """Build torchvision's MobileNetV2 (width 1.0) in keras and load ``state`` into it.
 
     Returns:
-        (embedder, classifier_kernel, classifier_bias): the embedder takes raw 0..255 RGB.
+        (embedder, classifier_kernel, classifier_bias): the embedder takes raw 0..255 RGB (or, with
+        ``normalize=False``, already normalized input — the way most examples feed a float model).
     """
     import keras
     from keras import layers
@@ -197,7 +198,7 @@ def build_torchvision_mobilenet_v2(state: dict[str, np.ndarray], input_size: int
         return layers.ReLU(6.0, name=key.replace(".", "_") + "_relu6")(x)
 
     inputs = keras.Input((input_size, input_size, 3), name="pixels")
-    x = _normalizer(keras, TORCHVISION_MEAN, TORCHVISION_STD)(inputs)
+    x = _normalizer(keras, TORCHVISION_MEAN, TORCHVISION_STD)(inputs) if normalize else inputs
     x = conv_bn_relu(x, "features.0", 32, 3, 2)
     channels, index = 32, 1
     for t, c, n, s in _INVERTED_RESIDUAL_SETTING:

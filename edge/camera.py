@@ -237,6 +237,7 @@ class FrameGrabber:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.frames_captured = 0
+        self.timings: dict[str, list[float]] = {"capture": [], "preprocess": []}  # seconds, the last 2,000
         self.errors = 0
         self.ended = False
         self.healthy = False
@@ -258,7 +259,9 @@ class FrameGrabber:
                     opened = True
                     if self.errors:
                         log.warning("camera %s is back", self.source.name)
+                read_started = time.perf_counter()
                 image = self.source.read()
+                read_seconds = time.perf_counter() - read_started
             except CameraError as exc:
                 self.errors += 1
                 self.healthy = False
@@ -281,7 +284,10 @@ class FrameGrabber:
             empty_reads, backoff, self.healthy = 0, 0.5, True
             captured = time.monotonic()
             prepare = self.prepare
+            prepare_started = time.perf_counter()
             pixels = prepare(image) if prepare is not None else None
+            self._record("capture", read_seconds)
+            self._record("preprocess", time.perf_counter() - prepare_started)
             self.frames_captured += 1
             with self._lock:
                 self._frame = Frame(image, self.frames_captured, captured, pixels)
@@ -297,6 +303,12 @@ class FrameGrabber:
                 self._stop.wait(max(0.0, next_due - time.monotonic()))
         if opened:
             self._close_quietly()
+
+    def _record(self, stage: str, seconds: float) -> None:
+        values = self.timings[stage]
+        values.append(seconds)
+        if len(values) > 4000:
+            del values[:2000]
 
     def _close_quietly(self) -> None:
         try:

@@ -73,6 +73,19 @@ def register(sub) -> None:
     p.add_argument("--no-camera", action="store_true", help="do not open the camera (e.g. while the service runs)")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("bench", help="(device) per-stage timings, frames/s, runtime, threads, model size, memory",
+                       description="Run the real daemon (no outputs, no GPIO) on a camera source and report, for this "
+                                   "machine: per-stage p50/p95 (capture, preprocess, invoke, classify, output), "
+                                   "end-to-end frames per second, interpreter and delegate, threads, model size and "
+                                   "resident memory. On a Pi with a Coral and a compiled bundle, the Edge TPU numbers.")
+    p.add_argument("-b", "--bundle", type=Path, default=None)
+    p.add_argument("--source", default="demo", help="camera spec (default: demo)")
+    p.add_argument("--frames", type=int, default=300, help="frames to measure (after 20 warm-up frames)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--mode", default="knn", choices=("knn", "head", "imagenet"))
+    p.add_argument("-s", "--store", type=Path, default=None, help="an enrollment store to classify against")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("demo", help="the live demo on any machine: teach three objects by (mock) buttons, then recognise",
                        description="A synthetic camera films sample photos with jitter, lighting drift and noise; "
                                    "scripted presses on gpiozero mock pins teach three objects; the daemon then "
@@ -132,4 +145,17 @@ def cmd_doctor(args) -> int:
     return 1 if any(c.status == "fail" for c in checks) else 0
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "doctor": cmd_doctor}
+def cmd_bench(args) -> int:
+    import json
+
+    from edge.bench import bench_config, format_report, run_bench
+    from edge.cli import DEFAULT_BUNDLE
+
+    config = bench_config(str(args.bundle or DEFAULT_BUNDLE), args.source, args.threads, args.mode,
+                          str(args.store) if args.store else None)
+    result = run_bench(config, args.frames)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "doctor": cmd_doctor, "bench": cmd_bench}

@@ -202,8 +202,8 @@ class Daemon:
                 "keys": f"keys: 1-{len(config.classes)} add an example · u undo · c clear all · q quit",
                 "none": "no buttons and no terminal: enroll with `teachcam enroll`"}
         self.controls_hint = hint.get(self.control_mode, hint["gpio"] + " · " + hint["keys"])
-        log.warning("controls: %s", self.controls_hint) if self.control_mode == "none" else log.info(
-            "controls: %s", self.controls_hint)
+        wanted = config.buttons.enabled and self.control_mode == "none"  # asked for buttons, got nothing
+        (log.warning if wanted else log.info)("controls: %s", self.controls_hint)
 
     def _open_outputs(self) -> None:
         output = self.config.output
