@@ -67,9 +67,10 @@ def agreement(bundle: Bundle, paths: list[Path]) -> dict:
     """Float vs int8 on the device runtime: top-1 agreement and embedding cosine similarity."""
     pre = Preprocessor.from_manifest(bundle.preprocessing)
     runners = {}
+    head_name = "imagenet" if "imagenet" in bundle.heads else next(iter(bundle.heads))
     for precision in ("float32", "int8"):
         embedder = Embedder.create(bundle, precision)
-        runners[precision] = (embedder, Head.create(bundle, "imagenet", embedder))
+        runners[precision] = (embedder, Head.create(bundle, head_name, embedder))
     rows = []
     for path in paths:
         pixels = pre(read_image(path, min_side=pre.shorter_side))
@@ -161,19 +162,26 @@ def convert_bundle(options: ConvertOptions, progress=None, *, calibration_pixels
         int8_path = write_tflite(backbone.embedder, folder / "embedder_int8.tflite", int8=True,
                                  representative=representative)
 
-        progress.step("exporting the ImageNet head", total=2)
         batch = np.stack(samples).astype(np.float32)
         embeddings = np.concatenate([backbone.embedder(batch[i : i + 32], training=False).numpy()
                                      for i in range(0, len(batch), 32)])
-        head = imagenet_head(backbone)
-        head_float = write_tflite(head, folder / "imagenet_head_float32.tflite", int8=False)
-        progress.advance()
-        head_int8 = write_tflite(head, folder / "imagenet_head_int8.tflite", int8=True,
-                                 representative=lambda: iter(embeddings))
-        progress.advance()
         (folder / "labels").mkdir()
-        shutil.copyfile(LABELS_FILE, folder / "labels" / "imagenet.txt")
         head_models, head_sections = [], {}
+        if backbone.classifier_kernel is not None:  # a fine-tuned backbone no longer fits the ImageNet head
+            progress.step("exporting the ImageNet head", total=2)
+            head = imagenet_head(backbone)
+            head_float = write_tflite(head, folder / "imagenet_head_float32.tflite", int8=False)
+            progress.advance()
+            head_int8 = write_tflite(head, folder / "imagenet_head_int8.tflite", int8=True,
+                                     representative=lambda: iter(embeddings))
+            progress.advance()
+            shutil.copyfile(LABELS_FILE, folder / "labels" / "imagenet.txt")
+            head_models += [
+                describe_model(head_int8, role="head", precision="int8", head="imagenet", output="logits"),
+                describe_model(head_float, role="head", precision="float32", head="imagenet", output="logits"),
+            ]
+            head_sections["imagenet"] = {"labels": "labels/imagenet.txt", "num_classes": 1000,
+                                         "kind": "imagenet_classifier", "output": "logits"}
         for extra in heads:
             progress.step(f"exporting head {extra.name!r} (float32 and int8)", total=2)
             head_float_path = write_tflite(extra.model, folder / f"{extra.name}_head_float32.tflite", int8=False)
@@ -192,8 +200,6 @@ def convert_bundle(options: ConvertOptions, progress=None, *, calibration_pixels
         models = [
             describe_model(int8_path, role="embedder", precision="int8"),
             describe_model(float_path, role="embedder", precision="float32"),
-            describe_model(head_int8, role="head", precision="int8", head="imagenet", output="logits"),
-            describe_model(head_float, role="head", precision="float32", head="imagenet", output="logits"),
             *head_models,
         ]
         if options.edgetpu:
@@ -207,8 +213,7 @@ def convert_bundle(options: ConvertOptions, progress=None, *, calibration_pixels
             "embedding": {"size": backbone.embedding_size, "l2_normalized": False,
                           "layer": "global average pool of the last 1x1 convolution (after ReLU6)"},
             "models": models,
-            "heads": {"imagenet": {"labels": "labels/imagenet.txt", "num_classes": 1000,
-                                   "kind": "imagenet_classifier", "output": "logits"}, **head_sections},
+            "heads": head_sections,
             "calibration": {"source": source, "images": len(photos), "samples": len(samples),
                             "note": "first sample is a 0..255 gradient so the uint8 input keeps scale 1, zero point 0"},
         }

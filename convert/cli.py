@@ -104,8 +104,11 @@ def run_train(args) -> int:
     from convert.train import QuantizationDropError, TrainOptions, train
 
     options = TrainOptions(data=args.data, out=args.out, head=args.head, head_name=args.name, val=args.val,
-                           val_fraction=args.val_fraction, limit=args.limit, epochs=args.epochs, hidden=args.hidden,
-                           dropout=args.dropout, learning_rate=args.learning_rate, max_int8_drop=args.max_int8_drop,
+                           val_fraction=args.val_fraction, limit=args.limit,
+                           epochs=args.epochs or (40 if args.head == "dense" else 6), hidden=args.hidden,
+                           dropout=args.dropout, learning_rate=args.learning_rate or (1e-3 if args.head == "dense" else 1e-4),
+                           unfreeze=args.unfreeze, patience=6 if args.head == "dense" else 2,
+                           max_int8_drop=args.max_int8_drop,
                            weights=args.weights, edgetpu=args.edgetpu, force=args.force)
     started = time.monotonic()
     failure = None

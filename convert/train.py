@@ -53,6 +53,7 @@ class TrainOptions:
     hidden: int = 0
     dropout: float = 0.2
     patience: int = 6
+    unfreeze: int = 3  # finetune: the backbone's last N blocks are trained
     max_int8_drop: float | None = None
     weights: str = "offline"
     edgetpu: bool = False
@@ -60,15 +61,22 @@ class TrainOptions:
     seed: int = 0
 
 
-def embed_dataset(backbone, pre: Preprocessor, dataset: Dataset, progress, *, batch: int = 32) -> np.ndarray:
-    """Float embeddings of every image (keras, batched), cached on disk by content and backbone."""
-    digest = hashlib.sha256(str(backbone.weights.get("sha256", backbone.weights)).encode())
+def preprocess_dataset(pre: Preprocessor, dataset: Dataset, progress) -> list[np.ndarray]:
+    """Model-input pixels of every image, exactly as the device will preprocess frames."""
     pixels = []
     progress.step(f"preprocessing {len(dataset)} images", total=len(dataset))
     for i in range(len(dataset)):
         pixels.append(pre(dataset.pixels(i, min_side=pre.shorter_side)))
-        digest.update(pixels[-1].tobytes()[::97])
         progress.advance()
+    return pixels
+
+
+def embed_dataset(backbone, pre: Preprocessor, dataset: Dataset, progress, *, batch: int = 32) -> np.ndarray:
+    """Float embeddings of every image (keras, batched), cached on disk by content and backbone."""
+    digest = hashlib.sha256(str(backbone.weights.get("sha256", backbone.weights)).encode())
+    pixels = preprocess_dataset(pre, dataset, progress)
+    for p in pixels:
+        digest.update(p.tobytes()[::97])
     cache = CACHE / f"{digest.hexdigest()[:32]}.npy"
     if cache.is_file():
         cached = np.load(cache)
@@ -103,10 +111,10 @@ def build_dense_head(keras, size: int, classes: int, hidden: int, dropout: float
 class _KerasProgress:
     """A keras callback that feeds the rich progress: one tick per epoch with loss and accuracy."""
 
-    def __new__(cls, keras, progress, epochs):
+    def __new__(cls, keras, progress, epochs, head="dense"):
         class Callback(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):
-                progress.step("training the dense head", total=epochs)
+                progress.step("training the dense head" if head == "dense" else "fine-tuning", total=epochs)
 
             def on_epoch_end(self, epoch, logs=None):
                 logs = logs or {}
@@ -115,6 +123,56 @@ class _KerasProgress:
                               f"  val_loss {logs.get('val_loss', 0):.4f} val_acc {logs.get('val_accuracy', 0):.3f}")
 
         return Callback()
+
+
+def build_finetune_model(keras, backbone, classes: int, options: TrainOptions):
+    """The backbone with its last ``options.unfreeze`` blocks trainable (BatchNorm kept frozen) and a head.
+
+    Returns (model for training, head model on the embedding for export, backbone for the bundle).
+    """
+    import dataclasses
+    import re
+
+    embedder = backbone.embedder
+    last_block = max(int(m.group(1)) for layer in embedder.layers if (m := re.match(r"features_(\d+)_", layer.name)))
+    first = last_block + 1 - options.unfreeze
+    for layer in embedder.layers:
+        match = re.match(r"features_(\d+)_", layer.name)
+        layer.trainable = bool(match and int(match.group(1)) >= first) and not isinstance(
+            layer, keras.layers.BatchNormalization)
+    inputs = keras.Input(embedder.inputs[0].shape[1:], name="pixels")
+    features = embedder(inputs, training=False)  # BatchNorm statistics stay as trained on ImageNet
+    dropout = keras.layers.Dropout(options.dropout, name="dropout")
+    dense = keras.layers.Dense(classes, name="logits")
+    model = keras.Model(inputs, dense(dropout(features)), name="finetune")
+    head_input = keras.Input((features.shape[-1],), name="embedding")
+    head = keras.Model(head_input, dense(head_input), name="finetuned_head")
+    tuned = dataclasses.replace(backbone, classifier_kernel=None, classifier_bias=None,
+                                weights={**backbone.weights, "fine_tuned": f"last {options.unfreeze} blocks on "
+                                                                           "the user's images"})
+    return model, head, tuned
+
+
+class BalancedBatches:
+    """Batches with the same number of examples of every class (sampled with replacement)."""
+
+    def __new__(cls, keras, pixels, labels, batch_size, seed):
+        class Batches(keras.utils.PyDataset):
+            def __init__(self):
+                super().__init__()
+                self.rng = np.random.default_rng(seed)
+                self.by_class = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
+                self.per_class = max(1, batch_size // len(self.by_class))
+
+            def __len__(self):
+                return max(1, len(labels) // (self.per_class * len(self.by_class)))
+
+            def __getitem__(self, index):
+                chosen = np.concatenate([self.rng.choice(m, self.per_class) for m in self.by_class])
+                self.rng.shuffle(chosen)
+                return np.stack([pixels[i] for i in chosen]).astype(np.float32), labels[chosen]
+
+        return Batches()
 
 
 def evaluate(bundle: Bundle, head_name: str, pixels: list[np.ndarray], labels: np.ndarray) -> dict:
@@ -139,8 +197,8 @@ def train(options: TrainOptions, progress=None) -> Bundle:
     from convert.backbones import load_backbone
 
     progress = progress or NullProgress()
-    if options.head != "dense":
-        raise TeachcamError(f"--head {options.head} is not available in this version yet; use --head dense")
+    if options.head not in ("dense", "finetune"):
+        raise TeachcamError(f"--head {options.head} is not available in this version yet; use dense or finetune")
     data = load_dataset(options.data)
     if options.limit:
         data = limit_per_class(data, options.limit, options.seed)
@@ -156,23 +214,33 @@ def train(options: TrainOptions, progress=None) -> Bundle:
     progress.step("loading MobileNetV2 weights")
     backbone = load_backbone(options.weights)
     pre = Preprocessor.from_manifest(backbone.manifest_preprocessing())
-    train_x, train_pixels = embed_dataset(backbone, pre, train_set, progress)
-    val_x, val_pixels = embed_dataset(backbone, pre, val_set, progress)
-
     keras.utils.set_random_seed(options.seed)
-    model = build_dense_head(keras, train_x.shape[1], len(data.classes), options.hidden, options.dropout)
+    if options.head == "dense":
+        train_x, train_pixels = embed_dataset(backbone, pre, train_set, progress)
+        val_x, val_pixels = embed_dataset(backbone, pre, val_set, progress)
+        model = build_dense_head(keras, train_x.shape[1], len(data.classes), options.hidden, options.dropout)
+        head_model, fit_data, fit_val = model, (train_x, train_set.labels), (val_x, val_set.labels)
+    else:
+        train_pixels = preprocess_dataset(pre, train_set, progress)
+        val_pixels = preprocess_dataset(pre, val_set, progress)
+        model, head_model, backbone = build_finetune_model(keras, backbone, len(data.classes), options)
+        fit_data = (BalancedBatches(keras, train_pixels, train_set.labels, options.batch_size, options.seed),)
+        fit_val = (np.stack(val_pixels).astype(np.float32), val_set.labels)
     summary: list[str] = []
     model.summary(print_fn=lambda line, **_: summary.append(line))
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    progress.note("\n".join(summary) + f"\ntrainable parameters: {trainable:,} (backbone frozen)")
+    total = int(sum(np.prod(w.shape) for w in model.weights))
+    progress.note("\n".join(summary) + f"\ntrainable parameters: {trainable:,} of {total:,}")
     counts = np.bincount(train_set.labels, minlength=len(data.classes))
     class_weight = {i: float(len(train_set) / (len(counts) * max(1, n))) for i, n in enumerate(counts)}
     model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience, restore_best_weights=True)
-    history = model.fit(train_x, train_set.labels, validation_data=(val_x, val_set.labels), epochs=options.epochs,
-                        batch_size=options.batch_size, class_weight=class_weight, verbose=0,
-                        callbacks=[stop, _KerasProgress(keras, progress, options.epochs)]).history
+    history = model.fit(*fit_data, validation_data=fit_val, epochs=options.epochs, batch_size=None if
+                        options.head == "finetune" else options.batch_size,
+                        class_weight=class_weight if options.head == "dense" else None, verbose=0,
+                        callbacks=[stop, _KerasProgress(keras, progress, options.epochs, options.head)]).history
+    model = head_model
 
     rng = np.random.default_rng(options.seed)
     calibration = [train_pixels[i] for i in rng.permutation(len(train_pixels))[:128]]
@@ -212,7 +280,8 @@ def train(options: TrainOptions, progress=None) -> Bundle:
     bundle = convert_bundle(
         ConvertOptions(out=options.out, weights=options.weights, edgetpu=options.edgetpu, force=options.force),
         progress, calibration_pixels=calibration, backbone=backbone,
-        heads=(ExtraHead(options.head_name, model, list(data.classes)),), finish=finish)
+        heads=(ExtraHead(options.head_name, model, list(data.classes),
+                         kind="trained_dense" if options.head == "dense" else "finetuned"),), finish=finish)
     if outcome["quantization_check"] == "failed":
         raise QuantizationDropError(
             f"int8 lost {outcome['accuracy']['int8_drop_points']:.2f} accuracy points (float32 "

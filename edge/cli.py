@@ -70,15 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--data", type=Path, required=True, help="training data (see above)")
     p.add_argument("-o", "--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--head", default="dense", choices=("dense", "finetune", "cnn"),
-                   help="dense: frozen backbone + dense softmax head (default; finetune and cnn are not built yet)")
+                   help="dense: frozen backbone + dense softmax head (default); finetune: the backbone's last "
+                        "--unfreeze blocks trained too (slower; use a smaller --learning-rate); cnn: not built yet")
+    p.add_argument("--unfreeze", type=int, default=3, help="finetune: how many of the last blocks to train (default 3)")
     p.add_argument("--name", default="trained", help="the head's name in the bundle (default: trained)")
     p.add_argument("--val", type=Path, default=None, help="validation data (default: a stratified 20%% split)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--limit", type=int, default=None, help="use at most this many training images (balanced)")
-    p.add_argument("--epochs", type=int, default=40, help="at most this many epochs (early stopping)")
+    p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default 40 dense, 6 finetune; "
+                                                             "early stopping)")
     p.add_argument("--hidden", type=int, default=0, help="units in a hidden layer (default: none)")
     p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--learning-rate", type=float, default=None, help="default 1e-3 dense, 1e-4 finetune")
     p.add_argument("--max-int8-drop", type=float, default=None, metavar="POINTS",
                    help="fail (exit 3; the bundle is still written, and marked) if int8 loses more accuracy than this")
     p.add_argument("--weights", default="offline", help="backbone weights, as for convert")

@@ -119,3 +119,20 @@ def test_idx_files_load_with_their_labels(tmp_path):
     dataset = load_dataset(tmp_path / "train-images-idx3-ubyte.gz")
     assert dataset.classes == ["0", "1", "2"] and len(dataset) == 6
     assert dataset.pixels(0).shape == (28, 28, 3)
+
+
+@pytest.mark.slow
+def test_finetune_trains_the_last_blocks_and_bundles_the_tuned_embedder(bundle_path, tmp_path):
+    data = write_folder(tmp_path / "data", per_class=6, seed=4)
+    out = tmp_path / "tuned"
+    result = run_teachcam("train", "--data", data, "--out", out, "--head", "finetune", "--epochs", "2", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout)
+    assert metrics["head"] == "finetune" and metrics["epochs_run"] == 2
+    assert 0 < metrics["trainable_parameters"] < 2_261_827  # only the last blocks and the head
+    tuned = load_bundle(out)
+    assert "imagenet" not in tuned.heads, "a fine-tuned embedder no longer fits the ImageNet head"
+    assert tuned.heads["trained"]["kind"] == "finetuned"
+    original = load_bundle(bundle_path)
+    assert tuned.find("embedder", precision="float32").sha256 != original.find("embedder", precision="float32").sha256
+    assert metrics["accuracy"]["float32"] >= 2 / 3
