@@ -49,6 +49,29 @@ class BackboneError(TeachcamError, ValueError):
     """A backbone cannot be built with the requested weights."""
 
 
+# The widths and input sizes keras.applications publishes ImageNet weights for.
+FAMILIES = {
+    "mobilenet_v1": {"alphas": (0.25, 0.5, 0.75, 1.0), "sizes": (128, 160, 192, 224)},
+    "mobilenet_v2": {"alphas": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4), "sizes": (96, 128, 160, 192, 224)},
+    "mobilenet_v3_small": {"alphas": (0.75, 1.0), "sizes": (224,)},
+}
+
+
+def check_family(family: str, alpha: float, input_size: int, weights: str) -> None:
+    """Refuse, before any work, a backbone/width/size for which no ImageNet weights exist."""
+    if family not in FAMILIES:
+        raise BackboneError(f"unknown backbone {family!r}: use {', '.join(FAMILIES)}")
+    if weights == "offline" and (family, alpha) != ("mobilenet_v2", 1.0):
+        raise BackboneError(f"the offline weights are torchvision's MobileNetV2 1.0; for {family} {alpha} use "
+                            "--weights imagenet (downloads) or --weights FILE")
+    grid = FAMILIES[family]
+    if weights in ("imagenet", "offline") and (alpha not in grid["alphas"] or
+                                               (weights == "imagenet" and input_size not in grid["sizes"])):
+        raise BackboneError(
+            f"no ImageNet weights exist for {family} at width {alpha} and {input_size} px: widths "
+            f"{', '.join(map(str, grid['alphas']))}; sizes {', '.join(map(str, grid['sizes']))}")
+
+
 @dataclass
 class Backbone:
     """A keras embedder (raw 0..255 RGB in, pooled features out) and its ImageNet head.
@@ -228,7 +251,8 @@ def build_torchvision_mobilenet_v2(state: dict[str, np.ndarray], input_size: int
     return model, kernel, bias
 
 
-def load_backbone(weights: str = "offline", input_size: int = 224, alpha: float = 1.0) -> Backbone:
+def load_backbone(weights: str = "offline", input_size: int = 224, alpha: float = 1.0,
+                  family: str = "mobilenet_v2") -> Backbone:
     """Build the MobileNetV2 embedder the user asked for.
 
     Args:
@@ -240,7 +264,8 @@ def load_backbone(weights: str = "offline", input_size: int = 224, alpha: float 
         BackboneError: the weights cannot be found or do not fit the architecture.
     """
     resize_to = int(round(input_size / 0.875))
-    if weights == "offline" or str(weights).endswith((".pth", ".pt")):
+    check_family(family, alpha, input_size, weights)
+    if family == "mobilenet_v2" and (weights == "offline" or str(weights).endswith((".pth", ".pt"))):
         from convert.torch_weights import read_state_dict
 
         path = find_offline_weights() if weights == "offline" else Path(weights)
@@ -257,18 +282,19 @@ def load_backbone(weights: str = "offline", input_size: int = 224, alpha: float 
         return Backbone(model, kernel, bias, "mobilenet_v2", 1.0, input_size, source,
                         TORCHVISION_MEAN, TORCHVISION_STD, resize_to,
                         extra={"graph": "torchvision (symmetric padding, BatchNorm eps 1e-5)"})
-    return _load_keras_applications(weights, input_size, alpha, resize_to)
+    return _load_keras_applications(weights, input_size, alpha, resize_to, family)
 
 
-def _load_keras_applications(weights: str, input_size: int, alpha: float, resize_to: int) -> Backbone:
+def _load_keras_applications(weights: str, input_size: int, alpha: float, resize_to: int,
+                             family: str = "mobilenet_v2") -> Backbone:
     import keras
 
     if weights != "imagenet" and not Path(weights).is_file():
         raise BackboneError(f"weights file not found: {weights}")
+    build = {"mobilenet_v1": keras.applications.MobileNet, "mobilenet_v2": keras.applications.MobileNetV2,
+             "mobilenet_v3_small": keras.applications.MobileNetV3Small}[family]
     try:
-        full = keras.applications.MobileNetV2(
-            input_shape=(input_size, input_size, 3), alpha=alpha, include_top=True, weights=weights
-        )
+        full = build(input_shape=(input_size, input_size, 3), alpha=alpha, include_top=True, weights=weights)
     except ValueError as exc:
         raise BackboneError(f"keras.applications cannot build MobileNetV2 {alpha}/{input_size}: {exc}") from None
     except OSError as exc:  # no network, or a file of the wrong shape
@@ -276,16 +302,26 @@ def _load_keras_applications(weights: str, input_size: int, alpha: float, resize
             f"could not load keras.applications weights ({exc}); without a network, use the default "
             "offline weights (omit --weights)"
         ) from None
+    # Split each family's top into an embedding and the 1000-way linear layer on it (kept as logits:
+    # keras' softmax is applied on the device). V1 and V3 use 1x1 convolutions as that linear layer.
+    names = [layer.name for layer in full.layers]
+    if family == "mobilenet_v2":
+        embedding, linear = full.layers[-2].output, full.layers[-1]
+    elif family == "mobilenet_v1":
+        embedding, linear = full.get_layer(names[names.index("conv_preds") - 2]).output, full.get_layer("conv_preds")
+    else:
+        embedding, linear = full.get_layer(names[names.index("dropout") - 1]).output, full.get_layer("logits")
+    features = keras.Model(full.inputs, keras.layers.Flatten()(embedding))
+    kernel, bias = (np.asarray(w) for w in linear.get_weights())
+    kernel = kernel.reshape(-1, kernel.shape[-1])
+    if family == "mobilenet_v3_small":  # the model rescales 0..255 itself: the normalizer is the identity
+        mean, std = (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)
+    else:
+        mean, std = KERAS_MEAN, KERAS_STD
     inputs = keras.Input((input_size, input_size, 3), name="pixels")
-    x = _normalizer(keras, KERAS_MEAN, KERAS_STD)(inputs)
-    pooled = full.layers[-2]
-    features = keras.Model(full.inputs, pooled.output)
-    model = keras.Model(inputs, features(x), name="mobilenet_v2_keras")
-    dense = full.layers[-1]
-    kernel, bias = (np.asarray(w) for w in dense.get_weights())
-    # keras' top layer has a softmax built in: the head keeps logits and the device applies softmax.
+    model = keras.Model(inputs, features(_normalizer(keras, mean, std)(inputs)), name=f"{family}_keras")
     source = {"source": "keras.applications ImageNet weights", "file": str(weights)}
     if weights != "imagenet":
         source["sha256"] = sha256_of(Path(weights))
-    return Backbone(model, kernel, bias, "mobilenet_v2", alpha, input_size, source,
-                    KERAS_MEAN, KERAS_STD, resize_to, extra={"graph": "keras.applications"})
+    return Backbone(model, kernel, bias, family, alpha, input_size, source, mean, std, resize_to,
+                    extra={"graph": "keras.applications"})

@@ -47,6 +47,7 @@ class ConvertOptions:
     weights: str = "offline"
     input_size: int = 224
     alpha: float = 1.0
+    family: str = "mobilenet_v2"
     calibration: Path | None = None
     calibration_samples: int = 128
     edgetpu: bool = False
@@ -117,6 +118,10 @@ def convert_bundle(options: ConvertOptions, progress=None, *, calibration_pixels
     progress = progress or NullProgress()
     out = Path(options.out)
     check_destination(out, options.force)
+    if backbone is None:
+        from convert.backbones import check_family
+
+        check_family(options.family, options.alpha, options.input_size, options.weights)
     if calibration_pixels is not None:
         photos, source = [], "the user's own training images"
     elif options.calibration is not None:
@@ -131,8 +136,8 @@ def convert_bundle(options: ConvertOptions, progress=None, *, calibration_pixels
         source = "sample photos shipped with scikit-image and scikit-learn"
 
     if backbone is None:
-        progress.step("loading MobileNetV2 weights")
-        backbone = load_backbone(options.weights, options.input_size, options.alpha)
+        progress.step("loading the backbone weights")
+        backbone = load_backbone(options.weights, options.input_size, options.alpha, options.family)
         progress.advance()
     preprocessing = backbone.manifest_preprocessing()
     pre = Preprocessor.from_manifest(preprocessing)

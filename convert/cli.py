@@ -66,10 +66,14 @@ def _import_tensorflow_quietly() -> None:
 
 def run_convert(args) -> int:
     check_destination(args.out, args.force)  # before the slow TensorFlow import
+    from convert.backbones import check_family
+
+    check_family(args.backbone, args.alpha, args.input_size, args.weights)
     _import_tensorflow_quietly()
     from convert.build import ConvertOptions, convert_bundle
 
     options = ConvertOptions(out=args.out, weights=args.weights, input_size=args.input_size, alpha=args.alpha,
+                             family=args.backbone,
                              calibration=args.calibration, calibration_samples=args.calibration_samples,
                              edgetpu=args.edgetpu, force=args.force)
     started = time.monotonic()

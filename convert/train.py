@@ -211,7 +211,7 @@ def train(options: TrainOptions, progress=None) -> Bundle:
     progress.note(f"{len(train_set)} training and {len(val_set)} validation images in {len(data.classes)} classes: "
                   + ", ".join(f"{k} {v}" for k, v in train_set.counts().items()))
 
-    progress.step("loading MobileNetV2 weights")
+    progress.step("loading the backbone weights")
     backbone = load_backbone(options.weights)
     pre = Preprocessor.from_manifest(backbone.manifest_preprocessing())
     keras.utils.set_random_seed(options.seed)

