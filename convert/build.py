@@ -105,7 +105,8 @@ class ExtraHead:
 
 
 def convert_bundle(options: ConvertOptions, progress=None, *, calibration_pixels: list[np.ndarray] | None = None,
-                   heads: tuple[ExtraHead, ...] = (), finish=None, backbone=None) -> Bundle:
+                   heads: tuple[ExtraHead, ...] = (), finish=None, backbone=None,
+                   int8_embedder: bytes | None = None) -> Bundle:
     """Build the default bundle at ``options.out`` and return it, checked.
 
     Raises:
@@ -157,15 +158,18 @@ def convert_bundle(options: ConvertOptions, progress=None, *, calibration_pixels
         float_path = write_tflite(backbone.embedder, folder / "embedder_float32.tflite", int8=False)
         progress.advance()
 
-        progress.step("quantizing int8 embedder", total=len(samples))
+        int8_path = folder / "embedder_int8.tflite"
+        if int8_embedder is not None:  # already quantized (training did it, on the same calibration set)
+            int8_path.write_bytes(int8_embedder)
+        else:
+            progress.step("quantizing int8 embedder", total=len(samples))
 
-        def representative():
-            for sample in samples:
-                progress.advance()
-                yield sample.astype(np.float32)
+            def representative():
+                for sample in samples:
+                    progress.advance()
+                    yield sample.astype(np.float32)
 
-        int8_path = write_tflite(backbone.embedder, folder / "embedder_int8.tflite", int8=True,
-                                 representative=representative)
+            write_tflite(backbone.embedder, int8_path, int8=True, representative=representative)
 
         batch = np.stack(samples).astype(np.float32)
         embeddings = np.concatenate([backbone.embedder(batch[i : i + 32], training=False).numpy()

@@ -108,6 +108,7 @@ def run_train(args) -> int:
     from convert.train import QuantizationDropError, TrainOptions, train
 
     options = TrainOptions(data=args.data, out=args.out, head=args.head, head_name=args.name, val=args.val,
+                           test=args.test,
                            val_fraction=args.val_fraction, limit=args.limit,
                            epochs=args.epochs or (40 if args.head == "dense" else 6), hidden=args.hidden,
                            dropout=args.dropout, learning_rate=args.learning_rate or (1e-3 if args.head == "dense" else 1e-4),
@@ -129,7 +130,8 @@ def run_train(args) -> int:
         print(json.dumps(metrics, indent=2, ensure_ascii=False))
     else:
         acc = metrics["accuracy"]
-        print(f"wrote {bundle.path} in {time.monotonic() - started:.0f} s; held-out accuracy on the device runtime: "
+        print(f"wrote {bundle.path} in {time.monotonic() - started:.0f} s; {metrics['evaluated_on']} accuracy "
+              f"({metrics['evaluation_images']} images) on the device runtime: "
               f"float32 {acc['float32']:.3f}, int8 {acc['int8']:.3f} (int8 drop {acc['int8_drop_points']:+.2f} points)")
         print(f"report: {bundle.path / 'report'} (curves.png, confusion_*.png, samples_int8.png, metrics.json)")
         print(f"on the Pi: teachcam run --bundle BUNDLE --mode head  (head {args.name!r}, {len(metrics['classes'])} classes)")

@@ -1,8 +1,10 @@
 """``teachcam train``: a head trained on the user's images, quantized, measured, bundled.
 
-Built so far: ``dense`` — the backbone frozen, one embedding per image computed once (and
-cached on disk), a softmax dense head (optionally a hidden layer with dropout) trained on
-them with class-balanced weights, a validation split and early stopping. The bundle holds
+``dense``: the backbone frozen and quantized to int8 first (calibrated on the user's own
+images); one embedding per image from that int8 embedder — what the device will compute —
+and a softmax dense head (optionally a hidden layer with dropout) trained on them with
+class-balanced weights, a validation split and early stopping. ``finetune``: the backbone's
+last blocks trained with the head on class-balanced batches (float), then quantized. The bundle holds
 the embedders (int8 calibrated on the user's own training images, and float32), the
 ImageNet head and the trained head (float32 and int8); the held-out set is then classified
 on the device runtime with float32 and with int8 end to end, and the report folder shows
@@ -45,6 +47,7 @@ class TrainOptions:
     head: str = "dense"
     head_name: str = "trained"
     val: Path | None = None
+    test: Path | None = None  # the final held-out evaluation (default: the validation data)
     val_fraction: float = 0.2
     limit: int | None = None
     epochs: int = 40
@@ -95,6 +98,45 @@ def embed_dataset(backbone, pre: Preprocessor, dataset: Dataset, progress, *, ba
     except OSError as exc:
         log.info("embedding cache not written (%s)", exc)
     return embeddings, pixels
+
+
+def calibration_set(pixels: list[np.ndarray], seed: int, count: int = 128) -> list[np.ndarray]:
+    """The representative images for int8: up to ``count`` of the user's training images."""
+    rng = np.random.default_rng(seed)
+    return [pixels[i] for i in rng.permutation(len(pixels))[:count]]
+
+
+def quantize_embedder(backbone, calibration: list[np.ndarray], progress) -> bytes:
+    from convert.calibration import full_range_sample
+    from convert.export import to_tflite
+
+    samples = [full_range_sample(*calibration[0].shape[:2]), *calibration]
+    progress.step("quantizing the int8 embedder on your images", total=len(samples))
+
+    def representative():
+        for sample in samples:
+            progress.advance()
+            yield sample.astype(np.float32)
+
+    return to_tflite(backbone.embedder, int8=True, representative=representative)
+
+
+def embed_int8(blob: bytes, pixels: list[np.ndarray], progress, what: str) -> np.ndarray:
+    """Embeddings from the int8 TFLite embedder (on the device runtime), dequantized."""
+    import tempfile
+
+    from edge.models import TFLiteModel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "embedder_int8.tflite"
+        path.write_bytes(blob)
+        model = TFLiteModel(path)
+        progress.step(f"embedding {len(pixels)} {what} images with the int8 embedder", total=len(pixels))
+        out = []
+        for p in pixels:
+            out.append(model.run(p))
+            progress.advance()
+    return np.stack(out)
 
 
 def build_dense_head(keras, size: int, classes: int, hidden: int, dropout: float):
@@ -208,6 +250,9 @@ def train(options: TrainOptions, progress=None) -> Bundle:
             raise TeachcamError(f"--val has classes {val_set.classes}, the training data {train_set.classes}")
     else:
         train_set, val_set = stratified_split(data, options.val_fraction, options.seed)
+    test_set = load_dataset(options.test) if options.test is not None else None
+    if test_set is not None and test_set.classes != data.classes:
+        raise TeachcamError(f"--test has classes {test_set.classes}, the training data {data.classes}")
     progress.note(f"{len(train_set)} training and {len(val_set)} validation images in {len(data.classes)} classes: "
                   + ", ".join(f"{k} {v}" for k, v in train_set.counts().items()))
 
@@ -215,9 +260,15 @@ def train(options: TrainOptions, progress=None) -> Bundle:
     backbone = load_backbone(options.weights)
     pre = Preprocessor.from_manifest(backbone.manifest_preprocessing())
     keras.utils.set_random_seed(options.seed)
+    int8_blob = None
     if options.head == "dense":
-        train_x, train_pixels = embed_dataset(backbone, pre, train_set, progress)
-        val_x, val_pixels = embed_dataset(backbone, pre, val_set, progress)
+        # The head learns from the embeddings the device will compute: those of the int8 embedder,
+        # quantized here once (calibrated on the user's own images) and bundled as it is.
+        train_pixels = preprocess_dataset(pre, train_set, progress)
+        val_pixels = preprocess_dataset(pre, val_set, progress)
+        int8_blob = quantize_embedder(backbone, calibration_set(train_pixels, options.seed), progress)
+        train_x = embed_int8(int8_blob, train_pixels, progress, "training")
+        val_x = embed_int8(int8_blob, val_pixels, progress, "validation")
         model = build_dense_head(keras, train_x.shape[1], len(data.classes), options.hidden, options.dropout)
         head_model, fit_data, fit_val = model, (train_x, train_set.labels), (val_x, val_set.labels)
     else:
@@ -242,29 +293,32 @@ def train(options: TrainOptions, progress=None) -> Bundle:
                         callbacks=[stop, _KerasProgress(keras, progress, options.epochs, options.head)]).history
     model = head_model
 
-    rng = np.random.default_rng(options.seed)
-    calibration = [train_pixels[i] for i in rng.permutation(len(train_pixels))[:128]]
+    calibration = calibration_set(train_pixels, options.seed)
     outcome: dict = {}
+    held_out, held_pixels, held_name = val_set, val_pixels, "validation"
+    if test_set is not None:
+        held_out, held_pixels, held_name = test_set, preprocess_dataset(pre, test_set, progress), "test"
 
     def finish(bundle: Bundle, folder: Path) -> dict:
-        progress.step(f"classifying {len(val_pixels)} held-out images on the device runtime (float32 and int8)")
-        predicted = evaluate(bundle, options.head_name, val_pixels, val_set.labels)
+        progress.step(f"classifying {len(held_pixels)} {held_name} images on the device runtime (float32 and int8)")
+        predicted = evaluate(bundle, options.head_name, held_pixels, held_out.labels)
         progress.advance()
         folder_report = folder / "report"
         folder_report.mkdir()
-        accuracy = {p: float((predicted[p] == val_set.labels).mean()) for p in predicted}
+        accuracy = {p: float((predicted[p] == held_out.labels).mean()) for p in predicted}
         drop = (accuracy["float32"] - accuracy["int8"]) * 100
-        matrices = {p: report.confusion(val_set.labels, predicted[p], len(data.classes)) for p in predicted}
+        matrices = {p: report.confusion(held_out.labels, predicted[p], len(data.classes)) for p in predicted}
         report.plot_curves(history, folder_report / "curves.png")
         for precision, matrix in matrices.items():
             report.plot_confusion(matrix, data.classes, folder_report / f"confusion_{precision}.png",
                                   f"{precision}: accuracy {accuracy[precision]:.3f}")
-        report.plot_samples(val_pixels, [data.classes[i] for i in val_set.labels],
+        report.plot_samples(held_pixels, [data.classes[i] for i in held_out.labels],
                             [data.classes[i] for i in predicted["int8"]], folder_report / "samples_int8.png")
         failed = options.max_int8_drop is not None and drop > options.max_int8_drop
         metrics = {
             "head": options.head, "classes": data.classes, "train_images": len(train_set),
-            "validation_images": len(val_set), "epochs_run": len(history.get("loss", [])),
+            "validation_images": len(val_set), "evaluated_on": held_name, "evaluation_images": len(held_out),
+            "epochs_run": len(history.get("loss", [])),
             "trainable_parameters": trainable,
             "accuracy": {"float32": round(accuracy["float32"], 4), "int8": round(accuracy["int8"], 4),
                          "int8_drop_points": round(drop, 2)},
@@ -279,7 +333,7 @@ def train(options: TrainOptions, progress=None) -> Bundle:
 
     bundle = convert_bundle(
         ConvertOptions(out=options.out, weights=options.weights, edgetpu=options.edgetpu, force=options.force),
-        progress, calibration_pixels=calibration, backbone=backbone,
+        progress, calibration_pixels=calibration, backbone=backbone, int8_embedder=int8_blob,
         heads=(ExtraHead(options.head_name, model, list(data.classes),
                          kind="trained_dense" if options.head == "dense" else "finetuned"),), finish=finish)
     if outcome["quantization_check"] == "failed":

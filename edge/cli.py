@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="trained", help="the head's name in the bundle (default: trained)")
     p.add_argument("--val", type=Path, default=None, help="validation data (default: a stratified 20%% split)")
     p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--test", type=Path, default=None,
+                   help="test data for the final float32/int8 accuracy (default: the validation data, which also "
+                        "decides early stopping)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many training images (balanced)")
     p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default 40 dense, 6 finetune; "
                                                              "early stopping)")
