@@ -103,7 +103,9 @@ def cmd_run(args) -> int:
     daemon.install_signal_handlers()
     try:
         daemon.start()
-        log.info("running: camera %s, mode %s, controls %s", config.camera.source, config.mode, daemon.control_mode)
+        # One line on stderr (the journal under systemd) saying what runs and how to teach it.
+        print(f"teachcam: running — camera {config.camera.source}, mode {config.mode}, {daemon.embedder.variant} "
+              f"embedder, {len(daemon.teacher)} enrolled examples; {daemon.controls_hint}", file=sys.stderr, flush=True)
         code = daemon.run()
     finally:
         daemon.close()

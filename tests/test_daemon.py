@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import queue
 import signal
 import socket
 import subprocess
@@ -435,3 +436,27 @@ def test_sighup_reloads_the_bundle_and_keeps_enrollments(bundle_path, tmp_path, 
     finally:
         daemon.close()
     assert "reloaded the configuration and the bundle (1 examples kept)" in caplog.text
+
+
+def test_terminal_keys_do_what_the_buttons_do():
+    from edge.controls import KeyboardControls
+
+    commands = queue.Queue()
+    keys = KeyboardControls(commands, classes=3, stream=io.StringIO())
+    for key in "13u9cqx":
+        keys.handle(key)
+    got = []
+    while not commands.empty():
+        got.append(commands.get())
+    assert [(c.kind, c.index) for c in got] == [("enroll", 0), ("enroll", 2), ("undo", -1), ("clear", -1),
+                                                ("quit", -1)]
+    assert all(c.source == "key" for c in got)
+
+
+def test_run_says_which_controls_it_uses(bundle_path, tmp_path):
+    from tests.conftest import run_teachcam
+
+    result = run_teachcam("run", "--bundle", bundle_path, "--store", tmp_path / "store", "--source", "demo",
+                          "--frames", "3", "--no-gpio")
+    assert result.returncode == 0, result.stderr
+    assert "teachcam: running — camera demo, mode knn, int8 embedder, 0 enrolled examples; no buttons" in result.stderr
