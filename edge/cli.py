@@ -19,8 +19,13 @@ import os
 import sys
 from pathlib import Path
 
-from edge import __version__
-from edge.errors import TeachcamError
+# numpy's OpenBLAS worker threads spin after every matrix product and take the cores from the
+# interpreter's threads; teachcam's products are small, so one BLAS thread is faster overall
+# (scripts/bench/daemon.py: 255 -> 363 frames/s). Set before anything imports numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from edge import __version__  # noqa: E402
+from edge.errors import TeachcamError  # noqa: E402
 
 log = logging.getLogger("teachcam")
 DEFAULT_BUNDLE = Path(os.environ.get("TEACHCAM_BUNDLE", "build/default-bundle"))

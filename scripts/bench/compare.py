@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `teachcam` itself does (edge/cli.py)
 import numpy as np  # noqa: E402
 
 from edge.runtime import default_threads, interpreter_module  # noqa: E402

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `teachcam` itself does (edge/cli.py)
 import numpy as np
 
 from edge.bundle import load_bundle
