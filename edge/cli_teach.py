@@ -163,21 +163,29 @@ def _import(args, members) -> int:
     import numpy as np
     from PIL import Image
 
+    from edge.store import thumbnail_digest
     from edge.teach import Teacher
 
     preprocess, embedder = _pipeline(args)
     with Teacher.open(args.store, embedder) as teacher:
-        items = []
+        # Thumbnails are content-addressed: an example already in the same class is not added twice.
+        present = {(e.label, e.thumb) for e in teacher.snapshot.examples}
+        items, duplicates = [], 0
         for label, data in members:
             with Image.open(io.BytesIO(data)) as image:
                 pixels = np.asarray(image.convert("RGB"), np.uint8)
             if pixels.shape[:2] != (preprocess.crop_height, preprocess.crop_width):
                 pixels = preprocess(pixels)
+            if (label, thumbnail_digest(pixels)) in present:
+                duplicates += 1
+                continue
             items.append((label, embedder.embed(pixels), pixels, "import"))
-        if not items:
+        if not items and not duplicates:
             raise StoreError(f"{args.archive} holds no images in class folders")
-        teacher.add_many(items)
-        print(f"imported {len(items)} example(s) into {args.store}: "
+        if items:
+            teacher.add_many(items)
+        print(f"imported {len(items)} example(s) into {args.store}"
+              + (f" ({duplicates} already there, skipped)" if duplicates else "") + ": "
               + ", ".join(f"{k}: {v}" for k, v in teacher.counts().items()))
     return 0
 

@@ -93,6 +93,9 @@ def test_export_is_a_folder_per_class_zip_and_imports_back(runtime, bundle_path,
     assert result.returncode == 0, result.stderr
     listing = json.loads(run_teachcam("store", "list", tmp_path / "fresh", "--json").stdout)
     assert listing["classes"] == {"cat": 2, "coffee": 2, "rocket": 2}
+    again = run_teachcam("store", "import", tmp_path / "fresh", archive, "--bundle", bundle_path)
+    assert again.returncode == 0 and "imported 0 example(s)" in again.stdout and "6 already there" in again.stdout
+    assert json.loads(run_teachcam("store", "list", tmp_path / "fresh", "--json").stdout)["classes"] == listing["classes"]
 
 
 def test_cli_enroll_predict_and_store_commands(bundle_path, tmp_path):
