@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from convert.idx import read_idx
 from edge.errors import DatasetError
@@ -80,8 +81,6 @@ def _check_readable(pairs: list[tuple[Path, str]], source: str) -> tuple[list[tu
     good, skipped = [], []
     for path, label in pairs:
         try:
-            from PIL import Image
-
             with Image.open(path) as image:
                 image.verify()
             good.append((path, label))

@@ -13,9 +13,7 @@ curves, confusion matrices, sample predictions and per-class precision/recall.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +28,6 @@ from edge.models import Embedder, Head
 from edge.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
-HEADS = ("dense", "finetune", "cnn")
-CACHE = Path(os.environ.get("TEACHCAM_CACHE", Path.home() / ".cache" / "teachcam")) / "embeddings"
 
 
 class QuantizationDropError(TeachcamError):
@@ -72,32 +68,6 @@ def preprocess_dataset(pre: Preprocessor, dataset: Dataset, progress) -> list[np
         pixels.append(pre(dataset.pixels(i, min_side=pre.shorter_side)))
         progress.advance()
     return pixels
-
-
-def embed_dataset(backbone, pre: Preprocessor, dataset: Dataset, progress, *, batch: int = 32) -> np.ndarray:
-    """Float embeddings of every image (keras, batched), cached on disk by content and backbone."""
-    digest = hashlib.sha256(str(backbone.weights.get("sha256", backbone.weights)).encode())
-    pixels = preprocess_dataset(pre, dataset, progress)
-    for p in pixels:
-        digest.update(p.tobytes()[::97])
-    cache = CACHE / f"{digest.hexdigest()[:32]}.npy"
-    if cache.is_file():
-        cached = np.load(cache)
-        if cached.shape[0] == len(dataset):
-            return cached, pixels
-    progress.step(f"embedding {len(dataset)} images (frozen backbone)", total=len(dataset))
-    out = []
-    for start in range(0, len(pixels), batch):
-        chunk = np.stack(pixels[start : start + batch]).astype(np.float32)
-        out.append(backbone.embedder(chunk, training=False).numpy())
-        progress.advance(len(chunk))
-    embeddings = np.concatenate(out)
-    try:
-        CACHE.mkdir(parents=True, exist_ok=True)
-        np.save(cache, embeddings)
-    except OSError as exc:
-        log.info("embedding cache not written (%s)", exc)
-    return embeddings, pixels
 
 
 def calibration_set(pixels: list[np.ndarray], seed: int, count: int = 128) -> list[np.ndarray]:
@@ -261,19 +231,18 @@ def train(options: TrainOptions, progress=None) -> Bundle:
     pre = Preprocessor.from_manifest(backbone.manifest_preprocessing())
     keras.utils.set_random_seed(options.seed)
     int8_blob = None
+    train_pixels = preprocess_dataset(pre, train_set, progress)
+    val_pixels = preprocess_dataset(pre, val_set, progress)
+    calibration = calibration_set(train_pixels, options.seed)  # the user's own images, for every int8 model
     if options.head == "dense":
         # The head learns from the embeddings the device will compute: those of the int8 embedder,
         # quantized here once (calibrated on the user's own images) and bundled as it is.
-        train_pixels = preprocess_dataset(pre, train_set, progress)
-        val_pixels = preprocess_dataset(pre, val_set, progress)
-        int8_blob = quantize_embedder(backbone, calibration_set(train_pixels, options.seed), progress)
+        int8_blob = quantize_embedder(backbone, calibration, progress)
         train_x = embed_int8(int8_blob, train_pixels, progress, "training")
         val_x = embed_int8(int8_blob, val_pixels, progress, "validation")
         model = build_dense_head(keras, train_x.shape[1], len(data.classes), options.hidden, options.dropout)
         head_model, fit_data, fit_val = model, (train_x, train_set.labels), (val_x, val_set.labels)
     else:
-        train_pixels = preprocess_dataset(pre, train_set, progress)
-        val_pixels = preprocess_dataset(pre, val_set, progress)
         model, head_model, backbone = build_finetune_model(keras, backbone, len(data.classes), options)
         fit_data = (BalancedBatches(keras, train_pixels, train_set.labels, options.batch_size, options.seed),)
         fit_val = (np.stack(val_pixels).astype(np.float32), val_set.labels)
@@ -293,7 +262,6 @@ def train(options: TrainOptions, progress=None) -> Bundle:
                         callbacks=[stop, _KerasProgress(keras, progress, options.epochs, options.head)]).history
     model = head_model
 
-    calibration = calibration_set(train_pixels, options.seed)
     outcome: dict = {}
     held_out, held_pixels, held_name = val_set, val_pixels, "validation"
     if test_set is not None:

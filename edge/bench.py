@@ -24,11 +24,15 @@ from edge.daemon import Daemon
 from edge.runtime import default_threads, interpreter_module
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def rss_mb(pid: int | str = "self") -> float | None:
+    """Resident memory of a process in MB (Linux /proc), or None once it has exited."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return None if pid != "self" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

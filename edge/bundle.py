@@ -19,8 +19,6 @@ from edge.errors import BundleError, BundleIntegrityError, BundleVersionError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-ROLES = ("embedder", "head")
-PRECISIONS = ("int8", "float32")
 
 
 def file_sha256(path: Path) -> str:

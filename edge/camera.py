@@ -151,8 +151,6 @@ class ImagesSource(Source):
         self.position = 0
 
     def open(self) -> None:
-        from edge.images import read_image  # noqa: F401  (fail early if Pillow is missing)
-
         base = Path(self.pattern)
         if base.is_dir():
             paths = sorted(p for p in base.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp"))
@@ -178,6 +176,27 @@ class ImagesSource(Source):
             except ImageError as exc:
                 log.warning("skipping %s", exc)
         raise CameraError(f"none of the images matching {self.pattern} can be read")
+
+
+class ArraySource(Source):
+    """Frames already decoded in memory, in order (then None, or again from the start with ``loop``).
+
+    Stands for a camera whose ISP delivers frames at no CPU cost (benchmarks), or for scripted
+    scenes (tests).
+    """
+
+    name = "memory"
+
+    def __init__(self, frames, *, loop: bool = False):
+        self.frames, self.loop, self.finite, self.position = list(frames), loop, not loop, 0
+
+    def read(self) -> np.ndarray | None:
+        if self.position >= len(self.frames):
+            if not self.loop or not self.frames:
+                return None
+            self.position = 0
+        self.position += 1
+        return self.frames[self.position - 1]
 
 
 def make_source(spec: str, *, width: int = 640, height: int = 480, loop: bool = True, fps: float = 30.0,
@@ -240,7 +259,6 @@ class FrameGrabber:
         self.timings: dict[str, list[float]] = {"capture": [], "preprocess": []}  # seconds, the last 2,000
         self.errors = 0
         self.ended = False
-        self.healthy = False
 
     def start(self) -> FrameGrabber:
         self._thread = threading.Thread(target=self._run, name="teachcam-capture", daemon=True)
@@ -264,7 +282,6 @@ class FrameGrabber:
                 read_seconds = time.perf_counter() - read_started
             except CameraError as exc:
                 self.errors += 1
-                self.healthy = False
                 log.error("camera %s: %s; retrying in %.1f s", self.source.name, exc, backoff)
                 if opened:
                     self._close_quietly()
@@ -281,7 +298,7 @@ class FrameGrabber:
                     break
                 self._stop.wait(min(0.05 * empty_reads, 1.0))
                 continue
-            empty_reads, backoff, self.healthy = 0, 0.5, True
+            empty_reads, backoff = 0, 0.5
             captured = time.monotonic()
             prepare = self.prepare
             prepare_started = time.perf_counter()

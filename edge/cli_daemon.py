@@ -37,7 +37,7 @@ def _flag_overrides(args) -> dict:
 
 
 def register(sub) -> None:
-    def common(p, *, bundle_default_in_config=True):
+    def common(p):
         p.add_argument("-b", "--bundle", type=Path, default=None, help="bundle folder (overrides the config)")
         p.add_argument("--precision", default=None, choices=("auto", "edgetpu", "int8", "float32"))
         p.add_argument("--threads", type=int, default=None, help="interpreter threads")

@@ -28,20 +28,13 @@ class Check:
 
 
 def _user_groups() -> set[str]:
-    names = {grp.getgrgid(g).gr_name for g in os.getgroups() if _has_group(g)}
-    try:
-        names.add(grp.getgrgid(os.getgid()).gr_name)
-    except KeyError:
-        pass
+    names = set()
+    for gid in {os.getgid(), *os.getgroups()}:
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:  # a numeric group without a name
+            pass
     return names
-
-
-def _has_group(gid: int) -> bool:
-    try:
-        grp.getgrgid(gid)
-        return True
-    except KeyError:
-        return False
 
 
 def check_runtime() -> Check:

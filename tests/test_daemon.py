@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from edge.camera import FrameGrabber, Source, make_source
+from edge.camera import ArraySource, FrameGrabber, Source, make_source
 from edge.config import load_config
 from edge.controls import Command
 from edge.daemon import Daemon
@@ -28,20 +28,6 @@ from edge.smoothing import Smoother
 from tests.helpers import augmented_views
 
 CLASSES = ("cat", "coffee")
-
-
-class ListSource(Source):
-    """A camera that shows prepared frames, one per read, in a loop."""
-
-    name = "list"
-
-    def __init__(self, frames):
-        self.frames, self.i = list(frames), 0
-
-    def read(self):
-        frame = self.frames[self.i % len(self.frames)]
-        self.i += 1
-        return frame
 
 
 @pytest.fixture
@@ -56,7 +42,7 @@ def make_daemon(bundle_path, tmp_path, factory, images, **changes):
                                              clear_hold_time=0.6),
                      leds=replace(config.leds, pins=(12, 16)), output=replace(config.output, terminal="off", json="off"),
                      **changes)
-    return Daemon(config.validate(), pin_factory=factory, source=ListSource(images), keyboard=False,
+    return Daemon(config.validate(), pin_factory=factory, source=ArraySource(images, loop=True), keyboard=False,
                   stdout=io.StringIO()).start()
 
 

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from edge.bundle import file_sha256, load_bundle
+from edge.camera import ArraySource
 from edge.config import load_config
 from edge.daemon import Daemon
 from edge.errors import BundleIntegrityError
@@ -21,7 +22,7 @@ from edge.models import Embedder
 from edge.teach import Teacher
 from tests.conftest import run_teachcam
 from tests.helpers import augmented_views
-from tests.test_daemon import DRIVER, ListSource
+from tests.test_daemon import DRIVER
 
 
 @pytest.mark.slow
@@ -57,13 +58,13 @@ def _corrupt(bundle):
 def test_a_corrupt_bundle_on_restart_runs_on_the_last_good_one(bundle_copy, tmp_path, caplog):
     last_good = tmp_path / "last-good"
     frames = augmented_views("chelsea.png", 2, seed=1)
-    daemon = Daemon(_config(bundle_copy, tmp_path / "store", last_good), source=ListSource(frames), keyboard=False,
+    daemon = Daemon(_config(bundle_copy, tmp_path / "store", last_good), source=ArraySource(frames, loop=True), keyboard=False,
                     stdout=io.StringIO()).start()
     daemon.close()
     assert load_bundle(last_good).manifest == load_bundle(bundle_copy).manifest
     _corrupt(bundle_copy)
     with caplog.at_level(logging.ERROR):
-        daemon = Daemon(_config(bundle_copy, tmp_path / "store", last_good), source=ListSource(frames),
+        daemon = Daemon(_config(bundle_copy, tmp_path / "store", last_good), source=ArraySource(frames, loop=True),
                         keyboard=False, stdout=io.StringIO()).start()
     try:
         assert daemon.step(frames[0]).frame == 1
@@ -104,6 +105,6 @@ def test_edgetpu_delegate_failing_falls_back_to_the_cpu_with_a_warning(bundle_co
 def test_a_bundle_that_fails_its_check_is_never_kept_as_last_good(bundle_copy, tmp_path):
     _corrupt(bundle_copy)
     with pytest.raises(BundleIntegrityError):
-        Daemon(_config(bundle_copy, tmp_path / "store", tmp_path / "last-good"), source=ListSource([]),
+        Daemon(_config(bundle_copy, tmp_path / "store", tmp_path / "last-good"), source=ArraySource([]),
                keyboard=False, stdout=io.StringIO()).start()
     assert not (tmp_path / "last-good").exists()

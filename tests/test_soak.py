@@ -6,23 +6,12 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from edge.bench import rss_mb
 from tests.helpers import augmented_views
-
-
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of a live process (None once it has exited)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return None
 
 
 @pytest.mark.slow

@@ -102,26 +102,16 @@ def float_tflite_way(frames, model):
 
 
 def teachcam_way(frames, bundle, threads):
-    from edge.camera import Source
+    from edge.camera import ArraySource
     from edge.config import load_config
     from edge.daemon import Daemon
-
-    class Memory(Source):
-        name, finite = "memory", True
-
-        def __init__(self):
-            self.i = 0
-
-        def read(self):
-            self.i += 1
-            return frames[self.i - 1] if self.i <= len(frames) else None
 
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(None, {"bundle": bundle, "store": str(Path(tmp) / "s"), "mode": "imagenet",
                                     "threads": threads, "frames": len(frames), "camera": {"fps": 1000.0},
                                     "buttons": {"enabled": False}, "leds": {"enabled": False},
                                     "output": {"terminal": "off", "json": "off"}})
-        daemon = Daemon(config, source=Memory(), keyboard=False, stdout=io.StringIO())
+        daemon = Daemon(config, source=ArraySource(frames), keyboard=False, stdout=io.StringIO())
         daemon.start()
         daemon.grabber.interval = 0.0
         started = time.perf_counter()

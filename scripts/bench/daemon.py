@@ -29,8 +29,9 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `teachcam` itself does (edge/cli.py)
 import numpy as np
 
+from edge.bench import rss_mb
 from edge.bundle import load_bundle
-from edge.camera import Source
+from edge.camera import ArraySource, Source
 from edge.config import load_config
 from edge.daemon import Daemon
 from edge.demo import DemoSource
@@ -38,20 +39,6 @@ from edge.models import Embedder
 from edge.preprocess import Preprocessor
 from edge.runtime import default_threads
 from edge.teach import Teacher
-
-
-class MemorySource(Source):
-    name = "memory"
-    finite = True
-
-    def __init__(self, frames):
-        self.frames, self.i = frames, 0
-
-    def read(self):
-        if self.i >= len(self.frames):
-            return None
-        self.i += 1
-        return self.frames[self.i - 1]
 
 
 def demo_frames(n: int, size=(640, 480)) -> list[np.ndarray]:
@@ -94,13 +81,6 @@ def daemon_rate(bundle_path: str, store: Path, source: Source, frames: int, thre
     return done / elapsed, stages
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def startup_and_memory(bundle_path: str, store: Path, folder: Path) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
@@ -114,9 +94,12 @@ def startup_and_memory(bundle_path: str, store: Path, folder: Path) -> dict:
     samples = []
     while proc.poll() is None:
         try:
-            samples.append(rss_mb(proc.pid))
-        except (FileNotFoundError, ProcessLookupError):
+            rss = rss_mb(proc.pid)
+        except ProcessLookupError:
             break
+        if rss is None:
+            break
+        samples.append(rss)
         time.sleep(0.5)
     proc.communicate()
     return {"first_prediction_s": to_first, "rss_start_mb": samples[0] if samples else 0.0,
@@ -150,9 +133,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
         enroll(store, args.bundle, 1000)
-        out["daemon_fps"], out["daemon_stage_ms"] = daemon_rate(args.bundle, store, MemorySource(lores_frames),
+        out["daemon_fps"], out["daemon_stage_ms"] = daemon_rate(args.bundle, store, ArraySource(lores_frames),
                                                                  args.frames, args.threads)
-        out["daemon_640_fps"], _ = daemon_rate(args.bundle, store, MemorySource(frames), args.frames, args.threads)
+        out["daemon_640_fps"], _ = daemon_rate(args.bundle, store, ArraySource(frames), args.frames, args.threads)
         import cv2
 
         clip = Path(tmp) / "clip.avi"

