@@ -130,8 +130,16 @@ class Backbone:
                 "folded_into_model": True,
                 "formula": "(pixel / 255 - mean) / std, computed inside the model",
             },
+            "small_greyscale": SMALL_GREYSCALE_FRAMING,
             "model_input": "RGB uint8 pixels 0..255 as they come from the resize and crop",
         }
+
+
+SMALL_GREYSCALE_FRAMING = {
+    "policy": "invert_and_border",
+    "applies_to": "greyscale frames whose shorter side is at most 64 px and whose edge pixels average below 96",
+    "steps": "invert (255 - v), then a border of round(shorter_side / 14) px (at least 1) of 255, before the resize",
+}
 
 
 def find_offline_weights() -> Path:

@@ -239,6 +239,11 @@ def convert_bundle(options: ConvertOptions, progress=None, *, calibration_pixels
 
 
 def _compile_edgetpu(folder: Path, int8_path: Path, progress) -> list[dict]:
+    return compile_edgetpu_entry(folder, int8_path, progress, role="embedder")
+
+
+def compile_edgetpu_entry(folder: Path, int8_path: Path, progress, *, role: str, head: str | None = None) -> list[dict]:
+    """Compile one int8 model; its manifest entry (role, head) marked ``edgetpu``, or nothing if it cannot be."""
     from convert.edgetpu import compile_for_edgetpu
 
     result = compile_for_edgetpu(int8_path, folder)
@@ -249,7 +254,7 @@ def _compile_edgetpu(folder: Path, int8_path: Path, progress) -> list[dict]:
     # its tensors are the int8 model's, so the entry is derived from that one.
     from edge.bundle import file_sha256
 
-    entry = describe_model(int8_path, role="embedder", precision="int8")
+    entry = describe_model(int8_path, role=role, precision="int8", head=head)
     entry.update(file=result.compiled.name, sha256=file_sha256(result.compiled), bytes=result.compiled.stat().st_size,
                  edgetpu=True, compiled_from=int8_path.name, ops_on_cpu=result.ops_on_cpu, cpu_ops=result.cpu_ops)
     return [entry]

@@ -26,10 +26,10 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def full_range_sample(height: int, width: int) -> np.ndarray:
+def full_range_sample(height: int, width: int, channels: int = 3) -> np.ndarray:
     """A gradient that spans 0..255 in every channel, so uint8 input calibrates to scale 1, zero point 0."""
     ramp = np.linspace(0, 255, width, dtype=np.float32)
-    return np.broadcast_to(np.rint(ramp)[None, :, None], (height, width, 3)).astype(np.uint8)
+    return np.broadcast_to(np.rint(ramp)[None, :, None], (height, width, channels)).astype(np.uint8)
 
 
 def variants(frame: np.ndarray, preprocess: Preprocessor, count: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -107,12 +107,14 @@ def run_train(args) -> int:
     _import_tensorflow_quietly()
     from convert.train import QuantizationDropError, TrainOptions, train
 
+    defaults = {"dense": (40, 1e-3, 6, 0.2), "finetune": (6, 1e-4, 2, 0.2), "cnn": (20, 1e-3, 4, 0.5)}[args.head]
     options = TrainOptions(data=args.data, out=args.out, head=args.head, head_name=args.name, val=args.val,
                            test=args.test,
                            val_fraction=args.val_fraction, limit=args.limit,
-                           epochs=args.epochs or (40 if args.head == "dense" else 6), hidden=args.hidden,
-                           dropout=args.dropout, learning_rate=args.learning_rate or (1e-3 if args.head == "dense" else 1e-4),
-                           unfreeze=args.unfreeze, patience=6 if args.head == "dense" else 2,
+                           epochs=args.epochs or defaults[0], hidden=args.hidden,
+                           dropout=defaults[3] if args.dropout is None else args.dropout,
+                           learning_rate=args.learning_rate or defaults[1],
+                           unfreeze=args.unfreeze, patience=defaults[2], input_size=args.input_size,
                            max_int8_drop=args.max_int8_drop,
                            weights=args.weights, edgetpu=args.edgetpu, force=args.force)
     started = time.monotonic()
@@ -134,7 +136,8 @@ def run_train(args) -> int:
               f"({metrics['evaluation_images']} images) on the device runtime: "
               f"float32 {acc['float32']:.3f}, int8 {acc['int8']:.3f} (int8 drop {acc['int8_drop_points']:+.2f} points)")
         print(f"report: {bundle.path / 'report'} (curves.png, confusion_*.png, samples_int8.png, metrics.json)")
-        print(f"on the Pi: teachcam run --bundle BUNDLE --mode head  (head {args.name!r}, {len(metrics['classes'])} classes)")
+        print(f"on the Pi: teachcam run --bundle BUNDLE --mode head  (head {args.name!r}, {len(metrics['classes'])} classes"
+              + ("; a standalone classifier: it cannot be taught by example)" if args.head == "cnn" else ")"))
     if failure is not None:
         raise failure
     return 0

@@ -46,7 +46,7 @@ class Dataset:
         return {name: counter.get(i, 0) for i, name in enumerate(self.classes)}
 
     def pixels(self, i: int, min_side: int = 0) -> np.ndarray:
-        """RGB uint8 pixels of example ``i``."""
+        """RGB uint8 pixels of example ``i``, as the device reads the same image from a file."""
         item = self.images[i]
         if isinstance(item, np.ndarray):
             return np.repeat(item[:, :, None], 3, axis=2) if item.ndim == 2 else item

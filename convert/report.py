@@ -82,7 +82,11 @@ def plot_samples(images: list[np.ndarray], truth: list[str], predicted: list[str
         ax.axis("off")
         if k >= count:
             continue
-        ax.imshow(images[k])
+        image = images[k]
+        if image.ndim == 3 and image.shape[2] == 1:  # greyscale model input
+            ax.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.imshow(image)
         right = truth[k] == predicted[k]
         ax.set_title(predicted[k] if right else f"{predicted[k]}\n(true: {truth[k]})", fontsize=8,
                      color="black" if right else "red")

@@ -53,6 +53,7 @@ class TrainOptions:
     dropout: float = 0.2
     patience: int = 6
     unfreeze: int = 3  # finetune: the backbone's last N blocks are trained
+    input_size: int | None = None  # cnn: the model's input size (default 28)
     max_int8_drop: float | None = None
     weights: str = "offline"
     edgetpu: bool = False
@@ -198,19 +199,43 @@ def evaluate(bundle: Bundle, head_name: str, pixels: list[np.ndarray], labels: n
     return out
 
 
-def train(options: TrainOptions, progress=None) -> Bundle:
-    """Train, export, evaluate and write the bundle. Returns it.
+def write_report(folder: Path, options: TrainOptions, history: dict, pixels: list[np.ndarray], labels: np.ndarray,
+                 predicted: dict[str, np.ndarray], classes: list[str], facts: dict) -> dict:
+    """The report folder (curves, confusion matrices, sample predictions, metrics.json); returns the metrics."""
+    folder.mkdir()
+    accuracy = {p: float((predicted[p] == labels).mean()) for p in predicted}
+    drop = (accuracy["float32"] - accuracy["int8"]) * 100
+    matrices = {p: report.confusion(labels, predicted[p], len(classes)) for p in predicted}
+    report.plot_curves(history, folder / "curves.png")
+    for precision, matrix in matrices.items():
+        report.plot_confusion(matrix, classes, folder / f"confusion_{precision}.png",
+                              f"{precision}: accuracy {accuracy[precision]:.3f}")
+    report.plot_samples(pixels, [classes[i] for i in labels], [classes[i] for i in predicted["int8"]],
+                        folder / "samples_int8.png")
+    failed = options.max_int8_drop is not None and drop > options.max_int8_drop
+    metrics = {
+        **facts,
+        "epochs_run": len(history.get("loss", [])),
+        "accuracy": {"float32": round(accuracy["float32"], 4), "int8": round(accuracy["int8"], 4),
+                     "int8_drop_points": round(drop, 2)},
+        "per_class_int8": report.per_class(matrices["int8"], classes),
+        "per_class_float32": report.per_class(matrices["float32"], classes),
+        "max_int8_drop": options.max_int8_drop, "quantization_check": "failed" if failed else "passed",
+    }
+    report.write_metrics(folder / "metrics.json", metrics)
+    return metrics
 
-    Raises:
-        DatasetError: bad training data. QuantizationDropError: int8 lost more than allowed.
-    """
-    import keras
 
-    from convert.backbones import load_backbone
+def check_drop(outcome: dict, options: TrainOptions, path: Path) -> None:
+    if outcome["quantization_check"] == "failed":
+        raise QuantizationDropError(
+            f"int8 lost {outcome['accuracy']['int8_drop_points']:.2f} accuracy points (float32 "
+            f"{outcome['accuracy']['float32']:.3f}, int8 {outcome['accuracy']['int8']:.3f}), more than "
+            f"--max-int8-drop {options.max_int8_drop}; the bundle was written to {path} and marked")
 
-    progress = progress or NullProgress()
-    if options.head not in ("dense", "finetune"):
-        raise TeachcamError(f"--head {options.head} is not available in this version yet; use dense or finetune")
+
+def load_data(options: TrainOptions, progress) -> tuple[Dataset, Dataset, Dataset, Dataset | None]:
+    """(all data, training split, validation split, test set or None) as the options say."""
     data = load_dataset(options.data)
     if options.limit:
         data = limit_per_class(data, options.limit, options.seed)
@@ -225,6 +250,42 @@ def train(options: TrainOptions, progress=None) -> Bundle:
         raise TeachcamError(f"--test has classes {test_set.classes}, the training data {data.classes}")
     progress.note(f"{len(train_set)} training and {len(val_set)} validation images in {len(data.classes)} classes: "
                   + ", ".join(f"{k} {v}" for k, v in train_set.counts().items()))
+    return data, train_set, val_set, test_set
+
+
+def summarize(model, progress) -> int:
+    """Print the model summary with the trainable parameter count; returns that count."""
+    summary: list[str] = []
+    model.summary(print_fn=lambda line, **_: summary.append(line))
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    total = int(sum(np.prod(w.shape) for w in model.weights))
+    progress.note("\n".join(summary) + f"\ntrainable parameters: {trainable:,} of {total:,}")
+    return trainable
+
+
+def balanced_class_weight(labels: np.ndarray, classes: int) -> dict[int, float]:
+    counts = np.bincount(labels, minlength=classes)
+    return {i: float(len(labels) / (len(counts) * max(1, n))) for i, n in enumerate(counts)}
+
+
+def train(options: TrainOptions, progress=None) -> Bundle:
+    """Train, export, evaluate and write the bundle. Returns it.
+
+    Raises:
+        DatasetError: bad training data. QuantizationDropError: int8 lost more than allowed.
+    """
+    import keras
+
+    from convert.backbones import load_backbone
+
+    progress = progress or NullProgress()
+    if options.head not in ("dense", "finetune", "cnn"):
+        raise TeachcamError(f"unknown --head {options.head}: use dense, finetune or cnn")
+    data, train_set, val_set, test_set = load_data(options, progress)
+    if options.head == "cnn":
+        from convert.cnn import train_cnn
+
+        return train_cnn(options, data, train_set, val_set, test_set, progress)
 
     progress.step("loading the backbone weights")
     backbone = load_backbone(options.weights)
@@ -246,13 +307,8 @@ def train(options: TrainOptions, progress=None) -> Bundle:
         model, head_model, backbone = build_finetune_model(keras, backbone, len(data.classes), options)
         fit_data = (BalancedBatches(keras, train_pixels, train_set.labels, options.batch_size, options.seed),)
         fit_val = (np.stack(val_pixels).astype(np.float32), val_set.labels)
-    summary: list[str] = []
-    model.summary(print_fn=lambda line, **_: summary.append(line))
-    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    total = int(sum(np.prod(w.shape) for w in model.weights))
-    progress.note("\n".join(summary) + f"\ntrainable parameters: {trainable:,} of {total:,}")
-    counts = np.bincount(train_set.labels, minlength=len(data.classes))
-    class_weight = {i: float(len(train_set) / (len(counts) * max(1, n))) for i, n in enumerate(counts)}
+    trainable = summarize(model, progress)
+    class_weight = balanced_class_weight(train_set.labels, len(data.classes))
     model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience, restore_best_weights=True)
@@ -271,31 +327,11 @@ def train(options: TrainOptions, progress=None) -> Bundle:
         progress.step(f"classifying {len(held_pixels)} {held_name} images on the device runtime (float32 and int8)")
         predicted = evaluate(bundle, options.head_name, held_pixels, held_out.labels)
         progress.advance()
-        folder_report = folder / "report"
-        folder_report.mkdir()
-        accuracy = {p: float((predicted[p] == held_out.labels).mean()) for p in predicted}
-        drop = (accuracy["float32"] - accuracy["int8"]) * 100
-        matrices = {p: report.confusion(held_out.labels, predicted[p], len(data.classes)) for p in predicted}
-        report.plot_curves(history, folder_report / "curves.png")
-        for precision, matrix in matrices.items():
-            report.plot_confusion(matrix, data.classes, folder_report / f"confusion_{precision}.png",
-                                  f"{precision}: accuracy {accuracy[precision]:.3f}")
-        report.plot_samples(held_pixels, [data.classes[i] for i in held_out.labels],
-                            [data.classes[i] for i in predicted["int8"]], folder_report / "samples_int8.png")
-        failed = options.max_int8_drop is not None and drop > options.max_int8_drop
-        metrics = {
-            "head": options.head, "classes": data.classes, "train_images": len(train_set),
-            "validation_images": len(val_set), "evaluated_on": held_name, "evaluation_images": len(held_out),
-            "epochs_run": len(history.get("loss", [])),
-            "trainable_parameters": trainable,
-            "accuracy": {"float32": round(accuracy["float32"], 4), "int8": round(accuracy["int8"], 4),
-                         "int8_drop_points": round(drop, 2)},
-            "per_class_int8": report.per_class(matrices["int8"], data.classes),
-            "per_class_float32": report.per_class(matrices["float32"], data.classes),
-            "max_int8_drop": options.max_int8_drop, "quantization_check": "failed" if failed else "passed",
-            "skipped_images": len(data.skipped),
-        }
-        report.write_metrics(folder_report / "metrics.json", metrics)
+        metrics = write_report(folder / "report", options, history, held_pixels, held_out.labels, predicted,
+                               data.classes, {"head": options.head, "classes": data.classes,
+                                              "train_images": len(train_set), "validation_images": len(val_set),
+                                              "evaluated_on": held_name, "evaluation_images": len(held_out),
+                                              "trainable_parameters": trainable, "skipped_images": len(data.skipped)})
         outcome.update(metrics)
         return {"training": metrics}
 
@@ -304,9 +340,5 @@ def train(options: TrainOptions, progress=None) -> Bundle:
         progress, calibration_pixels=calibration, backbone=backbone, int8_embedder=int8_blob,
         heads=(ExtraHead(options.head_name, model, list(data.classes),
                          kind="trained_dense" if options.head == "dense" else "finetuned"),), finish=finish)
-    if outcome["quantization_check"] == "failed":
-        raise QuantizationDropError(
-            f"int8 lost {outcome['accuracy']['int8_drop_points']:.2f} accuracy points (float32 "
-            f"{outcome['accuracy']['float32']:.3f}, int8 {outcome['accuracy']['int8']:.3f}), more than "
-            f"--max-int8-drop {options.max_int8_drop}; the bundle was written to {bundle.path} and marked")
+    check_drop(outcome, options, bundle.path)
     return bundle

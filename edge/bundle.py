@@ -81,6 +81,11 @@ class Bundle:
         return dict(self.manifest.get("heads", {}))
 
     @property
+    def standalone(self) -> bool:
+        """A classifier on pixels with no embedder (the small CNN): no KNN, no ImageNet head."""
+        return self.find("embedder", edgetpu=None) is None and self.find("classifier", edgetpu=None) is not None
+
+    @property
     def preprocessing(self) -> dict:
         return self.manifest["preprocessing"]
 
@@ -155,10 +160,18 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
             f"{path} has bundle format version {version!r}; this teachcam reads version "
             f"{FORMAT_VERSION}: upgrade teachcam or rebuild the bundle with this version"
         )
-    for key in ("preprocessing", "embedding", "models", "files"):
+    for key in ("preprocessing", "models", "files"):
         if key not in manifest:
             raise BundleError(f"{path / MANIFEST} has no {key!r} section; rebuild the bundle")
     bundle = Bundle(path, manifest)
+    try:
+        roles = {m.role for m in bundle.models}
+    except AttributeError:
+        raise BundleError(f"{path / MANIFEST} has a malformed 'models' section; rebuild the bundle") from None
+    if "embedder" not in roles and "classifier" not in roles:
+        raise BundleError(f"{path / MANIFEST} lists neither an embedder nor a classifier; rebuild the bundle")
+    if "embedder" in roles and "embedding" not in manifest:
+        raise BundleError(f"{path / MANIFEST} has no 'embedding' section; rebuild the bundle")
     if verify:
         bad = [name for name, ok in bundle.verify() if not ok]
         if bad:

@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--head", default="dense", choices=("dense", "finetune", "cnn"),
                    help="dense: frozen backbone + dense softmax head (default); finetune: the backbone's last "
-                        "--unfreeze blocks trained too (slower; use a smaller --learning-rate); cnn: not built yet")
+                        "--unfreeze blocks trained too (slower); cnn: a small convolutional network from scratch on "
+                        "greyscale pixels, no backbone (for MNIST-like tasks; the bundle classifies but cannot be "
+                        "taught by example)")
+    p.add_argument("--input-size", type=int, default=None, help="cnn: input size in pixels (default 28)")
     p.add_argument("--unfreeze", type=int, default=3, help="finetune: how many of the last blocks to train (default 3)")
     p.add_argument("--name", default="trained", help="the head's name in the bundle (default: trained)")
     p.add_argument("--val", type=Path, default=None, help="validation data (default: a stratified 20%% split)")
@@ -87,11 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test data for the final float32/int8 accuracy (default: the validation data, which also "
                         "decides early stopping)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many training images (balanced)")
-    p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default 40 dense, 6 finetune; "
-                                                             "early stopping)")
-    p.add_argument("--hidden", type=int, default=0, help="units in a hidden layer (default: none)")
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--learning-rate", type=float, default=None, help="default 1e-3 dense, 1e-4 finetune")
+    p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default 40 dense, 6 finetune, "
+                                                             "20 cnn; early stopping)")
+    p.add_argument("--hidden", type=int, default=0, help="dense: units in a hidden layer (default: none)")
+    p.add_argument("--dropout", type=float, default=None, help="default 0.2 (dense, finetune), 0.5 (cnn)")
+    p.add_argument("--learning-rate", type=float, default=None, help="default 1e-3 dense and cnn, 1e-4 finetune")
     p.add_argument("--max-int8-drop", type=float, default=None, metavar="POINTS",
                    help="fail (exit 3; the bundle is still written, and marked) if int8 loses more accuracy than this")
     p.add_argument("--weights", default="offline", help="backbone weights, as for convert")
@@ -99,9 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--json", action="store_true", help="print metrics.json when done")
 
-    p = sub.add_parser("classify", help="(device) top-k ImageNet labels for image files",
-                       description="Classify images with the bundle's ImageNet head on the TFLite runtime.")
+    p = sub.add_parser("classify", help="(device) top-k labels for image files (ImageNet or a trained head)",
+                       description="Classify images on the TFLite runtime with one of the bundle's heads: the "
+                                   "ImageNet head by default, a trained head with --head, or a standalone "
+                                   "classifier bundle (`teachcam train --head cnn`).")
     _add_bundle_flag(p)
+    p.add_argument("--head", default=None, help="which head (default: imagenet if the bundle has it, else its "
+                                                "trained head)")
     p.add_argument("-k", "--top-k", type=int, default=5, help="how many labels per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON (one document) instead of text")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
@@ -137,7 +144,7 @@ def _configure_logging(verbosity: int) -> None:
 
 def cmd_classify(args) -> int:
     from edge.bundle import load_bundle
-    from edge.models import Embedder, Head, top_k
+    from edge.models import Classifier, Embedder, Head, LogitsHead, top_k
     from edge.preprocess import Preprocessor
     from edge.runtime import interpreter_module
 
@@ -145,15 +152,22 @@ def cmd_classify(args) -> int:
         raise TeachcamError("--top-k must be at least 1")
     bundle = load_bundle(args.bundle)
     preprocess = Preprocessor.from_manifest(bundle.preprocessing)
-    embedder = Embedder.create(bundle, args.precision, num_threads=args.threads)
-    head = Head.create(bundle, "imagenet", embedder)
+    if bundle.standalone:
+        embedder = Classifier.create(bundle, args.precision, num_threads=args.threads)
+        if args.head not in (None, embedder.name):
+            raise TeachcamError(f"the bundle's only head is {embedder.name!r} (a standalone classifier)")
+        head = LogitsHead(embedder.name, embedder.labels)
+    else:
+        embedder = Embedder.create(bundle, args.precision, num_threads=args.threads)
+        name = args.head or ("imagenet" if "imagenet" in bundle.heads else next(iter(bundle.heads), "imagenet"))
+        head = Head.create(bundle, name, embedder)
     results, failures = [], []
     for path, pixels in each_image(args.images, preprocess, failures):
         classes = top_k(head.probabilities(embedder.embed(pixels)), head.labels, args.top_k)
         results.append({"image": str(path), "top": [c._asdict() for c in classes]})
     if args.json:
         runtime = interpreter_module()
-        print(json.dumps({"bundle": str(args.bundle), "embedder": embedder.variant,
+        print(json.dumps({"bundle": str(args.bundle), "embedder": embedder.variant, "head": head.name,
                           "runtime": f"{runtime.name} {runtime.version}", "results": results, "errors": failures},
                          indent=2, ensure_ascii=False))
     else:
@@ -178,15 +192,18 @@ def cmd_info(args) -> int:
     print(f"bundle      {args.bundle}  (format {manifest['format_version']}, {manifest.get('generator', '?')}, "
           f"{manifest.get('created', '?')})")
     weights = backbone.get("weights", {})
-    print(f"backbone    {backbone.get('family')} {backbone.get('alpha')} / {backbone.get('input_size')} px — "
-          f"{weights.get('source', '?')}")
+    width = f" {backbone['alpha']}" if backbone.get("alpha") is not None else ""
+    print(f"backbone    {backbone.get('family')}{width} / {backbone.get('input_size')} px — {weights.get('source', '?')}")
     norm = pre.get("normalization", {})
     print(f"preprocess  {pre.get('color_order')}, shorter side → {pre['resize']['shorter_side']} "
           f"({pre['resize']['interpolation']}), centre crop {pre['crop']['width']}×{pre['crop']['height']}, "
-          f"mean {norm.get('mean')} std {norm.get('std')}"
+          + (f"mean {norm.get('mean')} std {norm.get('std')}" if "mean" in norm else f"scale {norm.get('scale', 1):.6g}")
           + (" (folded into the model)" if norm.get("folded_into_model") else ""))
-    emb = manifest["embedding"]
-    print(f"embedding   {emb['size']} floats, L2-normalized: {'yes' if emb.get('l2_normalized') else 'no'}")
+    emb = manifest.get("embedding")
+    if emb:
+        print(f"embedding   {emb['size']} floats, L2-normalized: {'yes' if emb.get('l2_normalized') else 'no'}")
+    else:
+        print("embedding   none: a standalone classifier on pixels (no KNN teaching)")
     print("models")
     for m in manifest["models"]:
         tensor_in, tensor_out = m["inputs"][0], m["outputs"][0]

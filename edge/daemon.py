@@ -25,9 +25,9 @@ from edge.camera import FrameGrabber, make_source
 from edge.config import DaemonConfig, load_config
 from edge.controls import ButtonPanel, Command, KeyboardControls, LedPanel, gpio_available
 from edge.display import JsonLinesSink, OledSink, PreviewSink, Sink, TerminalSink, View
-from edge.errors import ConfigError, TeachcamError
+from edge.errors import BundleError, ConfigError, TeachcamError
 from edge.knn import KNNConfig
-from edge.models import Embedder, Head
+from edge.models import Classifier, Embedder, Head, LogitsHead
 from edge.preprocess import Preprocessor
 from edge.smoothing import Smoother
 from edge.teach import Teacher
@@ -156,6 +156,9 @@ class Daemon:
         config = self.config
         bundle = self._load_bundle()
         self.preprocess = Preprocessor.from_manifest(bundle.preprocessing)
+        if bundle.standalone:
+            self._load_standalone(bundle)
+            return
         embedder = Embedder.create(bundle, config.precision, num_threads=config.threads)
         knn = KNNConfig(k=config.knn.k) if config.knn.threshold is None else KNNConfig(k=config.knn.k,
                                                                                        threshold=config.knn.threshold)
@@ -179,6 +182,20 @@ class Daemon:
         self.bundle, self.embedder, self.teacher, self.head = bundle, embedder, teacher, head
         log.info("bundle %s: %s embedder, mode %s, store %s (%d examples)", config.bundle, embedder.variant,
                  config.mode, config.store, len(teacher))
+
+    def _load_standalone(self, bundle) -> None:
+        """A standalone classifier (the small CNN) takes the embedder's place; there is nothing to teach."""
+        config = self.config
+        if config.mode != "head":
+            raise BundleError(f"{config.bundle} is a standalone classifier (small CNN) with no embedder: run it with "
+                              f"mode = \"head\" in the config or --mode head (mode {config.mode} needs an embedder)")
+        classifier = Classifier.create(bundle, config.precision, num_threads=config.threads)
+        if self.teacher is not None:  # a reload from an embedder bundle: the store stays on disk, untouched
+            self.teacher.close()
+        self.bundle, self.embedder, self.teacher = bundle, classifier, None
+        self.head = LogitsHead(classifier.name, classifier.labels)
+        log.info("bundle %s: standalone %s classifier %r (%d classes), mode head; the store is not used",
+                 config.bundle, classifier.variant, classifier.name, len(classifier.labels))
 
     def _open_controls(self) -> None:
         config = self.config
@@ -288,7 +305,7 @@ class Daemon:
         label, score, confidence, confidences = self._predict(embedding)
         t3 = time.perf_counter()
         shown = self.smoother.update(label)
-        view = View(shown, label, score, confidence, confidences, self.teacher.counts(), self._fps(),
+        view = View(shown, label, score, confidence, confidences, self.teacher.counts() if self.teacher else {}, self._fps(),
                     (time.monotonic() - captured) * 1e3 if captured else (t3 - t0) * 1e3,
                     number if number is not None else self.stats.frames + 1, self.config.mode)
         if self.leds is not None:
@@ -347,6 +364,8 @@ class Daemon:
     def _apply(self, command: Command, embedding, pixels, enrolled_this_frame: set[int]) -> None:
         if command.kind == "quit":
             self.stop()
+        elif self.teacher is None:
+            raise BundleError(f"{command.kind}: the bundle is a standalone classifier and cannot be taught by example")
         elif command.kind == "enroll":
             if embedding is None:
                 log.warning("no camera frame yet: nothing to enroll")
@@ -395,8 +414,9 @@ class Daemon:
         else:
             self.grabber.prepare = self.preprocess
         self.smoother = Smoother(new.smoothing)
-        log.warning("reloaded the configuration and the bundle (%d examples kept)", len(self.teacher))
-        self._event("reloaded", examples=len(self.teacher))
+        examples = len(self.teacher) if self.teacher else 0
+        log.warning("reloaded the configuration and the bundle (%d examples kept)", examples)
+        self._event("reloaded", examples=examples)
 
     def close(self) -> None:
         self.notifier.notify("STOPPING=1")

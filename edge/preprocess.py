@@ -4,7 +4,12 @@ The manifest's policy is "resize the shorter side to N (bilinear, antialiased), 
 centre-crop M×M". It is computed in one pass: Pillow resizes just the source box that
 the crop would keep, which gives the same pixels as resizing the whole frame and then
 cropping (the filter is evaluated at the same source coordinates) for a fraction of the
-work. Normalization is folded into the model, so the result is uint8 RGB.
+work. Normalization is folded into the model, so the result is uint8: RGB (``color_order``
+"RGB") or one luma channel (``"L"``, Pillow's ITU-R 601-2 conversion; the small CNN).
+
+``small_greyscale``: bundles for an ImageNet backbone frame a small light-on-dark greyscale
+image (an MNIST-style item) like a photo before the resize — see
+:func:`edge.images.frame_small_greyscale`; a model trained on raw greyscale pixels does not.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from edge.errors import BundleError
+from edge.images import frame_small_greyscale
 
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
             "nearest": Image.Resampling.NEAREST, "area": Image.Resampling.BOX}
@@ -28,12 +34,22 @@ class Preprocessor:
     crop_width: int
     crop_height: int
     interpolation: str = "bilinear"
+    color_order: str = "RGB"
+    frame_small: bool = False
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color_order == "L" else 3
 
     @classmethod
     def from_manifest(cls, section: dict) -> Preprocessor:
         try:
-            if section.get("color_order", "RGB") != "RGB":
-                raise BundleError(f"unsupported colour order {section['color_order']!r} in the bundle manifest")
+            color_order = section.get("color_order", "RGB")
+            if color_order not in ("RGB", "L"):
+                raise BundleError(f"unsupported colour order {color_order!r} in the bundle manifest")
+            small = section.get("small_greyscale", {"policy": "none"}).get("policy", "none")
+            if small not in ("none", "invert_and_border"):
+                raise BundleError(f"unsupported small_greyscale policy {small!r} in the bundle manifest")
             resize, crop = section["resize"], section["crop"]
             if (resize.get("policy") != "shorter_side" or crop.get("policy") != "center"
                     or crop.get("offset_rounding", "floor") != "floor"):
@@ -41,8 +57,9 @@ class Preprocessor:
             interpolation = resize.get("interpolation", "bilinear")
             if interpolation not in _FILTERS:
                 raise BundleError(f"unsupported interpolation {interpolation!r} in the bundle manifest")
-            return cls(int(resize["shorter_side"]), int(crop["width"]), int(crop["height"]), interpolation)
-        except (KeyError, TypeError, ValueError) as exc:
+            return cls(int(resize["shorter_side"]), int(crop["width"]), int(crop["height"]), interpolation,
+                       color_order, small == "invert_and_border")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"the bundle manifest's preprocessing section is incomplete ({exc})") from None
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
@@ -60,7 +77,11 @@ class Preprocessor:
         return (left * sx, top * sy, (left + self.crop_width) * sx, (top + self.crop_height) * sy)
 
     def __call__(self, frame: np.ndarray | Image.Image) -> np.ndarray:
-        """``(H, W, 3)`` RGB uint8 → ``(crop_height, crop_width, 3)`` RGB uint8."""
+        """``(H, W, 3)`` RGB uint8 → ``(crop_height, crop_width, channels)`` uint8."""
+        if self.frame_small and isinstance(frame, np.ndarray):
+            frame = frame_small_greyscale(frame)
+        if self.color_order == "L":
+            return self._grey(frame)
         if isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8:
             height, width = frame.shape[:2]
             if self.resized_size(width, height) == (width, height):
@@ -74,3 +95,12 @@ class Preprocessor:
         box = self.crop_box(*image.size)
         out = image.resize((self.crop_width, self.crop_height), _FILTERS[self.interpolation], box=box)
         return np.asarray(out, dtype=np.uint8)
+
+    def _grey(self, frame: np.ndarray | Image.Image) -> np.ndarray:
+        image = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame, np.uint8).squeeze())
+        if image.mode != "L":
+            image = image.convert("L")
+        if image.size != (self.crop_width, self.crop_height) or self.resized_size(*image.size) != image.size:
+            image = image.resize((self.crop_width, self.crop_height), _FILTERS[self.interpolation],
+                                 box=self.crop_box(*image.size))
+        return np.asarray(image, dtype=np.uint8)[:, :, None]

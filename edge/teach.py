@@ -108,7 +108,7 @@ class Teacher:
             # Reuse the coarse projection while the store has less than doubled since it was fitted.
             reuse = self._projection if self._projection and len(snap.examples) < 2 * self._projection[1] else None
             self._index = KNNIndex(snap.embeddings, [e.label for e in snap.examples], snap.classes, self.config.power,
-                                   projection=reuse[0] if reuse else None)
+                                   projection=reuse[0] if reuse else None, ridge_alpha=self.config.ridge_alpha)
             if self._index.projection is not None and reuse is None:
                 self._projection = (self._index.projection, len(snap.examples))
         return self._index

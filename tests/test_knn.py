@@ -58,3 +58,33 @@ def test_two_stage_search_agrees_with_exact_scoring(monkeypatch):
     config = KNNConfig()
     agree = [fast.predict(q, config).nearest == exact.predict(q, config).nearest for q in queries]
     assert np.mean(agree) >= 0.95
+
+
+def test_ridge_gives_a_big_class_no_head_start():
+    x, labels, _ = clusters({"small": 3, "big": 300}, spread=0.6, seed=4)
+    queries, truth, _ = clusters({"small": 100, "big": 100}, spread=0.6, seed=4)
+    index = KNNIndex(x, labels)
+    config = KNNConfig(threshold=-1)
+    predicted = np.array([index.predict(q, config).label for q in queries])
+    truth = np.array(truth)
+    # Balanced: the small class is recognised about as often as the big one (0.98 / 1.0 here;
+    # the similarity blend alone gets 0.86 / 1.0).
+    assert (predicted[truth == "small"] == "small").mean() >= 0.9
+    assert (predicted[truth == "big"] == "big").mean() >= 0.9
+
+
+def test_ridge_dual_and_primal_solutions_agree():
+    x, labels, _ = clusters({"a": 30, "b": 30, "c": 30}, d=16, seed=5)
+    ids = np.array([{"a": 0, "b": 1, "c": 2}[label] for label in labels])
+    primal = knn.fit_ridge(x, ids, 3, 0.5)  # 90 rows > 16 dimensions
+    padded = np.concatenate([x, np.zeros((90, 100), np.float32)], axis=1)  # 116 dimensions > 90 rows
+    dual = knn.fit_ridge(padded, ids, 3, 0.5)
+    np.testing.assert_allclose(dual[0][:16], primal[0], atol=1e-4)
+    np.testing.assert_allclose(dual[1], primal[1], atol=1e-4)
+
+
+def test_one_class_has_no_ridge_and_predicts_by_similarity():
+    x, labels, centres = clusters({"only": 5})
+    index = KNNIndex(x, labels)
+    assert index.ridge is None
+    assert index.predict(centres["only"], KNNConfig(threshold=0.5)).label == "only"

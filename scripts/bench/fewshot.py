@@ -8,9 +8,12 @@ images, compares scoring rules on the same embeddings, for the int8 and float32 
               its prototype (class mean), plain cosine
   class-knn   the same without the prototype, after the power transform (signed sqrt)
   prototype   nearest class mean, after the power transform
-  teachcam    blend after the power transform (the default KNNConfig)
-and the small greyscale images as is, or prepared (inverted: dark object on a light
-ground, like most photos; a 2-pixel border so the centre crop keeps the whole item).
+  knn-blend   blend after the power transform (teachcam before the ridge was added)
+  teachcam    the default KNNConfig: the blend plus the class-balanced ridge classifier
+and the small greyscale images as is, or prepared as bundles built by this version say
+(manifest preprocessing.small_greyscale "invert_and_border", edge.images.frame_small_greyscale:
+inverted to a dark item on a light ground, like most photos; a 2-pixel border so the
+centre crop keeps the whole item).
 Then measures the unknown threshold: 5 classes enrolled, the other 5 never — false accepts vs false rejects per threshold.
 
 Usage: scripts/bench/fewshot.py --bundle build/default-bundle [--json]
@@ -19,6 +22,7 @@ Usage: scripts/bench/fewshot.py --bundle build/default-bundle [--json]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -33,21 +37,11 @@ from edge.models import Embedder
 from edge.preprocess import Preprocessor
 
 
-def prepare_small_greyscale(image: np.ndarray) -> np.ndarray:
-    """A 28x28 white-on-black item → an RGB frame more like a photo of it.
-
-    Inverted (dark object on a light ground, as most photos are) and given a 2-pixel
-    border, so that the centre crop (224 of 256) keeps the whole item in view.
-    """
-    framed = np.pad(255 - image, 2, constant_values=255)
-    return np.repeat(framed[:, :, None], 3, axis=2)
-
-
 def embed_all(embedder, preprocess, images, prepared):
+    preprocess = dataclasses.replace(preprocess, frame_small=prepared)
     out = np.empty((len(images), embedder.model.output.shape[-1]), np.float32)
     for i, image in enumerate(images):
-        frame = prepare_small_greyscale(image) if prepared else np.repeat(image[:, :, None], 3, axis=2)
-        out[i] = embedder.embed(preprocess(frame))
+        out[i] = embedder.embed(preprocess(np.repeat(image[:, :, None], 3, axis=2)))
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
@@ -59,7 +53,7 @@ def plain_knn(train, train_labels, test, k=5):
 
 
 def rule_predict(train, train_labels, test, config):
-    index = KNNIndex(train, [str(x) for x in train_labels], power=config.power)
+    index = KNNIndex(train, [str(x) for x in train_labels], power=config.power, ridge_alpha=config.ridge_alpha)
     return np.array([int(index.predict(q, config).nearest) for q in test])
 
 
@@ -81,9 +75,10 @@ def main() -> int:
     needed = np.concatenate(list(pool.values()))
     results = {"machine": platform.machine(), "python": platform.python_version(), "test_images": args.test,
                "seeds": args.seeds, "accuracy": {}, "unknown": {}}
-    rules = {"plain-5nn": None, "blend-raw": KNNConfig(k=5, prototype_weight=0.5, power=1.0),
-             "class-knn": KNNConfig(k=5, prototype_weight=0.0), "prototype": KNNConfig(k=5, prototype_weight=1.0),
-             "teachcam": KNNConfig()}
+    rules = {"plain-5nn": None, "blend-raw": KNNConfig(k=5, prototype_weight=0.5, power=1.0, ridge_weight=0),
+             "class-knn": KNNConfig(k=5, prototype_weight=0.0, ridge_weight=0),
+             "prototype": KNNConfig(k=5, prototype_weight=1.0, ridge_weight=0),
+             "knn-blend": KNNConfig(ridge_weight=0), "teachcam": KNNConfig()}
     for precision in ("int8", "float32"):
         embedder = Embedder.create(bundle, precision)
         for prepared in (False, True):

@@ -5,7 +5,7 @@ Writes the images as PNG folders (one per class), runs the real CLI end to end â
 training, both exports, held-out evaluation on the device runtime, report â€” and prints
 float32 and int8 accuracy, the drop, and the wall time.
 
-Usage: scripts/bench/train_fashion.py [--head dense|finetune] [--train 2000] [--test 1000] [--epochs N] [--json]
+Usage: scripts/bench/train_fashion.py [--head dense|finetune|cnn] [--train 2000] [--test 1000] [--epochs N] [--json]
 (finetune, a small run: --head finetune --train 500 --epochs 2)
 """
 

@@ -1,0 +1,149 @@
+"""``teachcam train --head cnn``: a small convolutional network trained from scratch, no backbone.
+
+The classic digit recogniser — two conv/pool stages and a dense softmax — for small
+greyscale tasks (MNIST, Fashion-MNIST, symbols, silhouettes). Its bundle holds one
+standalone classifier on pixels (float32 and int8, uint8 greyscale input with the 1/255
+scaling folded in), no embedder: the device runs it with ``--mode head`` or
+``teachcam classify``; it cannot be taught by example (KNN needs an embedder).
+
+The preprocessing the manifest records is what training used: luma (Pillow's ITU-R 601-2
+conversion), shorter side → N, centre crop N×N (N = ``--input-size``, default 28); small
+light-on-dark images are *not* inverted (that framing is for ImageNet backbones).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from convert.build import compile_edgetpu_entry
+from convert.bundle_writer import describe_model, staging_folder, write_manifest
+from convert.calibration import full_range_sample
+from convert.datasets import Dataset
+from convert.export import write_tflite
+from convert.train import (
+    TrainOptions,
+    _KerasProgress,
+    balanced_class_weight,
+    calibration_set,
+    check_drop,
+    preprocess_dataset,
+    summarize,
+    write_report,
+)
+from edge.bundle import Bundle, load_bundle
+from edge.models import Classifier
+from edge.preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
+
+
+def manifest_preprocessing(size: int) -> dict:
+    return {
+        "color_order": "L",
+        "resize": {"policy": "shorter_side", "shorter_side": size, "interpolation": "bilinear", "antialias": True,
+                   "longer_side_rounding": "floor"},
+        "crop": {"policy": "center", "width": size, "height": size, "offset_rounding": "floor"},
+        "normalization": {"kind": "scale", "scale": 1 / 255, "folded_into_model": True,
+                          "formula": "pixel / 255, computed inside the model"},
+        "small_greyscale": {"policy": "none"},
+        "model_input": "greyscale uint8 pixels 0..255 (luma: 0.299 R + 0.587 G + 0.114 B, as Pillow's "
+                       "convert('L')), one channel",
+    }
+
+
+def build_cnn(keras, size: int, classes: int, dropout: float):
+    """Two conv/pool stages and a dense softmax (logits out; the device applies the softmax)."""
+    inputs = keras.Input((size, size, 1), name="pixels")
+    x = keras.layers.Rescaling(1 / 255, name="scale")(inputs)
+    x = keras.layers.Conv2D(32, 3, activation="relu", name="conv1")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = keras.layers.Conv2D(64, 3, activation="relu", name="conv2")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool2")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dropout(max(dropout, 0.0), name="dropout")(x)
+    logits = keras.layers.Dense(classes, name="logits")(x)
+    return keras.Model(inputs, logits, name="small_cnn")
+
+
+def evaluate(bundle: Bundle, pixels: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Predicted class per image on the device runtime, float32 and int8."""
+    out = {}
+    for precision in ("float32", "int8"):
+        classifier = Classifier.create(bundle, precision)
+        out[precision] = np.array([int(np.argmax(classifier.embed(p))) for p in pixels])
+    return out
+
+
+def train_cnn(options: TrainOptions, data: Dataset, train_set: Dataset, val_set: Dataset, test_set: Dataset | None,
+              progress) -> Bundle:
+    import keras
+
+    size = options.input_size or 28
+    if not 8 <= size <= 256:
+        from edge.errors import TeachcamError
+
+        raise TeachcamError(f"--input-size {size}: the small CNN takes 8 to 256 pixels (default 28)")
+    section = manifest_preprocessing(size)
+    pre = Preprocessor.from_manifest(section)
+    keras.utils.set_random_seed(options.seed)
+    train_pixels = preprocess_dataset(pre, train_set, progress)
+    val_pixels = preprocess_dataset(pre, val_set, progress)
+    held_out, held_pixels, held_name = val_set, val_pixels, "validation"
+    if test_set is not None:
+        held_out, held_pixels, held_name = test_set, preprocess_dataset(pre, test_set, progress), "test"
+
+    model = build_cnn(keras, size, len(data.classes), options.dropout)
+    trainable = summarize(model, progress)
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience, restore_best_weights=True)
+    history = model.fit(np.stack(train_pixels).astype(np.float32), train_set.labels,
+                        validation_data=(np.stack(val_pixels).astype(np.float32), val_set.labels),
+                        epochs=options.epochs, batch_size=options.batch_size, shuffle=True, verbose=0,
+                        class_weight=balanced_class_weight(train_set.labels, len(data.classes)),
+                        callbacks=[stop, _KerasProgress(keras, progress, options.epochs, "cnn")]).history
+
+    calibration = [full_range_sample(size, size, 1), *calibration_set(train_pixels, options.seed, count=256)]
+    name = options.head_name
+    with staging_folder(options.out, options.force) as folder:
+        progress.step("exporting the classifier (float32 and int8)", total=2)
+        float_path = write_tflite(model, folder / f"{name}_classifier_float32.tflite", int8=False)
+        progress.advance()
+        int8_path = write_tflite(model, folder / f"{name}_classifier_int8.tflite", int8=True,
+                                 representative=lambda: (c.astype(np.float32) for c in calibration))
+        progress.advance()
+        (folder / "labels").mkdir()
+        (folder / "labels" / f"{name}.txt").write_text("\n".join(data.classes) + "\n", encoding="utf-8")
+        models = [describe_model(int8_path, role="classifier", precision="int8", head=name, output="logits"),
+                  describe_model(float_path, role="classifier", precision="float32", head=name, output="logits")]
+        if options.edgetpu:
+            progress.step("compiling for the Edge TPU")
+            models += compile_edgetpu_entry(folder, int8_path, progress, role="classifier", head=name)
+            progress.advance()
+        manifest = {
+            "backbone": {"family": "small_cnn", "input_size": size,
+                         "layers": "conv 3x3 x32 + maxpool, conv 3x3 x64 + maxpool, dropout, dense softmax",
+                         "weights": {"source": "trained from scratch on the user's images"}},
+            "preprocessing": section,
+            "models": models,
+            "heads": {name: {"labels": f"labels/{name}.txt", "num_classes": len(data.classes),
+                             "kind": "cnn_classifier", "output": "logits", "input": "pixels"}},
+            "calibration": {"source": "the user's own training images", "samples": len(calibration),
+                            "note": "first sample is a 0..255 gradient so the uint8 input keeps scale 1, zero point 0"},
+        }
+        write_manifest(folder, manifest)
+        progress.step(f"classifying {len(held_pixels)} {held_name} images on the device runtime (float32 and int8)")
+        predicted = evaluate(load_bundle(folder, verify=False), held_pixels)
+        progress.advance()
+        metrics = write_report(folder / "report", options, history, held_pixels, held_out.labels, predicted,
+                               data.classes, {"head": "cnn", "classes": data.classes, "train_images": len(train_set),
+                                              "validation_images": len(val_set), "evaluated_on": held_name,
+                                              "evaluation_images": len(held_out), "trainable_parameters": trainable,
+                                              "skipped_images": len(data.skipped)})
+        manifest["training"] = metrics
+        write_manifest(folder, manifest)
+    bundle = load_bundle(options.out)
+    check_drop(metrics, options, bundle.path)
+    return bundle

@@ -1,0 +1,117 @@
+"""`teachcam train --head cnn`: a small CNN from scratch on real greyscale images, run on the device runtime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from edge.bundle import load_bundle
+from edge.models import Classifier
+from edge.preprocess import Preprocessor
+from tests.conftest import run_teachcam
+
+SHAPES = ("circle", "square", "cross")
+
+
+def draw(shape: str, rng: np.random.Generator) -> Image.Image:
+    """A light shape on black, 28x28, at a random place and size (MNIST-like)."""
+    image = Image.new("L", (28, 28), 0)
+    pen = ImageDraw.Draw(image)
+    r = int(rng.integers(5, 10))
+    cx, cy = (int(v) for v in rng.integers(r + 1, 27 - r, size=2))
+    box = (cx - r, cy - r, cx + r, cy + r)
+    level = int(rng.integers(160, 256))
+    if shape == "circle":
+        pen.ellipse(box, outline=level, width=2)
+    elif shape == "square":
+        pen.rectangle(box, outline=level, width=2)
+    else:
+        pen.line(box, fill=level, width=2)
+        pen.line((cx - r, cy + r, cx + r, cy - r), fill=level, width=2)
+    return image
+
+
+def write_shapes(root, per_class: int, seed: int):
+    rng = np.random.default_rng(seed)
+    for shape in SHAPES:
+        (root / shape).mkdir(parents=True)
+        for i in range(per_class):
+            draw(shape, rng).save(root / shape / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cnn_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cnn")
+    out = root / "bundle"
+    result = run_teachcam("train", "--head", "cnn", "--data", write_shapes(root / "train", 60, 0),
+                          "--test", write_shapes(root / "test", 20, 1), "--out", out, "--epochs", "15", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, json.loads(result.stdout), root
+
+
+@pytest.mark.slow
+def test_cnn_trains_from_scratch_and_both_precisions_classify_held_out_images(cnn_bundle):
+    out, metrics, _ = cnn_bundle
+    assert metrics["head"] == "cnn" and metrics["classes"] == sorted(SHAPES)
+    assert metrics["evaluated_on"] == "test" and metrics["evaluation_images"] == 60
+    assert metrics["trainable_parameters"] < 100_000
+    assert metrics["accuracy"]["float32"] >= 0.9 and metrics["accuracy"]["int8"] >= 0.9
+    for name in ("curves.png", "confusion_float32.png", "confusion_int8.png", "samples_int8.png", "metrics.json"):
+        assert (out / "report" / name).stat().st_size > 0, name
+    bundle = load_bundle(out)
+    assert bundle.standalone and bundle.find("embedder", edgetpu=None) is None
+    assert bundle.preprocessing["color_order"] == "L"
+    assert bundle.preprocessing["small_greyscale"]["policy"] == "none"
+    int8 = bundle.find("classifier", precision="int8")
+    assert int8.inputs[0]["dtype"] == "uint8" and int8.inputs[0]["shape"] == [1, 28, 28, 1]
+    assert int8.inputs[0]["quantization"] == {"scale": 1.0, "zero_point": 0}  # 1/255 folded into the model
+
+
+@pytest.mark.slow
+def test_cnn_bundle_classifies_on_the_command_line_and_in_the_daemon(cnn_bundle, tmp_path):
+    out, _, root = cnn_bundle
+    images = sorted((root / "test" / "cross").glob("*.png"))[:3]
+    result = run_teachcam("classify", "--bundle", out, "--json", "-k", "2", *images)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["head"] == "trained"
+    assert [r["top"][0]["label"] for r in document["results"]] == ["cross"] * 3
+    # The daemon runs it in head mode on the same files, JSON lines out.
+    result = run_teachcam("run", "--bundle", out, "--store", tmp_path / "store", "--source",
+                          f"images:{root / 'test' / 'square'}", "--mode", "head", "--frames", "10", "--no-gpio",
+                          "--smoothing", "1", "--fps", "1000")
+    assert result.returncode == 0, result.stderr
+    assert "standalone classifier 'trained'" in result.stderr
+    # A prediction line is written when the label changes: one line, "square", means every frame said square.
+    labels = [json.loads(line)["label"] for line in result.stdout.splitlines() if '"prediction"' in line]
+    assert labels == ["square"]
+
+
+@pytest.mark.slow
+def test_cnn_bundle_cannot_be_taught_and_says_so_without_touching_the_store(cnn_bundle, bundle_path, tmp_path):
+    out, _, root = cnn_bundle
+    image = next((root / "test" / "circle").glob("*.png"))
+    store = tmp_path / "store"
+    assert run_teachcam("enroll", "--bundle", bundle_path, "--store", store, "--label", "circle", image).returncode == 0
+    before = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    result = run_teachcam("enroll", "--bundle", out, "--store", store, "--label", "circle", image)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "standalone classifier" in lines[0] and "cannot be taught" in lines[0]
+    result = run_teachcam("run", "--bundle", out, "--store", store, "--source", "demo", "--frames", "1", "--no-gpio")
+    assert result.returncode != 0 and "--mode head" in result.stderr
+    after = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_classifier_preprocessing_matches_training_for_photos_and_small_images(tmp_path):
+    section = {"color_order": "L", "resize": {"policy": "shorter_side", "shorter_side": 28},
+               "crop": {"policy": "center", "width": 28, "height": 28}, "small_greyscale": {"policy": "none"}}
+    pre = Preprocessor.from_manifest(section)
+    shape = np.asarray(draw("circle", np.random.default_rng(0)))
+    assert np.array_equal(pre(np.repeat(shape[:, :, None], 3, axis=2))[:, :, 0], shape)  # not inverted, not framed
+    assert Classifier is not None
