@@ -256,5 +256,6 @@ def compile_edgetpu_entry(folder: Path, int8_path: Path, progress, *, role: str,
 
     entry = describe_model(int8_path, role=role, precision="int8", head=head)
     entry.update(file=result.compiled.name, sha256=file_sha256(result.compiled), bytes=result.compiled.stat().st_size,
-                 edgetpu=True, compiled_from=int8_path.name, ops_on_cpu=result.ops_on_cpu, cpu_ops=result.cpu_ops)
+                 edgetpu=True, compiled_from=int8_path.name, ops_on_tpu=result.ops_on_tpu, ops_on_cpu=result.ops_on_cpu,
+                 cpu_ops=result.cpu_ops, off_chip_parameters=result.off_chip)
     return [entry]

@@ -22,6 +22,7 @@ class CompileResult:
     ops_on_cpu: int = 0
     cpu_ops: dict[str, int] = field(default_factory=dict)
     message: str = ""
+    off_chip: str = ""  # parameters streamed from the host on every inference ("0.00B" is what one wants)
 
 
 def compile_command(model: Path, out_dir: Path) -> list[str]:
@@ -46,9 +47,9 @@ def compile_for_edgetpu(model: Path, out_dir: Path) -> CompileResult:
         command = " ".join(compile_command(Path(model.name), Path(".")))
         return CompileResult(
             None,
-            message=(f"{COMPILER} is not on PATH (it runs on x86-64 Linux only); the int8 model is kept. "
-                     f"On such a machine, in the bundle folder, run: {command}  — then rerun "
-                     "`teachcam convert` there with --edgetpu, or copy the *_edgetpu.tflite back"),
+            message=(f"{COMPILER} is not on PATH (Coral's edgetpu-compiler package, x86-64 Linux only); the bundle "
+                     f"has the int8 model only. The compile step is: {command} (in the bundle folder); for a bundle "
+                     "that lists the compiled model, rerun this command with --edgetpu on a machine that has it"),
         )
     proc = subprocess.run(compile_command(model, out_dir), capture_output=True, text=True, check=False)
     log_text = proc.stdout + proc.stderr
@@ -57,8 +58,12 @@ def compile_for_edgetpu(model: Path, out_dir: Path) -> CompileResult:
         first = (log_text.strip().splitlines() or ["no output"])[-1]
         return CompileResult(None, message=f"{COMPILER} failed on {model.name}: {first}")
     on_tpu, on_cpu, cpu_ops = parse_log(log_text)
+    off_chip = re.search(r"Off-chip memory used for streaming uncached model parameters:\s*(\S+)", log_text)
     (out_dir / f"{model.stem}_edgetpu.log").unlink(missing_ok=True)
     note = f"{on_tpu} ops on the Edge TPU, {on_cpu} on the CPU"
     if cpu_ops:
-        note += " (" + ", ".join(f"{k}×{v}" for k, v in sorted(cpu_ops.items())) + ")"
-    return CompileResult(compiled, on_tpu, on_cpu, cpu_ops, f"compiled {model.name}: {note}")
+        note += " (left on the CPU: " + ", ".join(f"{k}×{v}" for k, v in sorted(cpu_ops.items())) + ")"
+    if off_chip and off_chip.group(1) not in ("0.00B", "0B"):
+        note += f"; {off_chip.group(1)} of parameters streamed from the host on every inference"
+    return CompileResult(compiled, on_tpu, on_cpu, cpu_ops, f"compiled {model.name}: {note}",
+                         off_chip.group(1) if off_chip else "")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,3 +117,58 @@ def test_classifier_preprocessing_matches_training_for_photos_and_small_images(t
     shape = np.asarray(draw("circle", np.random.default_rng(0)))
     assert np.array_equal(pre(np.repeat(shape[:, :, None], 3, axis=2))[:, :, 0], shape)  # not inverted, not framed
     assert Classifier is not None
+
+
+FAKES = Path(__file__).parent / "fakes"
+
+
+@pytest.mark.slow
+def test_edgetpu_compile_is_recorded_and_the_device_prefers_the_compiled_model(tmp_path):
+    # Test doubles: edgetpu_compiler (x86-64 only, Coral's apt repo) and pycoral (no Edge TPU here).
+    data = write_shapes(tmp_path / "data", 20, 2)
+    env = {"PATH": f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}", "FAKE_EDGETPU_CPU_OPS": "MEAN:1"}
+    out = tmp_path / "bundle"
+    result = run_teachcam("train", "--head", "cnn", "--data", data, "--out", out, "--epochs", "2", "--edgetpu",
+                          env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = " ".join(result.stderr.split())  # the progress display wraps long lines
+    assert "compiled trained_classifier_int8.tflite: 60 ops on the Edge TPU, 1 on the CPU (left on the CPU: MEAN×1)" in said
+    bundle = load_bundle(out)
+    compiled = bundle.find("classifier", edgetpu=True)
+    assert compiled.file == "trained_classifier_int8_edgetpu.tflite" and compiled.head == "trained"
+    assert compiled.raw["compiled_from"] == "trained_classifier_int8.tflite"
+    assert compiled.raw["ops_on_cpu"] == 1 and compiled.raw["cpu_ops"] == {"MEAN": 1}
+    assert compiled.raw["off_chip_parameters"] == "0.00B"
+    assert not (out / "trained_classifier_int8_edgetpu.log").exists()
+
+    image = next((data / "cross").glob("*.png"))
+    calls = tmp_path / "pycoral.log"
+    with_tpu = run_teachcam("classify", "--bundle", out, "--json", image,
+                            env={"PYTHONPATH": str(FAKES), "FAKE_PYCORAL_LOG": str(calls)})
+    assert with_tpu.returncode == 0, with_tpu.stderr
+    assert json.loads(with_tpu.stdout)["embedder"] == "edgetpu"
+    assert "trained_classifier_int8_edgetpu.tflite device=None" in calls.read_text()
+    without = run_teachcam("classify", "--bundle", out, "--json", image)  # no pycoral, no libedgetpu here
+    assert without.returncode == 0
+    assert json.loads(without.stdout)["embedder"] == "int8"
+    assert "Edge TPU" in without.stderr  # the fallback is said, on one line
+    assert json.loads(with_tpu.stdout)["results"] == json.loads(without.stdout)["results"]
+
+
+@pytest.mark.slow
+def test_edgetpu_without_the_compiler_prints_the_command_and_a_failing_compiler_keeps_the_int8_model(tmp_path):
+    data = write_shapes(tmp_path / "data", 10, 3)
+    bare_path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                if not (Path(p) / "edgetpu_compiler").exists())
+    result = run_teachcam("train", "--head", "cnn", "--data", data, "--out", tmp_path / "a", "--epochs", "1",
+                          "--edgetpu", env={"PATH": bare_path})
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = " ".join(result.stderr.split())  # the progress display wraps long lines
+    assert "edgetpu_compiler --show_operations --out_dir . trained_classifier_int8.tflite" in said
+    assert load_bundle(tmp_path / "a").find("classifier", edgetpu=True) is None
+    result = run_teachcam("train", "--head", "cnn", "--data", data, "--out", tmp_path / "b", "--epochs", "1",
+                          "--edgetpu", env={"PATH": f"{FAKES / 'bin'}{os.pathsep}{bare_path}", "FAKE_EDGETPU_FAIL": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = " ".join(result.stderr.split())
+    assert "edgetpu_compiler failed on trained_classifier_int8.tflite: Internal compiler error. Aborting!" in said
+    assert load_bundle(tmp_path / "b").find("classifier", edgetpu=True) is None
