@@ -25,18 +25,73 @@ def per_class(matrix: np.ndarray, names: list[str]) -> dict[str, dict[str, float
     return out
 
 
+# Fonts for scripts DejaVu Sans lacks (CJK, Arabic, Hebrew, Indic, Thai ...), used as per-glyph fallbacks
+# when installed (Debian: fonts-noto-cjk, fonts-droid-fallback, fonts-wqy-microhei, fonts-noto-core).
+FALLBACK_FONTS = (
+    "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
+    "Droid Sans Fallback", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "IPAexGothic", "IPAGothic", "TakaoPGothic",
+    "Hiragino Sans", "PingFang SC", "Apple SD Gothic Neo", "Microsoft YaHei", "Yu Gothic", "Malgun Gothic",
+    "Arial Unicode MS", "Noto Sans", "Noto Sans Arabic", "Noto Sans Hebrew", "Noto Sans Devanagari",
+    "Noto Sans Thai",
+)
+
+
+_REFRESHED = []
+
+
+def _refresh_fonts() -> None:
+    """Add fonts installed after matplotlib cached its font list (once per process)."""
+    from matplotlib import font_manager
+
+    if _REFRESHED:
+        return
+    _REFRESHED.append(True)
+    known = {entry.fname for entry in font_manager.fontManager.ttflist}
+    for path in font_manager.findSystemFonts():
+        if path not in known and path.lower().endswith((".ttf", ".otf", ".ttc")):
+            try:
+                font_manager.fontManager.addfont(path)
+            except (OSError, RuntimeError, ValueError):
+                pass
+
+
+def _fonts() -> list:
+    """(name, path) of DejaVu Sans and the installed fallback fonts, in order of preference."""
+    from matplotlib import font_manager
+
+    by_name: dict = {}
+    for entry in font_manager.fontManager.ttflist:
+        by_name.setdefault(entry.name, entry.fname)
+    return [(name, by_name[name]) for name in ("DejaVu Sans", *FALLBACK_FONTS) if name in by_name]
+
+
 def _plt():
     import warnings
 
     import matplotlib
 
-    # Class names in scripts the default font lacks (CJK, ...) draw as boxes; that is not worth a warning each.
-    warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Missing glyphs are reported once, by missing_glyphs(), not once per character drawn.
+    warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+    plt.rcParams["font.family"] = [name for name, _ in _fonts()] or ["sans-serif"]
     return plt
+
+
+def missing_glyphs(names: list[str]) -> str:
+    """The characters of ``names`` that no installed font can draw (they would show as boxes), or ""."""
+    from matplotlib.ft2font import FT2Font
+
+    wanted = {c for name in names for c in name if not c.isspace()}
+    if any(ord(c) > 0x24F for c in wanted):  # beyond Latin: perhaps a font matplotlib has not seen yet
+        _refresh_fonts()
+    for _, path in _fonts():
+        if not wanted:
+            break
+        covered = set(FT2Font(path).get_charmap())
+        wanted = {c for c in wanted if ord(c) not in covered}
+    return "".join(sorted(wanted))
 
 
 def plot_curves(history: dict, path: Path) -> None:

@@ -203,6 +203,10 @@ def write_report(folder: Path, options: TrainOptions, history: dict, pixels: lis
                  predicted: dict[str, np.ndarray], classes: list[str], facts: dict) -> dict:
     """The report folder (curves, confusion matrices, sample predictions, metrics.json); returns the metrics."""
     folder.mkdir()
+    missing = report.missing_glyphs(classes)
+    if missing:
+        log.warning("no installed font can draw %s in the class names: they show as boxes in the report's PNGs "
+                    "(metrics.json has them right); install a font that has them, e.g. Debian's fonts-noto-cjk", missing)
     accuracy = {p: float((predicted[p] == labels).mean()) for p in predicted}
     drop = (accuracy["float32"] - accuracy["int8"]) * 100
     matrices = {p: report.confusion(labels, predicted[p], len(classes)) for p in predicted}

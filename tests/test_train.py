@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -136,3 +137,20 @@ def test_finetune_trains_the_last_blocks_and_bundles_the_tuned_embedder(bundle_p
     original = load_bundle(bundle_path)
     assert tuned.find("embedder", precision="float32").sha256 != original.find("embedder", precision="float32").sha256
     assert metrics["accuracy"]["float32"] >= 2 / 3
+
+
+def test_report_draws_class_names_in_any_installed_script_and_names_what_it_cannot(tmp_path, monkeypatch):
+    from convert import report
+
+    names = ["cat", "ロケット", "猫"]
+    if report.missing_glyphs(["ロケット猫"]):
+        pytest.skip("no CJK font installed (.ci/run installs fonts-droid-fallback)")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a missing glyph would warn
+        report.plot_confusion(np.eye(3, dtype=np.int64), names, tmp_path / "c.png", "title")
+    assert (tmp_path / "c.png").stat().st_size > 0
+    monkeypatch.setattr(report, "FALLBACK_FONTS", ())  # as on a machine with DejaVu Sans only
+    assert report.missing_glyphs(names) == "ケットロ猫"
+    assert report.missing_glyphs(["café", "Straße"]) == ""
