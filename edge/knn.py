@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 UNKNOWN = "unknown"
-EXACT_LIMIT = 2048  # above this many examples, a coarse pass picks the candidates to score exactly
+EXACT_LIMIT = 512  # above this many examples, a coarse pass picks the candidates to score exactly (see KNNIndex)
 COARSE_DIM = 64
 CANDIDATES_PER_K = 4
 RIDGE_LIMIT = 512  # the ridge is fitted on at most this many examples (the newest of each class): ~20 ms here
@@ -76,8 +76,12 @@ class KNNConfig:
 def transform(vectors: np.ndarray, power: float) -> np.ndarray:
     """Power transform then L2 normalization, row-wise (or for one vector)."""
     vectors = np.asarray(vectors, np.float32)
-    if power != 1.0:
-        vectors = np.sign(vectors) * np.abs(vectors) ** np.float32(power)
+    if power == 0.5:  # the default: sqrt is several times faster than a general power
+        vectors = np.copysign(np.sqrt(np.abs(vectors)), vectors)
+    elif power != 1.0:
+        vectors = np.copysign(np.abs(vectors) ** np.float32(power), vectors)
+    if vectors.ndim == 1:  # one query per frame: no reductions over an axis, no temporaries
+        return vectors / max(float(np.sqrt(vectors @ vectors)), 1e-12)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
 
@@ -137,7 +141,15 @@ def fit_ridge(matrix: np.ndarray, ids: np.ndarray, n_classes: int, alpha: float)
 
 
 class KNNIndex:
-    """Embeddings grouped by class, ready to score. Rebuild it when the examples change."""
+    """Embeddings grouped by class, ready to score. Rebuild it when the examples change.
+
+    Above ``EXACT_LIMIT`` examples, a coarse pass in the top 64 principal directions picks
+    4k candidates per class, which are then scored exactly. 512: in the daemon the
+    interpreter evicts the caches between frames, and at 1,000 examples the exact pass (a
+    5 MB matrix read cold) cost 0.30-0.35 ms a frame against 0.17 ms for the two-stage one
+    (scripts/bench/daemon.py); on Fashion-MNIST features the two agree on 100 % of queries
+    at 500 examples and 99.8 % at 1,000, with the same accuracy (0.842 / 0.840).
+    """
 
     def __init__(self, embeddings: np.ndarray, labels: list[str], classes: list[str] | None = None,
                  power: float = KNNConfig.power, projection: np.ndarray | None = None,

@@ -9,8 +9,8 @@
              capture + preprocessing ahead of inference, tuned threads.
 All do the same job (frame -> ImageNet top-1) on the same 640x480 frames, decoded in memory;
 teachcam also on 342x256 frames (what it asks picamera2's ISP for). Then the int8 embedder's
-invoke time against a physical bound: its multiply-accumulates / the MAC rate this interpreter
-reaches on a large int8 1x1 convolution.
+invoke time against a physical bound (scripts/bench/mac_bound.py): its multiply-accumulates /
+the best MAC rate this interpreter reaches on large int8 1x1 convolutions.
 
 Usage: scripts/bench/compare.py [--bundle build/default-bundle] [--frames 200] [--json]
 """
@@ -123,43 +123,6 @@ def teachcam_way(frames, bundle, threads):
     return elapsed / done, invoke
 
 
-def mac_bound(bundle, threads):
-    """MACs of MobileNetV2 1.0/224 and the interpreter's int8 MAC rate on a large 1x1 convolution."""
-    import keras
-
-    from convert.export import to_tflite
-    from edge.bundle import load_bundle
-    from edge.models import Embedder
-
-    cin, cout, side = 256, 256, 56
-    inputs = keras.Input((side, side, cin))
-    model = keras.Model(inputs, keras.layers.Conv2D(cout, 1, use_bias=False)(inputs))
-    rng = np.random.default_rng(0)
-    blob = to_tflite(model, int8=True, representative=lambda: (rng.normal(size=(side, side, cin)) for _ in range(8)))
-    path = Path(tempfile.mkdtemp()) / "gemm.tflite"
-    path.write_bytes(blob)
-    runtime = interpreter_module()
-    interpreter = runtime.Interpreter(model_path=str(path), num_threads=threads)
-    interpreter.allocate_tensors()
-    for _ in range(5):
-        interpreter.invoke()
-    started = time.perf_counter()
-    for _ in range(50):
-        interpreter.invoke()
-    gemm_s = (time.perf_counter() - started) / 50
-    rate = side * side * cin * cout / gemm_s
-    embedder = Embedder.create(load_bundle(bundle), "int8", num_threads=threads)
-    x = np.zeros((224, 224, 3), np.uint8)
-    for _ in range(10):
-        embedder.embed(x)
-    started = time.perf_counter()
-    for _ in range(100):
-        embedder.embed(x)
-    invoke_s = (time.perf_counter() - started) / 100
-    macs = 300.8e6  # MobileNetV2 1.0/224 (Sandler et al. 2018, table 4: 300M multiply-adds)
-    return {"macs": macs, "int8_mac_rate_g": rate / 1e9, "bound_ms": macs / rate * 1e3, "invoke_ms": invoke_s * 1e3}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default="build/default-bundle")
@@ -181,7 +144,10 @@ def main() -> int:
     out["teachcam_s"], out["teachcam_invoke_s"] = teachcam_way(frames, args.bundle, args.threads)
     out["teachcam_lores_s"], _ = teachcam_way(lores, args.bundle, args.threads)
     print("measuring the MAC bound…", file=sys.stderr)
-    out["bound"] = mac_bound(args.bundle, args.threads)
+    sys.path.insert(0, str(Path(__file__).parent))
+    import mac_bound
+
+    out["bound"] = mac_bound.measure(args.bundle, args.threads)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -196,10 +162,7 @@ def main() -> int:
     print(f"  teachcam ÷ keras call: {fps['teachcam_s'] / fps['keras_call_s']:.1f}×   "
           f"÷ keras predict: {fps['teachcam_s'] / fps['keras_predict_s']:.1f}×   "
           f"÷ float32 TFLite: {fps['teachcam_s'] / fps['tflite_f32_s']:.2f}×")
-    b = out["bound"]
-    print(f"  int8 embedder invoke {b['invoke_ms']:.2f} ms; bound {b['bound_ms']:.2f} ms = {b['macs'] / 1e6:.0f}M MACs / "
-          f"{b['int8_mac_rate_g']:.1f} GMAC/s (this interpreter on a 56x56x256->256 int8 1x1 conv, {args.threads} "
-          f"threads): {b['invoke_ms'] / b['bound_ms']:.1f}× the bound")
+    print(mac_bound.report(out["bound"]))
     return 0
 
 

@@ -5,7 +5,7 @@ Stores of 1,000 and 10,000 examples (real int8 embeddings of Fashion-MNIST train
 10 classes; queries from its test set) — prediction time per query for:
   matvec     a plain float32 10,000 x 1,280 matrix-vector product (the baseline the issue names)
   exact      teachcam's scoring with every example scored exactly
-  teachcam   teachcam's default (two-stage above 2,048 examples), and how often it agrees with exact
+  teachcam   teachcam's default (two-stage above 512 examples), and how often it agrees with exact
 and enrollment latency from call to durable on disk (fsync'd) with the store at those sizes.
 
 Usage: scripts/bench/knn_speed.py [--bundle build/default-bundle] [--one-blas-thread] [--json] [--store-dir DIR]
