@@ -74,7 +74,7 @@ def run_bench(config: DaemonConfig, frames: int, warmup: int = 20) -> dict:
             "delegate": "edgetpu" if daemon.embedder.entry.edgetpu else "cpu (XNNPACK)",
             "embedder": daemon.embedder.variant, "threads": config.threads or default_threads(),
             "model_mb": round(model.stat().st_size / 1e6, 2), "mode": config.mode,
-            "examples": len(daemon.teacher) if daemon.teacher else 0,
+            "examples": len(daemon.teacher) if daemon.teacher is not None else 0,
             "startup_s": round(daemon.stats.first_prediction - daemon.stats.started, 3)
             if daemon.stats.first_prediction else None,
             "rss_mb": round(rss_mb(), 1), "seconds": round(time.perf_counter() - started, 1),

@@ -104,8 +104,10 @@ def cmd_run(args) -> int:
     try:
         daemon.start()
         # One line on stderr (the journal under systemd) saying what runs and how to teach it.
-        what = (f"{daemon.embedder.variant} embedder, {len(daemon.teacher)} enrolled examples" if daemon.teacher else
-                f"{daemon.embedder.variant} standalone classifier {daemon.head.name!r}")
+        if daemon.teacher is not None:
+            what = f"{daemon.embedder.variant} embedder, {len(daemon.teacher)} enrolled examples"
+        else:
+            what = f"{daemon.embedder.variant} standalone classifier {daemon.head.name!r}"
         print(f"teachcam: running — camera {config.camera.source}, mode {config.mode}, {what}; {daemon.controls_hint}",
               file=sys.stderr, flush=True)
         code = daemon.run()

@@ -155,9 +155,9 @@ class Daemon:
     def _load_models(self) -> None:
         config = self.config
         bundle = self._load_bundle()
-        self.preprocess = Preprocessor.from_manifest(bundle.preprocessing)
+        preprocess = Preprocessor.from_manifest(bundle.preprocessing)  # set only once everything has loaded
         if bundle.standalone:
-            self._load_standalone(bundle)
+            self._load_standalone(bundle, preprocess)
             return
         embedder = Embedder.create(bundle, config.precision, num_threads=config.threads)
         knn = KNNConfig(k=config.knn.k) if config.knn.threshold is None else KNNConfig(k=config.knn.k,
@@ -180,10 +180,11 @@ class Daemon:
                                             cap=previous.cap, cap_policy=previous.cap_policy)
             raise
         self.bundle, self.embedder, self.teacher, self.head = bundle, embedder, teacher, head
+        self.preprocess = preprocess
         log.info("bundle %s: %s embedder, mode %s, store %s (%d examples)", config.bundle, embedder.variant,
                  config.mode, config.store, len(teacher))
 
-    def _load_standalone(self, bundle) -> None:
+    def _load_standalone(self, bundle, preprocess: Preprocessor) -> None:
         """A standalone classifier (the small CNN) takes the embedder's place; there is nothing to teach."""
         config = self.config
         if config.mode != "head":
@@ -194,6 +195,7 @@ class Daemon:
             self.teacher.close()
         self.bundle, self.embedder, self.teacher = bundle, classifier, None
         self.head = LogitsHead(classifier.name, classifier.labels)
+        self.preprocess = preprocess
         log.info("bundle %s: standalone %s classifier %r (%d classes), mode head; the store is not used",
                  config.bundle, classifier.variant, classifier.name, len(classifier.labels))
 
@@ -238,8 +240,9 @@ class Daemon:
 
     def _open_camera(self) -> None:
         camera = self.config.camera
-        # The low-resolution camera stream is asked for at the size the bundle resizes to (shorter side).
-        shorter = self.preprocess.shorter_side
+        # The low-resolution camera stream is asked for at the size the bundle resizes to (shorter side),
+        # but not below 64 rows (a small CNN's 28 px: the ISP scales to 64, the CPU does the rest — cheap).
+        shorter = max(self.preprocess.shorter_side, 64)
         lores = (2 * round(shorter * camera.width / camera.height / 2), shorter)
         source = self.source_override or make_source(camera.source, width=camera.width, height=camera.height,
                                                      loop=camera.loop, fps=camera.fps, inference_size=lores)
@@ -296,7 +299,8 @@ class Daemon:
         ``pixels``: the frame already preprocessed (the capture thread does it when it can).
         """
         t0 = time.perf_counter()
-        if pixels is None or pixels.shape[:2] != (self.preprocess.crop_height, self.preprocess.crop_width):
+        pre = self.preprocess
+        if pixels is None or pixels.shape != (pre.crop_height, pre.crop_width, pre.channels):
             pixels = self.preprocess(image)
         t1 = time.perf_counter()
         embedding = self.embedder.embed(pixels)
@@ -305,7 +309,8 @@ class Daemon:
         label, score, confidence, confidences = self._predict(embedding)
         t3 = time.perf_counter()
         shown = self.smoother.update(label)
-        view = View(shown, label, score, confidence, confidences, self.teacher.counts() if self.teacher else {}, self._fps(),
+        counts = self.teacher.counts() if self.teacher is not None else {}
+        view = View(shown, label, score, confidence, confidences, counts, self._fps(),
                     (time.monotonic() - captured) * 1e3 if captured else (t3 - t0) * 1e3,
                     number if number is not None else self.stats.frames + 1, self.config.mode)
         if self.leds is not None:
@@ -414,7 +419,7 @@ class Daemon:
         else:
             self.grabber.prepare = self.preprocess
         self.smoother = Smoother(new.smoothing)
-        examples = len(self.teacher) if self.teacher else 0
+        examples = len(self.teacher) if self.teacher is not None else 0
         log.warning("reloaded the configuration and the bundle (%d examples kept)", examples)
         self._event("reloaded", examples=examples)
 

@@ -55,6 +55,13 @@ def test_train_from_a_store_export_gives_a_working_head(bundle_path, tmp_path):
         embedder = Embedder.create(trained, "int8")
         probabilities = head.probabilities(embedder.embed(pre(augmented_views(photo, 1, seed=9)[0])))
         assert head.labels[int(probabilities.argmax())] == label
+    # The same head from the command line: `classify --head trained`.
+    view = tmp_path / "view.png"
+    Image.fromarray(augmented_views("coffee.png", 1, seed=9)[0]).save(view)
+    result = run_teachcam("classify", "--bundle", out, "--head", "trained", "--json", view)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["head"] == "trained" and document["results"][0]["top"][0]["label"] == "coffee cup"
 
 
 def _one_line_error(result, fragment):
