@@ -4,7 +4,8 @@
 images); one embedding per image from that int8 embedder — what the device will compute —
 and a softmax dense head (optionally a hidden layer with dropout) trained on them with
 class-balanced weights, a validation split and early stopping. ``finetune``: the backbone's
-last blocks trained with the head on class-balanced batches (float), then quantized. The bundle holds
+last blocks trained with the head on class-balanced batches (float), then the tuned embedder
+quantized and the head refitted on its int8 outputs. ``cnn``: see :mod:`convert.cnn`. The bundle holds
 the embedders (int8 calibrated on the user's own training images, and float32), the
 ImageNet head and the trained head (float32 and int8); the held-out set is then classified
 on the device runtime with float32 and with int8 end to end, and the report folder shows
@@ -321,6 +322,21 @@ def train(options: TrainOptions, progress=None) -> Bundle:
                         class_weight=class_weight if options.head == "dense" else None, verbose=0,
                         callbacks=[stop, _KerasProgress(keras, progress, options.epochs, options.head)]).history
     model = head_model
+    if options.head == "finetune":
+        # As for dense: the tuned embedder is quantized once on the user's images and bundled as is, and the
+        # head is refitted (from its fine-tuned weights) on that int8 embedder's outputs — what the device
+        # computes. Without this step the head met int8 features it was never trained on.
+        int8_blob = quantize_embedder(backbone, calibration, progress)
+        train_x = embed_int8(int8_blob, train_pixels, progress, "training")
+        val_x = embed_int8(int8_blob, val_pixels, progress, "validation")
+        head_model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        refit = keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True)
+        progress.step("refitting the head on the int8 embedder's outputs")
+        head_model.fit(train_x, train_set.labels, validation_data=(val_x, val_set.labels), epochs=30,
+                       batch_size=options.batch_size, verbose=0, callbacks=[refit],
+                       class_weight=balanced_class_weight(train_set.labels, len(data.classes)))
+        progress.advance()
 
     outcome: dict = {}
     held_out, held_pixels, held_name = val_set, val_pixels, "validation"
