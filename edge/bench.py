@@ -21,6 +21,7 @@ import numpy as np
 
 from edge.config import DaemonConfig, load_config
 from edge.daemon import Daemon
+from edge.errors import CameraError
 from edge.runtime import default_threads, interpreter_module
 
 
@@ -42,6 +43,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(array, 50)), 3), "p95_ms": round(float(np.percentile(array, 95)), 3)}
 
 
+FIRST_FRAME_TIMEOUT = 15.0
+
+
 def run_bench(config: DaemonConfig, frames: int, warmup: int = 20) -> dict:
     with tempfile.TemporaryDirectory(prefix="teachcam-bench-") as tmp:
         store = config.store if Path(config.store).exists() else str(Path(tmp) / "store")
@@ -53,6 +57,11 @@ def run_bench(config: DaemonConfig, frames: int, warmup: int = 20) -> dict:
         daemon.start()
         if not daemon.grabber.source.paced:
             daemon.grabber.interval = 0.0  # a file or the demo: frames as fast as the loop takes them
+        if not daemon.grabber.wait_for_first(FIRST_FRAME_TIMEOUT):  # the service waits for a camera; a bench does not
+            reason = daemon.grabber.last_error or "it delivered nothing"
+            daemon.close()
+            raise CameraError(f"no frame from {config.camera.source} in {FIRST_FRAME_TIMEOUT:.0f} s ({reason}); "
+                              "check the --source (`teachcam doctor` tests the camera)")
         daemon.run()  # warm-up: caches, the interpreter's first invocations
         for values in [*daemon.stats.stages.values(), *daemon.grabber.timings.values()]:
             values.clear()
@@ -72,7 +81,8 @@ def run_bench(config: DaemonConfig, frames: int, warmup: int = 20) -> dict:
             "source": config.camera.source, "frames": done, "fps": round(done / max(elapsed, 1e-9), 1),
             "stages": stages, "interpreter": f"{runtime.name} {runtime.version}",
             "delegate": "edgetpu" if daemon.embedder.entry.edgetpu else "cpu (XNNPACK)",
-            "embedder": daemon.embedder.variant, "threads": config.threads or default_threads(),
+            "embedder": daemon.embedder.variant, "model": "embedder" if daemon.teacher is not None else "classifier",
+            "threads": config.threads or default_threads(),
             "model_mb": round(model.stat().st_size / 1e6, 2), "mode": config.mode,
             "examples": len(daemon.teacher) if daemon.teacher is not None else 0,
             "startup_s": round(daemon.stats.first_prediction - daemon.stats.started, 3)
@@ -94,7 +104,7 @@ def bench_config(bundle: str, source: str, threads: int | None, mode: str, store
 
 def format_report(r: dict) -> str:
     lines = [f"teachcam bench — {r['machine']}",
-             f"  {r['interpreter']}, {r['embedder']} embedder on {r['delegate']}, {r['threads']} threads, "
+             f"  {r['interpreter']}, {r['embedder']} {r['model']} on {r['delegate']}, {r['threads']} threads, "
              f"model {r['model_mb']} MB, mode {r['mode']} ({r['examples']} enrolled examples)",
              f"  source {r['source']}: {r['frames']} frames, {r['fps']} frames/s end to end",
              "  stage        p50 ms   p95 ms"]

@@ -153,7 +153,9 @@ class ImagesSource(Source):
     def open(self) -> None:
         base = Path(self.pattern)
         if base.is_dir():
-            paths = sorted(p for p in base.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp"))
+            # Sub-folders too: a training folder (one sub-folder per class) plays as one sequence.
+            paths = sorted(p for p in base.rglob("*")
+                           if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp") and p.is_file())
         else:
             paths = sorted(Path(p) for p in glob.glob(self.pattern))
         if not paths:
@@ -258,6 +260,7 @@ class FrameGrabber:
         self.frames_captured = 0
         self.timings: dict[str, list[float]] = {"capture": [], "preprocess": []}  # seconds, the last 2,000
         self.errors = 0
+        self.last_error: str | None = None
         self.ended = False
 
     def start(self) -> FrameGrabber:
@@ -282,6 +285,7 @@ class FrameGrabber:
                 read_seconds = time.perf_counter() - read_started
             except CameraError as exc:
                 self.errors += 1
+                self.last_error = str(exc)
                 log.error("camera %s: %s; retrying in %.1f s", self.source.name, exc, backoff)
                 if opened:
                     self._close_quietly()
@@ -347,6 +351,13 @@ class FrameGrabber:
                 self._taken.set()
                 return frame
             return None
+
+    def wait_for_first(self, timeout: float) -> bool:
+        """True once a frame has been captured (or the source ended); False after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.frames_captured == 0 and not self.ended and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.frames_captured > 0 or self.ended
 
     def stop(self) -> None:
         self._stop.set()

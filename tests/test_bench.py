@@ -19,3 +19,16 @@ def test_bench_reports_stages_fps_runtime_and_memory(bundle_path):
     assert report["embedder"] == "int8" and report["model_mb"] > 1 and 20 < report["rss_mb"] < 400
     text = run_teachcam("bench", "--bundle", bundle_path, "--frames", "20")
     assert "p50 ms" in text.stdout and "frames/s end to end" in text.stdout
+
+
+def test_bench_on_a_camera_that_delivers_nothing_stops_with_one_clear_error(bundle_path, tmp_path, monkeypatch):
+    import pytest
+
+    from edge import bench
+    from edge.errors import CameraError
+
+    monkeypatch.setattr(bench, "FIRST_FRAME_TIMEOUT", 1.0)
+    (tmp_path / "empty").mkdir()
+    config = bench.bench_config(str(bundle_path), f"images:{tmp_path / 'empty'}", None, "knn", None)
+    with pytest.raises(CameraError, match=r"no frame from images:.* in 1 s \(no images match .*\); check the --source"):
+        bench.run_bench(config, 10)
