@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -18,9 +19,9 @@ class TensorSpec:
     scale: float
     zero_point: int
 
-    @property
-    def is_quantized(self) -> bool:
-        return np.issubdtype(self.dtype, np.integer) and self.scale != 0.0
+    @cached_property
+    def is_quantized(self) -> bool:  # asked on every frame: computed once
+        return bool(np.issubdtype(self.dtype, np.integer) and self.scale != 0.0)
 
     def as_manifest(self) -> dict:
         out = {"name": self.name, "dtype": np.dtype(self.dtype).name, "shape": list(self.shape)}
@@ -81,8 +82,14 @@ def set_input(interpreter, spec: TensorSpec, values: np.ndarray) -> None:
 
 
 def get_output(interpreter, spec: TensorSpec) -> np.ndarray:
-    """The first sample of an output tensor, dequantized to float32 (a new array)."""
-    return dequantize(interpreter.get_tensor(spec.index)[0], spec)
+    """The first sample of an output tensor, dequantized to float32 (a new array: one allocation)."""
+    raw = interpreter.get_tensor(spec.index)[0]
+    if not spec.is_quantized:
+        return raw.astype(np.float32, copy=raw.dtype != np.float32)
+    out = raw.astype(np.float32)
+    out -= spec.zero_point
+    out *= spec.scale
+    return out
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
