@@ -172,3 +172,45 @@ def test_edgetpu_without_the_compiler_prints_the_command_and_a_failing_compiler_
     said = " ".join(result.stderr.split())
     assert "edgetpu_compiler failed on trained_classifier_int8.tflite: Internal compiler error. Aborting!" in said
     assert load_bundle(tmp_path / "b").find("classifier", edgetpu=True) is None
+
+
+@pytest.mark.slow
+def test_reloading_between_an_embedder_bundle_and_a_cnn_bundle_keeps_the_store(cnn_bundle, bundle_path, tmp_path,
+                                                                              caplog):
+    # SIGHUP with a new config: the KNN daemon becomes a cnn classifier and back; what was taught survives.
+    import dataclasses
+    import io
+
+    from edge.camera import ArraySource
+    from edge.config import load_config
+    from edge.controls import Command
+    from edge.daemon import Daemon
+    from tests.helpers import augmented_views
+
+    out, _, root = cnn_bundle
+    cat = augmented_views("chelsea.png", 2, seed=11)
+    knn = load_config(None, {"bundle": str(bundle_path), "store": str(tmp_path / "store"), "classes": ["cat"],
+                             "smoothing": 1, "buttons": {"enabled": False}, "leds": {"enabled": False},
+                             "output": {"terminal": "off", "json": "off"}})
+    daemon = Daemon(knn, source=ArraySource(cat, loop=True), keyboard=False, stdout=io.StringIO()).start()
+    try:
+        daemon.commands.put(Command("enroll", 0))
+        daemon.step(cat[0])
+        assert daemon.teacher.counts() == {"cat": 1}
+        daemon.config = dataclasses.replace(knn, bundle=str(out))  # mode knn: refused, the running bundle kept
+        daemon.reload()
+        assert "standalone classifier" in caplog.text and daemon.teacher.counts() == {"cat": 1}
+        daemon.config = dataclasses.replace(knn, bundle=str(out), mode="head")
+        daemon.reload()
+        assert daemon.teacher is None and daemon.preprocess.color_order == "L"
+        shape = np.asarray(Image.open(next((root / "test" / "square").glob("*.png"))).convert("RGB"))
+        view = daemon.step(shape)
+        assert view.label in SHAPES and view.counts == {}
+        daemon.commands.put(Command("enroll", 0))  # a button press: one error line, nothing written
+        daemon.step(shape)
+        assert "cannot be taught by example" in caplog.text
+        daemon.config = knn
+        daemon.reload()
+        assert daemon.teacher.counts() == {"cat": 1} and daemon.step(cat[1]).label == "cat"
+    finally:
+        daemon.close()
