@@ -28,11 +28,15 @@ from convert.train import (
     balanced_class_weight,
     calibration_set,
     check_drop,
+    compile_for_logits,
+    held_out_set,
     preprocess_dataset,
+    report_facts,
     summarize,
     write_report,
 )
 from edge.bundle import Bundle, load_bundle
+from edge.errors import TeachcamError
 from edge.models import Classifier
 from edge.preprocess import Preprocessor
 
@@ -82,22 +86,17 @@ def train_cnn(options: TrainOptions, data: Dataset, train_set: Dataset, val_set:
 
     size = options.input_size or 28
     if not 8 <= size <= 256:
-        from edge.errors import TeachcamError
-
         raise TeachcamError(f"--input-size {size}: the small CNN takes 8 to 256 pixels (default 28)")
     section = manifest_preprocessing(size)
     pre = Preprocessor.from_manifest(section)
     keras.utils.set_random_seed(options.seed)
     train_pixels = preprocess_dataset(pre, train_set, progress)
     val_pixels = preprocess_dataset(pre, val_set, progress)
-    held_out, held_pixels, held_name = val_set, val_pixels, "validation"
-    if test_set is not None:
-        held_out, held_pixels, held_name = test_set, preprocess_dataset(pre, test_set, progress), "test"
+    held_out, held_pixels, held_name = held_out_set(pre, val_set, val_pixels, test_set, progress)
 
     model = build_cnn(keras, size, len(data.classes), options.dropout)
     trainable = summarize(model, progress)
-    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    compile_for_logits(keras, model, options.learning_rate)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience, restore_best_weights=True)
     history = model.fit(np.stack(train_pixels).astype(np.float32), train_set.labels,
                         validation_data=(np.stack(val_pixels).astype(np.float32), val_set.labels),
@@ -138,10 +137,8 @@ def train_cnn(options: TrainOptions, data: Dataset, train_set: Dataset, val_set:
         predicted = evaluate(load_bundle(folder, verify=False), held_pixels)
         progress.advance()
         metrics = write_report(folder / "report", options, history, held_pixels, held_out.labels, predicted,
-                               data.classes, {"head": "cnn", "classes": data.classes, "train_images": len(train_set),
-                                              "validation_images": len(val_set), "evaluated_on": held_name,
-                                              "evaluation_images": len(held_out), "trainable_parameters": trainable,
-                                              "skipped_images": len(data.skipped)})
+                               data.classes, report_facts("cnn", data, train_set, val_set, held_out, held_name,
+                                                          trainable))
         manifest["training"] = metrics
         write_manifest(folder, manifest)
     bundle = load_bundle(options.out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -36,16 +37,11 @@ FALLBACK_FONTS = (
 )
 
 
-_REFRESHED = []
-
-
+@functools.cache
 def _refresh_fonts() -> None:
     """Add fonts installed after matplotlib cached its font list (once per process)."""
     from matplotlib import font_manager
 
-    if _REFRESHED:
-        return
-    _REFRESHED.append(True)
     known = {entry.fname for entry in font_manager.fontManager.ttflist}
     for path in font_manager.findSystemFonts():
         if path not in known and path.lower().endswith((".ttf", ".otf", ".ttc")):

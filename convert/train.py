@@ -258,6 +258,35 @@ def load_data(options: TrainOptions, progress) -> tuple[Dataset, Dataset, Datase
     return data, train_set, val_set, test_set
 
 
+def int8_features(backbone, calibration: list[np.ndarray], train_pixels: list[np.ndarray],
+                  val_pixels: list[np.ndarray], progress) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """Quantize the embedder once on the user's images; its int8 outputs — what the device computes —
+    for the training and validation images. Returns (int8 model, training features, validation features)."""
+    blob = quantize_embedder(backbone, calibration, progress)
+    return blob, embed_int8(blob, train_pixels, progress, "training"), embed_int8(blob, val_pixels, progress, "validation")
+
+
+def compile_for_logits(keras, model, learning_rate: float) -> None:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+
+
+def held_out_set(pre: Preprocessor, val_set: Dataset, val_pixels: list[np.ndarray], test_set: Dataset | None,
+                 progress) -> tuple[Dataset, list[np.ndarray], str]:
+    """What the final float32/int8 accuracy is measured on: --test if given, else the validation split."""
+    if test_set is None:
+        return val_set, val_pixels, "validation"
+    return test_set, preprocess_dataset(pre, test_set, progress), "test"
+
+
+def report_facts(head: str, data: Dataset, train_set: Dataset, val_set: Dataset, held_out: Dataset, held_name: str,
+                 trainable: int) -> dict:
+    """The metrics.json entries that describe the run (the accuracies are added by write_report)."""
+    return {"head": head, "classes": data.classes, "train_images": len(train_set), "validation_images": len(val_set),
+            "evaluated_on": held_name, "evaluation_images": len(held_out), "trainable_parameters": trainable,
+            "skipped_images": len(data.skipped)}
+
+
 def summarize(model, progress) -> int:
     """Print the model summary with the trainable parameter count; returns that count."""
     summary: list[str] = []
@@ -303,9 +332,7 @@ def train(options: TrainOptions, progress=None) -> Bundle:
     if options.head == "dense":
         # The head learns from the embeddings the device will compute: those of the int8 embedder,
         # quantized here once (calibrated on the user's own images) and bundled as it is.
-        int8_blob = quantize_embedder(backbone, calibration, progress)
-        train_x = embed_int8(int8_blob, train_pixels, progress, "training")
-        val_x = embed_int8(int8_blob, val_pixels, progress, "validation")
+        int8_blob, train_x, val_x = int8_features(backbone, calibration, train_pixels, val_pixels, progress)
         model = build_dense_head(keras, train_x.shape[1], len(data.classes), options.hidden, options.dropout)
         head_model, fit_data, fit_val = model, (train_x, train_set.labels), (val_x, val_set.labels)
     else:
@@ -314,8 +341,7 @@ def train(options: TrainOptions, progress=None) -> Bundle:
         fit_val = (np.stack(val_pixels).astype(np.float32), val_set.labels)
     trainable = summarize(model, progress)
     class_weight = balanced_class_weight(train_set.labels, len(data.classes))
-    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    compile_for_logits(keras, model, options.learning_rate)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience, restore_best_weights=True)
     history = model.fit(*fit_data, validation_data=fit_val, epochs=options.epochs, batch_size=None if
                         options.head == "finetune" else options.batch_size,
@@ -326,32 +352,24 @@ def train(options: TrainOptions, progress=None) -> Bundle:
         # As for dense: the tuned embedder is quantized once on the user's images and bundled as is, and the
         # head is refitted (from its fine-tuned weights) on that int8 embedder's outputs — what the device
         # computes. Without this step the head met int8 features it was never trained on.
-        int8_blob = quantize_embedder(backbone, calibration, progress)
-        train_x = embed_int8(int8_blob, train_pixels, progress, "training")
-        val_x = embed_int8(int8_blob, val_pixels, progress, "validation")
-        head_model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        int8_blob, train_x, val_x = int8_features(backbone, calibration, train_pixels, val_pixels, progress)
+        compile_for_logits(keras, head_model, 1e-3)
         refit = keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True)
         progress.step("refitting the head on the int8 embedder's outputs")
         head_model.fit(train_x, train_set.labels, validation_data=(val_x, val_set.labels), epochs=30,
-                       batch_size=options.batch_size, verbose=0, callbacks=[refit],
-                       class_weight=balanced_class_weight(train_set.labels, len(data.classes)))
+                       batch_size=options.batch_size, verbose=0, callbacks=[refit], class_weight=class_weight)
         progress.advance()
 
     outcome: dict = {}
-    held_out, held_pixels, held_name = val_set, val_pixels, "validation"
-    if test_set is not None:
-        held_out, held_pixels, held_name = test_set, preprocess_dataset(pre, test_set, progress), "test"
+    held_out, held_pixels, held_name = held_out_set(pre, val_set, val_pixels, test_set, progress)
 
     def finish(bundle: Bundle, folder: Path) -> dict:
         progress.step(f"classifying {len(held_pixels)} {held_name} images on the device runtime (float32 and int8)")
         predicted = evaluate(bundle, options.head_name, held_pixels, held_out.labels)
         progress.advance()
         metrics = write_report(folder / "report", options, history, held_pixels, held_out.labels, predicted,
-                               data.classes, {"head": options.head, "classes": data.classes,
-                                              "train_images": len(train_set), "validation_images": len(val_set),
-                                              "evaluated_on": held_name, "evaluation_images": len(held_out),
-                                              "trainable_parameters": trainable, "skipped_images": len(data.skipped)})
+                               data.classes, report_facts(options.head, data, train_set, val_set, held_out,
+                                                          held_name, trainable))
         outcome.update(metrics)
         return {"training": metrics}
 

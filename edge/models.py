@@ -13,7 +13,7 @@ Example usage::
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -92,8 +92,8 @@ def _load(bundle: Bundle, role: str, precision: str, *, head: str | None = None,
 
 
 @dataclass
-class Embedder:
-    """Pixels (uint8, model input size) → one float32 embedding."""
+class FrameModel:
+    """The model invoked once per frame on the preprocessed pixels: an embedder or a standalone classifier."""
 
     model: TFLiteModel
     entry: ModelEntry
@@ -110,6 +110,14 @@ class Embedder:
     @property
     def input_size(self) -> tuple[int, int]:
         return self.model.input.shape[1], self.model.input.shape[2]
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        return self.model.run(pixels)
+
+
+@dataclass
+class Embedder(FrameModel):
+    """Pixels (uint8, model input size) → one float32 embedding."""
 
     @classmethod
     def create(cls, bundle: Bundle, precision: str = "auto", *, num_threads: int | None = None,
@@ -129,9 +137,6 @@ class Embedder:
                               "it classifies (`teachcam classify`, `teachcam run --mode head`) but cannot be taught "
                               "by example; use a bundle from `teachcam convert` or `teachcam train --head dense`")
         return cls(*_load(bundle, "embedder", precision, num_threads=num_threads, edgetpu_device=edgetpu_device))
-
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        return self.model.run(pixels)
 
 
 @dataclass
@@ -160,26 +165,15 @@ class Head:
 
 
 @dataclass
-class Classifier:
-    """Pixels → class probabilities in one model: a standalone classifier bundle (the small CNN).
+class Classifier(FrameModel):
+    """Pixels → class logits in one model: a standalone classifier bundle (the small CNN).
 
     It takes the embedder's place in the pipeline (one invocation per frame); ``embed`` returns
     its logits so that :class:`LogitsHead` can be the head.
     """
 
-    model: TFLiteModel
-    entry: ModelEntry
-    fingerprint: str
-    name: str
-    labels: list[str]
-
-    @property
-    def variant(self) -> str:
-        return self.entry.variant
-
-    @property
-    def precision(self) -> str:
-        return self.entry.precision
+    name: str = "trained"
+    labels: list[str] = field(default_factory=list)
 
     @classmethod
     def create(cls, bundle: Bundle, precision: str = "auto", *, num_threads: int | None = None,
@@ -191,12 +185,6 @@ class Classifier:
         model, entry, fingerprint = _load(bundle, "classifier", precision, head=name, num_threads=num_threads,
                                           edgetpu_device=edgetpu_device)
         return cls(model, entry, fingerprint, name, bundle.labels(name))
-
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        return self.model.run(pixels)
-
-    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        return adapters.softmax(self.model.run(pixels))
 
 
 @dataclass
