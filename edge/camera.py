@@ -46,18 +46,28 @@ class Picamera2Source(Source):
     """The Raspberry Pi camera through picamera2 (from Raspberry Pi OS: apt install python3-picamera2).
 
     The main stream is configured for preview at ``width``×``height``; inference reads the
-    low-resolution YUV420 stream (no CPU cost to scale on the ISP) converted to RGB.
+    low-resolution YUV420 stream (scaled on the ISP at no CPU cost), converted to RGB with the
+    row padding sliced off and in the colour range the stream reports (:mod:`edge.yuv`). The
+    sensor is asked for ``fps`` frames per second (without it, it runs at its mode's maximum,
+    100-120 on the usual sensors). A capture that takes longer than ``timeout`` seconds is a
+    camera error (picamera2 itself would wait forever), so the grabber reopens the camera.
     """
 
     name = "picamera2"
     paced = True
 
-    def __init__(self, width: int = 640, height: int = 480, lores: tuple[int, int] | None = None):
+    def __init__(self, width: int = 640, height: int = 480, lores: tuple[int, int] | None = None, *,
+                 fps: float = 30.0, timeout: float = 5.0):
         # By default the ISP scales the low-resolution stream to 256 pixels on the shorter side, which is
         # what the default bundle resizes to: preprocessing is then a centre crop with no arithmetic.
         self.size = (width, height)
-        self.lores = lores or (2 * round(256 * width / height / 2), 256)
+        lores = lores or (2 * round(256 * width / height / 2), 256)
+        # picamera2 refuses a lores stream larger than main ("lores stream dimensions may not exceed main
+        # stream"): with a small main stream, lores is main's size and the CPU does the rest of the resize.
+        self.lores = (min(lores[0], width - width % 2), min(lores[1], height - height % 2))
+        self.fps, self.timeout = fps, timeout
         self.camera = None
+        self.stream: dict = {}
 
     def open(self) -> None:
         try:
@@ -65,34 +75,70 @@ class Picamera2Source(Source):
         except ImportError:
             raise CameraError("picamera2 is not installed: on Raspberry Pi OS run `sudo apt install python3-picamera2` "
                               "and create the venv with --system-site-packages") from None
+        except Exception as exc:  # Pi OS's picamera2 imports a numpy-1-built simplejpeg: numpy 2 raises ValueError
+            raise CameraError(f"picamera2 is installed but cannot be imported ({_first_line(exc)}); the venv must use "
+                              "the OS's numpy 1.x — rerun scripts/install-pi") from None
+        camera = None
         try:
             camera = Picamera2()
             config = camera.create_preview_configuration(main={"size": self.size, "format": "RGB888"},
-                                                         lores={"size": self.lores, "format": "YUV420"})
+                                                         lores={"size": self.lores, "format": "YUV420"},
+                                                         controls={"FrameRate": float(self.fps)})
             camera.configure(config)
+            # libcamera may adjust the size and sets the stride (rows padded to 64 bytes): read them back.
+            self.stream = dict(camera.camera_config["lores"])
+            self.stream["full_range"] = is_full_range(camera.camera_config.get("colour_space"))
             camera.start()
-        except (RuntimeError, IndexError, OSError) as exc:
-            raise CameraError(f"the Raspberry Pi camera did not start ({exc}); is it connected and enabled?") from None
+        except Exception as exc:  # RuntimeError, IndexError (no camera), OSError, ValueError from libcamera
+            if camera is not None:
+                _close_camera(camera)
+            raise CameraError(f"the Raspberry Pi camera did not start ({_first_line(exc)}); is it connected and "
+                              "enabled? (`rpicam-hello --list-cameras`)") from None
         self.camera = camera
 
     def read(self) -> np.ndarray | None:
-        import cv2
+        from edge.yuv import yuv420_to_rgb
 
         if self.camera is None:
             raise CameraError("picamera2 source read before open")
         try:
-            yuv = self.camera.capture_array("lores")
-        except (RuntimeError, OSError) as exc:
-            raise CameraError(f"picamera2 capture failed ({exc})") from None
-        return cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420)  # picamera2 YUV420 is I420 (U before V)
+            yuv = self.camera.capture_array("lores", wait=self.timeout)
+        except TimeoutError:
+            raise CameraError(f"the camera delivered no frame in {self.timeout:g} s (stalled)") from None
+        except Exception as exc:
+            raise CameraError(f"picamera2 capture failed ({_first_line(exc)})") from None
+        width, height = self.stream["size"]
+        return yuv420_to_rgb(yuv, width, height, self.stream.get("stride") or width,
+                             full_range=self.stream["full_range"])
 
     def close(self) -> None:
         if self.camera is not None:
-            try:
-                self.camera.stop()
-                self.camera.close()
-            finally:
-                self.camera = None
+            camera, self.camera = self.camera, None
+            _close_camera(camera)
+
+
+def is_full_range(colour_space) -> bool:
+    """Whether a libcamera colour space is full range (sYCC/JPEG: picamera2's preview default) or limited."""
+    if colour_space is None:
+        return True
+    text = str(getattr(colour_space, "range", colour_space)).lower()
+    if "limited" in text:
+        return False
+    if "full" in text or "sycc" in text or "jpeg" in text:
+        return True
+    return text not in ("smpte170m", "rec709", "rec2020")
+
+
+def _close_camera(camera) -> None:
+    try:
+        camera.stop()
+    finally:
+        camera.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class OpenCVSource(Source):
@@ -210,7 +256,7 @@ def make_source(spec: str, *, width: int = 640, height: int = 480, loop: bool = 
     """
     kind, _, arg = spec.partition(":")
     if spec == "picamera2":
-        return Picamera2Source(width, height, inference_size)
+        return Picamera2Source(width, height, inference_size, fps=fps)
     if kind == "opencv":
         try:
             return OpenCVSource(int(arg or 0), width=width, height=height)
@@ -283,7 +329,9 @@ class FrameGrabber:
                 read_started = time.perf_counter()
                 image = self.source.read()
                 read_seconds = time.perf_counter() - read_started
-            except CameraError as exc:
+            except Exception as exc:  # CameraError, or whatever a driver raises: never a dead capture thread
+                if not isinstance(exc, CameraError):
+                    exc = CameraError(f"{type(exc).__name__}: {_first_line(exc)}")
                 self.errors += 1
                 self.last_error = str(exc)
                 log.error("camera %s: %s; retrying in %.1f s", self.source.name, exc, backoff)

@@ -167,8 +167,9 @@ def cmd_classify(args) -> int:
         results.append({"image": str(path), "top": [c._asdict() for c in classes]})
     if args.json:
         runtime = interpreter_module()
-        print(json.dumps({"bundle": str(args.bundle), "embedder": embedder.variant, "head": head.name,
-                          "runtime": f"{runtime.name} {runtime.version}", "results": results, "errors": failures},
+        print(json.dumps({"bundle": str(args.bundle), "embedder": embedder.variant, "kernels": embedder.kernels,
+                          "head": head.name, "runtime": f"{runtime.name} {runtime.version}", "results": results,
+                          "errors": failures},
                          indent=2, ensure_ascii=False))
     else:
         for result in results:

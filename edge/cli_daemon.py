@@ -104,10 +104,12 @@ def cmd_run(args) -> int:
     try:
         daemon.start()
         # One line on stderr (the journal under systemd) saying what runs and how to teach it.
+        kernels = {"xnnpack": "XNNPACK", "edgetpu": "Edge TPU", "reference": "reference kernels, no XNNPACK"}
+        model = f"{daemon.embedder.variant} ({kernels.get(daemon.embedder.kernels, daemon.embedder.kernels)})"
         if daemon.teacher is not None:
-            what = f"{daemon.embedder.variant} embedder, {len(daemon.teacher)} enrolled examples"
+            what = f"{model} embedder, {len(daemon.teacher)} enrolled examples"
         else:
-            what = f"{daemon.embedder.variant} standalone classifier {daemon.head.name!r}"
+            what = f"{model} standalone classifier {daemon.head.name!r}"
         print(f"teachcam: running — camera {config.camera.source}, mode {config.mode}, {what}; {daemon.controls_hint}",
               file=sys.stderr, flush=True)
         code = daemon.run()

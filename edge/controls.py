@@ -8,8 +8,10 @@ applies them to the frame it has just embedded (no second inference). Semantics:
 * clear button: a short press undoes the last enrollment; held for ``clear_hold_time``
   seconds, it clears every class.
 
-Presses closer together than ``bounce_time`` are one press (software debounce on top of
-whatever the pin factory does, so a noisy contact never enrolls twice).
+Debounce, twice: ``bounce_time`` goes to gpiozero (lgpio then filters edges in the kernel on a
+Pi), and in software a press counts only when the button has been still — no press and no
+release — for ``bounce_time``. A contact that bounces when it is pressed, or when it is let
+go 200 ms later (a 2 ms glitch low on release), is one press: one example.
 """
 
 from __future__ import annotations
@@ -43,35 +45,38 @@ class ButtonPanel:
 
         self.commands = commands
         self.bounce_time = bounce_time
-        self._last_press: dict[int, float] = {}
+        self._last_edge: dict[int, float] = {}  # the last press or release of each button (-1: clear)
         self._clear_press_counts = False
         self._clear_was_held = False
         # While a class button is held, gpiozero calls when_held every hold_time (hold_repeat).
-        self.buttons = [Button(pin, pull_up=pull_up, hold_time=hold_time, hold_repeat=True, pin_factory=pin_factory)
-                        for pin in pins]
+        bounce = bounce_time or None
+        self.buttons = [Button(pin, pull_up=pull_up, bounce_time=bounce, hold_time=hold_time, hold_repeat=True,
+                               pin_factory=pin_factory) for pin in pins]
         for index, button in enumerate(self.buttons):
             button.when_pressed = lambda _b=None, i=index: self._pressed(i)
+            button.when_released = lambda _b=None, i=index: self._edge(i)
             button.when_held = lambda _b=None, i=index: self.commands.put(Command("enroll", i, "hold"))
         self.clear_button = None
         if clear_pin is not None:
-            self.clear_button = Button(clear_pin, pull_up=pull_up, hold_time=clear_hold_time, pin_factory=pin_factory)
+            self.clear_button = Button(clear_pin, pull_up=pull_up, bounce_time=bounce, hold_time=clear_hold_time,
+                                       pin_factory=pin_factory)
             self.clear_button.when_pressed = lambda _b=None: self._clear_pressed()
             self.clear_button.when_held = lambda _b=None: self._clear_held()
             self.clear_button.when_released = lambda _b=None: self._clear_released()
 
-    def _debounced(self, key: int) -> bool:
+    def _edge(self, key: int) -> bool:
+        """Record an edge of button ``key``; True when the button had been still for ``bounce_time`` before it."""
         now = time.monotonic()
-        if now - self._last_press.get(key, -1e9) < self.bounce_time:
-            return False
-        self._last_press[key] = now
-        return True
+        still = now - self._last_edge.get(key, -1e9) >= self.bounce_time
+        self._last_edge[key] = now
+        return still
 
     def _pressed(self, index: int) -> None:
-        if self._debounced(index):
+        if self._edge(index):
             self.commands.put(Command("enroll", index))
 
     def _clear_pressed(self) -> None:
-        self._clear_press_counts = self._debounced(-1)
+        self._clear_press_counts = self._edge(-1)
         self._clear_was_held = False
 
     def _clear_held(self) -> None:
@@ -79,6 +84,7 @@ class ButtonPanel:
         self.commands.put(Command("clear"))
 
     def _clear_released(self) -> None:
+        self._edge(-1)
         if self._clear_press_counts and not self._clear_was_held:
             self.commands.put(Command("undo"))
         self._clear_press_counts = False
@@ -197,14 +203,49 @@ class KeyboardControls:
 
 def gpio_available() -> bool:
     """True when gpiozero finds a working pin factory (a Raspberry Pi's GPIO chip, or GPIOZERO_PIN_FACTORY)."""
+    return pin_factory_problem() is None
+
+
+def pin_factory_problem() -> str | None:
+    """None when gpiozero builds a pin factory, else what went wrong (one line)."""
     import warnings
 
     from gpiozero import Device
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # gpiozero warns once per factory it falls back from
+    problems: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # gpiozero warns once per factory it falls back from: keep what they say
         try:
             Device.ensure_pin_factory()
-        except Exception:  # BadPinFactory off a Pi, or a driver error on a broken one
-            return False
-    return True
+        except Exception as exc:  # BadPinFactory off a Pi, or a driver error on a broken one
+            problems = [str(w.message) for w in caught if "Falling back" in str(w.message)]
+            return "; ".join(problems[:1] + [str(exc) or type(exc).__name__])
+    return None
+
+
+def read_board_revision(proc: str = "/proc") -> tuple[int | None, str]:
+    """The Raspberry Pi board revision the way gpiozero finds it, and where it came from.
+
+    Returns ``(revision, "device-tree" | "cpuinfo")`` on a Pi, ``(None, "not a pi")`` where
+    /proc/cpuinfo has no Revision line, and ``(None, "hidden")`` when neither
+    /proc/device-tree nor /proc/cpuinfo can be read — what systemd's ``ProcSubset=pid`` does,
+    and why gpiozero then builds no pin factory at all.
+    """
+    import struct
+
+    try:
+        with open(f"{proc}/device-tree/system/linux,revision", "rb") as handle:
+            return struct.unpack(">L", handle.read(4))[0], "device-tree"
+    except OSError:
+        pass
+    try:
+        with open(f"{proc}/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("Revision"):
+                    value = line.split(":", 1)[1].strip().lower()
+                    return int(value[-4:] if value.startswith("100") else value, 16), "cpuinfo"
+    except OSError:
+        return None, "hidden"
+    except ValueError:
+        pass
+    return None, "not a pi"

@@ -4,7 +4,8 @@ One embedder invocation per frame feeds everything: the prediction, and any enro
 button asked for since the previous frame (no second inference). SIGTERM/SIGINT stop
 cleanly (every enrollment is already durable when its LED blinks); SIGHUP reloads the
 config and the bundle without losing enrollments. Under systemd (``Type=notify``) it says
-READY=1 once the first frame is classified and pings the watchdog from the main loop.
+READY=1 once the first frame is classified and pings the watchdog each time a frame is classified
+(and while a changed embedder re-embeds the store) — never while the camera delivers nothing.
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ class Daemon:
             previous.close()
         options = {"config": knn, "cap": config.knn.cap, "cap_policy": config.knn.cap_policy}
         try:
-            teacher = Teacher.open(config.store, embedder, **options)
+            # Re-embedding a large store after a bundle change can outlast WatchdogSec on a Pi: it pings as it goes.
+            teacher = Teacher.open(config.store, embedder, progress=self.notifier.ping, **options)
         except TeachcamError:
             if previous is not None:
                 self.teacher = Teacher.open(previous.store.path, self.embedder, config=previous.config,
@@ -275,7 +277,6 @@ class Daemon:
         last = 0
         self.notifier.notify(f"STATUS=starting: {self.config.camera.source}")
         while not self._stop:
-            self.notifier.ping()
             if self._reload:
                 self._reload = False
                 self.reload()
@@ -288,6 +289,9 @@ class Daemon:
                 continue
             last = frame.number
             self.step(frame.image, frame.captured, frame.number, frame.pixels)
+            # The watchdog is fed only while frames advance: a camera that stalls (or a capture thread that
+            # hangs in the driver) stops the pings, and systemd restarts the service after WatchdogSec.
+            self.notifier.ping()
             if self.config.frames is not None and self.stats.frames >= self.config.frames:
                 break
         return 0

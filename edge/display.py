@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -134,34 +135,101 @@ class TerminalSink(Sink):
 
 
 class OledSink(Sink):
-    """A small I2C OLED (SSD1306 128×64 by default) through luma.oled: class and confidence."""
+    """A small I2C OLED (SSD1306 128×64 by default) through luma.oled: class, confidence, examples.
 
-    def __init__(self, device=None, *, port: int = 1, address: int = 0x3C):
+    A full redraw of an SSD1306 over I2C at the Pi's default 100 kHz takes about 90 ms, so it never
+    happens in the main loop: ``update`` only hands the newest view over, and a thread draws it
+    when what is shown changed, at most ``max_fps`` times a second. I2C errors (a loose wire:
+    ``OSError: [Errno 121] Remote I/O error``) are logged once per kind and retried.
+    """
+
+    def __init__(self, device=None, *, port: int = 1, address: int = 0x3C, max_fps: float = 4.0):
+        from edge.errors import ConfigError
+
         if device is None:
             try:
                 from luma.core.interface.serial import i2c
                 from luma.oled.device import ssd1306
             except ImportError:
-                from edge.errors import ConfigError
-
-                raise ConfigError("output.oled needs luma.oled: pip install 'teachcam[pi]'") from None
-            device = ssd1306(i2c(port=port, address=address))
+                raise ConfigError("output.oled needs luma.oled: rerun scripts/install-pi with oled = true in the config "
+                                  "(or pip install luma.oled)") from None
+            try:
+                device = ssd1306(i2c(port=port, address=address))
+            except Exception as exc:  # luma's DeviceNotFoundError, DevicePermissionError, DeviceAddressError, OSError
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(f"the OLED on /dev/i2c-{port} at address {address:#04x} did not start ({text}); check "
+                                  f"the wiring and `i2cdetect -y {port}`, and that I2C is on "
+                                  "(sudo raspi-config nonint do_i2c 0)") from None
         self.device = device
-        self._last: tuple | None = None
+        self.interval = 1.0 / max_fps
+        self.draws = self.errors = 0
+        self._queued: tuple | None = None
+        self._pending: View | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stop = threading.Event()
+        self._last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="teachcam-oled", daemon=True)
+        self._thread.start()
 
     def update(self, view: View, frame=None) -> None:
+        shown = (view.label, round(view.confidence, 1), sum(view.counts.values()))
+        if shown == self._queued:
+            return
+        self._queued = shown
+        with self._lock:
+            self._pending = view
+            self._idle.clear()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                view, self._pending = self._pending, None
+            if view is None or self._stop.is_set():
+                self._idle.set()
+                continue
+            try:
+                self._draw(view)
+                self.draws += 1
+                self._last_error = None
+            except Exception as exc:  # the display must never take the daemon down
+                self.errors += 1
+                message = f"{type(exc).__name__}: {exc}"
+                if message != self._last_error:
+                    log.error("OLED: %s; retrying", message)
+                    self._last_error = message
+                with self._lock:
+                    self._pending = self._pending or view  # draw it again after a pause, unless a newer one came
+                self._stop.wait(1.0)
+                self._wake.set()
+                continue
+            with self._lock:
+                if self._pending is None:
+                    self._idle.set()
+            self._stop.wait(self.interval)
+
+    def _draw(self, view: View) -> None:
         from luma.core.render import canvas
 
-        shown = (view.label, round(view.confidence, 1), sum(view.counts.values()))
-        if shown == self._last:
-            return
-        self._last = shown
         with canvas(self.device) as draw:
             draw.text((0, 0), view.label[:21], fill="white")
             draw.rectangle((0, 20, int(view.confidence * (self.device.width - 1)), 30), outline="white", fill="white")
             draw.text((0, 40), f"{sum(view.counts.values())} examples  {view.fps:.0f} fps", fill="white")
 
+    def wait_drawn(self, timeout: float = 5.0) -> bool:
+        """True once every handed-over view has been drawn (or given up on); for tests and shutdown."""
+        return self._idle.wait(timeout)
+
     def close(self) -> None:
+        self.wait_drawn(1.0)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=2)
         try:
             self.device.cleanup()
         except Exception as exc:  # luma devices may fail to clear on shutdown; not worth dying for

@@ -37,16 +37,29 @@ def _user_groups() -> set[str]:
     return names
 
 
-def check_runtime() -> Check:
-    from edge.runtime import interpreter_module
+def check_runtime(bundle=None) -> Check:
+    from edge.runtime import interpreter_module, load_interpreter
 
     try:
         runtime = interpreter_module()
     except TeachcamError as exc:
         return Check("runtime", "fail", str(exc), "pip install ai-edge-litert")
-    status = "ok" if runtime.name == "ai_edge_litert" else "warn"
-    fix = "" if status == "ok" else "pip install ai-edge-litert (faster int8 kernels than the fallback)"
-    return Check("runtime", status, f"{runtime.name} {runtime.version}", fix)
+    detail = f"{runtime.name} {runtime.version}"
+    if runtime.name != "ai_edge_litert":
+        return Check("runtime", "warn", detail, "pip install ai-edge-litert (faster int8 kernels than the fallback)")
+    entry = None if bundle is None else next((m for m in bundle.models if not m.edgetpu and m.precision == "int8"), None)
+    if entry is None:
+        return Check("runtime", "ok", detail)
+    try:
+        kernels = load_interpreter(bundle.file(entry.file), num_threads=1).kernels
+    except TeachcamError as exc:
+        return Check("runtime", "fail", f"{detail}; {exc}", "rebuild the bundle with teachcam convert")
+    if kernels != "xnnpack":
+        return Check("runtime", "warn", f"{detail}; {entry.file} runs on the reference kernels, not XNNPACK "
+                                        "(several times slower)",
+                     "LiteRT's XNNPACK reads /proc/cpuinfo to know the CPU: make sure it is readable (no "
+                     "ProcSubset=pid in the unit)")
+    return Check("runtime", "ok", f"{detail}; {entry.file} runs with XNNPACK")
 
 
 def check_bundle(config: DaemonConfig) -> tuple[Check, object]:
@@ -130,21 +143,34 @@ def check_camera(config: DaemonConfig, timeout: float = 5.0) -> Check:
 
 
 def check_gpio(config: DaemonConfig) -> Check:
-    from edge.controls import gpio_available
+    from edge.controls import pin_factory_problem, read_board_revision
 
     if not (config.buttons.enabled or config.leds.enabled):
         return Check("gpio", "ok", "buttons and LEDs are disabled in the config")
-    chips = glob.glob("/dev/gpiochip*")
-    if not chips:
-        return Check("gpio", "warn", "no /dev/gpiochip*: not a Raspberry Pi (keys on a terminal work instead)",
-                     "on a Pi, enable GPIO; elsewhere use --no-gpio")
-    if not all(os.access(c, os.R_OK | os.W_OK) for c in chips):
+    revision, where = read_board_revision()
+    if where == "hidden":
+        return Check("gpio", "fail", "/proc/cpuinfo and /proc/device-tree cannot be read, so gpiozero cannot tell which "
+                                     "board this is and builds no pin factory: buttons and LEDs would be dead",
+                     "a systemd unit with ProcSubset=pid hides them: remove it (scripts/install-pi installs a unit "
+                     "without it)")
+    chips = sorted(glob.glob("/dev/gpiochip*"))
+    problem = pin_factory_problem()
+    if problem is not None and where == "not a pi" and not chips:
+        return Check("gpio", "warn", "not a Raspberry Pi (no board revision in /proc/cpuinfo, no /dev/gpiochip*): "
+                                     "keys on a terminal work instead", "on a Pi, enable GPIO; elsewhere use --no-gpio")
+    if chips and not all(os.access(c, os.R_OK | os.W_OK) for c in chips):
         return Check("gpio", "fail", f"{chips[0]} is not accessible to this user",
                      "add the user to group gpio: sudo usermod -aG gpio $USER (the service user already is)")
-    if not gpio_available():
-        return Check("gpio", "fail", "gpiozero finds no working pin factory", "pip install 'teachcam[pi]' (lgpio)")
-    return Check("gpio", "ok", f"{len(chips)} GPIO chip(s); buttons on {list(config.buttons.pins)}, "
-                               f"LEDs on {list(config.leds.pins)}")
+    if problem is not None:
+        return Check("gpio", "fail", f"gpiozero builds no pin factory: {problem}",
+                     "sudo apt install python3-lgpio (the venv sees it through --system-site-packages); "
+                     "rerun scripts/install-pi")
+    from gpiozero import Device
+
+    factory = type(Device.pin_factory).__name__
+    board = f"board revision {revision:x} (from {where})" if revision is not None else "no board revision"
+    return Check("gpio", "ok", f"{factory}, {board}, {len(chips)} GPIO chip(s); buttons on "
+                               f"{list(config.buttons.pins)}, LEDs on {list(config.leds.pins)}")
 
 
 def check_i2c(config: DaemonConfig) -> Check:
@@ -177,9 +203,8 @@ def _group_exists(name: str) -> bool:
 
 
 def run_checks(config: DaemonConfig, *, camera: bool = True) -> list[Check]:
-    checks = [check_runtime()]
     bundle_check, bundle = check_bundle(config)
-    checks += [bundle_check, check_edgetpu(config, bundle), check_store(config)]
+    checks = [check_runtime(bundle), bundle_check, check_edgetpu(config, bundle), check_store(config)]
     if camera:
         checks.append(check_camera(config))
     checks += [check_gpio(config), check_i2c(config), check_groups()]

@@ -22,7 +22,7 @@ import numpy as np
 from edge import adapters
 from edge.bundle import Bundle, ModelEntry
 from edge.errors import BundleError, ModelError
-from edge.runtime import make_interpreter, warn_edgetpu_fallback
+from edge.runtime import load_interpreter, probe_edgetpu, warn_edgetpu_fallback
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ class TFLiteModel:
 
     def __init__(self, path: Path, *, num_threads: int | None = None, edgetpu_device: str | None = None):
         self.path = Path(path)
-        self.interpreter = make_interpreter(self.path, num_threads=num_threads, edgetpu_device=edgetpu_device)
+        loaded = load_interpreter(self.path, num_threads=num_threads, edgetpu_device=edgetpu_device)
+        self.interpreter, self.kernels = loaded.interpreter, loaded.kernels
         inputs, outputs = adapters.input_specs(self.interpreter), adapters.output_specs(self.interpreter)
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelError(f"{self.path.name} has {len(inputs)} inputs and {len(outputs)} outputs; expected 1 and 1")
@@ -77,11 +78,16 @@ def _load(bundle: Bundle, role: str, precision: str, *, head: str | None = None,
     if precision in ("auto", "edgetpu"):
         tpu_entry = bundle.find(role, precision="int8", head=head, edgetpu=True)
         if tpu_entry is not None:
-            try:
-                model = TFLiteModel(bundle.file(tpu_entry.file), num_threads=num_threads, edgetpu_device=edgetpu_device)
-                return model, tpu_entry, (cpu_entry or tpu_entry).sha256
-            except ModelError as exc:
-                warn_edgetpu_fallback(str(exc))
+            failure = probe_edgetpu(str(bundle.file(tpu_entry.file)), edgetpu_device)  # a crash must not kill us
+            if failure is not None:
+                warn_edgetpu_fallback(failure)
+            else:
+                try:
+                    model = TFLiteModel(bundle.file(tpu_entry.file), num_threads=num_threads,
+                                        edgetpu_device=edgetpu_device)
+                    return model, tpu_entry, (cpu_entry or tpu_entry).sha256
+                except ModelError as exc:
+                    warn_edgetpu_fallback(str(exc))
         elif precision == "edgetpu":
             warn_edgetpu_fallback("the bundle has no Edge TPU model; compile it with `teachcam convert --edgetpu`")
     if cpu_entry is None:
@@ -106,6 +112,11 @@ class FrameModel:
     @property
     def precision(self) -> str:
         return self.entry.precision
+
+    @property
+    def kernels(self) -> str:
+        """``edgetpu``, ``xnnpack`` or ``reference`` (see :func:`edge.runtime.kernels_from_log`)."""
+        return self.model.kernels
 
     @property
     def input_size(self) -> tuple[int, int]:

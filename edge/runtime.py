@@ -15,6 +15,8 @@ import importlib
 import logging
 import os
 import platform
+import signal
+import subprocess
 import sys
 from dataclasses import dataclass
 from functools import cache
@@ -97,8 +99,35 @@ def _pycoral_make_interpreter():
     return make_interpreter
 
 
+@dataclass(frozen=True)
+class LoadedInterpreter:
+    """An allocated interpreter and the kernels it runs on: ``edgetpu``, ``xnnpack`` (LiteRT's fast CPU
+    kernels) or ``reference`` (XNNPACK was not applied: on ARM, LiteRT could not read /proc/cpuinfo)."""
+
+    interpreter: object
+    kernels: str
+
+
 def make_interpreter(model_path: str | Path, *, num_threads: int | None = None, edgetpu_device: str | None = None):
-    """Create and allocate an interpreter for ``model_path``.
+    """Create and allocate an interpreter for ``model_path`` (see :func:`load_interpreter`)."""
+    return load_interpreter(model_path, num_threads=num_threads, edgetpu_device=edgetpu_device).interpreter
+
+
+def kernels_from_log(text: str, *, edgetpu: bool = False) -> str:
+    """Which kernels an interpreter got, from what the runtime printed while it was created.
+
+    LiteRT, tflite_runtime and tf.lite print "Created TensorFlow Lite XNNPACK delegate for CPU." when
+    XNNPACK is applied; on ARM, XNNPACK needs cpuinfo, which reads /proc/cpuinfo — hidden by systemd's
+    ``ProcSubset=pid`` — and without it the runtime silently falls back to its reference kernels.
+    """
+    if edgetpu:
+        return "edgetpu"
+    return "xnnpack" if "XNNPACK" in text else "reference"
+
+
+def load_interpreter(model_path: str | Path, *, num_threads: int | None = None,
+                     edgetpu_device: str | None = None) -> LoadedInterpreter:
+    """Create and allocate an interpreter for ``model_path``, noting which kernels it runs on.
 
     Args:
         num_threads: CPU threads for the interpreter (default: up to 4, the core count).
@@ -113,16 +142,22 @@ def make_interpreter(model_path: str | Path, *, num_threads: int | None = None, 
     threads = num_threads or default_threads()
     runtime = interpreter_module()
     try:
-        with captured_stderr():  # the runtime logs "Created TensorFlow Lite XNNPACK delegate" on fd 2
+        with captured_stderr() as chatter:  # the runtime logs "Created TensorFlow Lite XNNPACK delegate" on fd 2
             interpreter = _new_interpreter(runtime, model_path, threads, edgetpu_device)
             interpreter.allocate_tensors()
+            chatter.seek(0)
+            said = chatter.read()
     except ModelError:
         raise
     except (ValueError, RuntimeError, OSError) as exc:
         where = " on the Edge TPU" if edgetpu_device is not None else ""
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load model {model_path}{where}: {first_line}") from None
-    return interpreter
+    kernels = kernels_from_log(said, edgetpu=edgetpu_device is not None)
+    if kernels == "reference":
+        log.warning("%s runs on the runtime's reference kernels, not XNNPACK (several times slower); on a Raspberry "
+                    "Pi this means /proc/cpuinfo cannot be read (systemd ProcSubset=pid?)", Path(model_path).name)
+    return LoadedInterpreter(interpreter, kernels)
 
 
 def _new_interpreter(runtime: InterpreterModule, model_path: str, threads: int, edgetpu_device: str | None):
@@ -136,6 +171,50 @@ def _new_interpreter(runtime: InterpreterModule, model_path: str, threads: int, 
     options = {"device": edgetpu_device} if edgetpu_device else {}
     delegate = load_delegate_quietly(runtime, EDGETPU_LIBRARY, options)
     return runtime.Interpreter(model_path=model_path, experimental_delegates=[delegate], num_threads=threads)
+
+
+@cache
+def probe_edgetpu(model_path: str, device: str = "", timeout: float = 60.0) -> str | None:
+    """Load an Edge TPU model and invoke it once **in a child process**; None if that worked, else why not.
+
+    Coral's stock libedgetpu 16.0 is reported to segfault with TFLite runtimes newer than 2.11
+    (google-coral/edgetpu#812). In the daemon's own process that would kill the service at every
+    start; in a child it costs one process start-up and the daemon falls back to the CPU model.
+    """
+    code = f"import sys; from {__name__} import _probe_child; sys.exit(_probe_child(sys.argv[1], sys.argv[2]))"
+    try:
+        result = subprocess.run([sys.executable, "-c", code, str(model_path), device], capture_output=True, text=True,
+                                timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except subprocess.TimeoutExpired:
+        return f"loading {Path(model_path).name} on the Edge TPU did not finish in {timeout:.0f} s"
+    except OSError as exc:
+        return f"cannot start the Edge TPU probe ({exc})"
+    if result.returncode == 0:
+        return None
+    if result.returncode < 0:
+        try:
+            name = signal.Signals(-result.returncode).name
+        except ValueError:
+            name = f"signal {-result.returncode}"
+        return (f"the Edge TPU runtime crashed ({name}) loading {Path(model_path).name}: libedgetpu does not match "
+                f"this TFLite runtime ({interpreter_module().name} {interpreter_module().version}; "
+                "see google-coral/edgetpu#812)")
+    said = (result.stdout.strip() or result.stderr.strip()).splitlines()
+    return said[-1] if said else f"the Edge TPU probe exited with status {result.returncode}"
+
+
+def _probe_child(model_path: str, device: str) -> int:
+    import numpy as np
+
+    try:
+        interpreter = make_interpreter(model_path, num_threads=1, edgetpu_device=device)
+        detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+        interpreter.invoke()
+    except (ModelError, ValueError, RuntimeError) as exc:
+        print(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, flush=True)
+        return 3
+    return 0
 
 
 def edgetpu_available() -> bool:

@@ -53,12 +53,14 @@ class Teacher:
         self._counts: dict[str, int] | None = None
 
     @classmethod
-    def open(cls, path: str | Path, embedder=None, *, writable: bool = True, **options) -> Teacher:
+    def open(cls, path: str | Path, embedder=None, *, writable: bool = True, progress: Callable[[], None] | None = None,
+             **options) -> Teacher:
         """Open the store at ``path`` for ``embedder`` (an :class:`edge.models.Embedder`, or None
         for operations that need no embeddings: list, rename, remove, clear, export).
 
         When the store's embeddings came from another embedder, every example is re-embedded
         from its thumbnail before anything else happens; old and new embeddings never mix.
+        ``progress`` is called after each re-embedded example (the daemon feeds systemd's watchdog with it).
         """
         fingerprint = embedder.fingerprint if embedder is not None else ""
         size = embedder.model.output.shape[-1] if embedder is not None else 0
@@ -67,7 +69,7 @@ class Teacher:
         if embedder is not None and store.snapshot.examples and store.fingerprint != fingerprint:
             if not writable:
                 raise StoreError(f"the store {path} was made with another embedder; open it writable to re-embed")
-            teacher.reembed(fingerprint, size)
+            teacher.reembed(fingerprint, size, progress=progress)
         elif embedder is not None and not store.snapshot.examples:
             store.snapshot.fingerprint, store.snapshot.embedding_size = fingerprint, size
             if store.snapshot.embeddings.shape[1] != size:
@@ -223,14 +225,18 @@ class Teacher:
         self._commit([], np.zeros((0, self.snapshot.embedding_size), np.float32), [])
         return count
 
-    def reembed(self, fingerprint: str, size: int) -> None:
+    def reembed(self, fingerprint: str, size: int, *, progress: Callable[[], None] | None = None) -> None:
         if self.embed is None:
             raise StoreError("re-embedding needs the bundle's embedder")
         snap = self.snapshot
         log.warning("store %s: embeddings were made by another embedder (%s…); re-embedding %d example(s) from "
                     "their thumbnails with %s…", self.store.path, snap.fingerprint[:12], len(snap.examples),
                     fingerprint[:12])
-        rows = [normalize_rows(self.embed(self.store.read_thumbnail(e.thumb))[None]) for e in snap.examples]
+        rows = []
+        for example in snap.examples:
+            rows.append(normalize_rows(self.embed(self.store.read_thumbnail(example.thumb))[None]))
+            if progress is not None:
+                progress()
         embeddings = np.concatenate(rows) if rows else np.zeros((0, size), np.float32)
         self._commit(list(snap.examples), embeddings, list(snap.classes), fingerprint=fingerprint)
 

@@ -210,6 +210,7 @@ def test_oled_draws_on_luma_dummy_device():
     device = dummy(width=128, height=64)
     sink = OledSink(device)
     sink.update(View("coffee", "coffee", 0.9, 0.75, {}, {"coffee": 3}, fps=30.0))
+    assert sink.wait_drawn(5.0)  # drawn by the OLED's own thread
     image = np.asarray(device.image.convert("L"))
     assert image.max() == 255 and image[20:30, :60].mean() > 200
 
@@ -445,4 +446,85 @@ def test_run_says_which_controls_it_uses(bundle_path, tmp_path):
     result = run_teachcam("run", "--bundle", bundle_path, "--store", tmp_path / "store", "--source", "demo",
                           "--frames", "3", "--no-gpio")
     assert result.returncode == 0, result.stderr
-    assert "teachcam: running — camera demo, mode knn, int8 embedder, 0 enrolled examples; no buttons" in result.stderr
+    assert "teachcam: running — camera demo, mode knn, int8 (XNNPACK) embedder, 0 enrolled examples; no buttons" in result.stderr
+
+
+def test_a_bounce_on_release_is_not_a_second_press(bundle_path, tmp_path, factory):
+    cat = augmented_views("chelsea.png", 2, seed=11)
+    daemon = make_daemon(bundle_path, tmp_path, factory, cat)
+    try:
+        pin = factory.pin(5)
+        pin.drive_low()  # pressed ...
+        time.sleep(0.2)
+        pin.drive_high()  # ... let go 200 ms later, and the contact bounces: 2 ms low
+        pin.drive_low()
+        time.sleep(0.002)
+        pin.drive_high()
+        settle(daemon, cat[0])
+        assert daemon.teacher.counts() == {"cat": 1}
+        time.sleep(0.1)
+        press(factory, 5)  # a real second press later still counts
+        settle(daemon, cat[1])
+        assert daemon.teacher.counts() == {"cat": 2}
+    finally:
+        daemon.close()
+
+
+def test_gpiozero_gets_the_bounce_time(bundle_path, tmp_path, factory):
+    daemon = make_daemon(bundle_path, tmp_path, factory, augmented_views("chelsea.png", 1, seed=12))
+    try:
+        assert [b.pin.bounce for b in daemon.buttons.buttons] == [0.05, 0.05]  # lgpio debounces in the kernel on a Pi
+        assert daemon.buttons.clear_button.pin.bounce == 0.05
+    finally:
+        daemon.close()
+
+
+class SlowOled:
+    """A luma dummy device whose every redraw takes as long as a real SSD1306 at 100 kHz I2C (~90 ms)."""
+
+    def __init__(self, fail: bool = False):
+        from luma.core.device import dummy
+
+        self.inner, self.fail, self.shown = dummy(width=128, height=64), fail, []
+        self.width, self.height, self.mode, self.size = 128, 64, self.inner.mode, self.inner.size
+
+    def display(self, image):
+        time.sleep(0.09)
+        if self.fail:
+            raise OSError(121, "Remote I/O error")
+        self.inner.display(image)
+        self.shown.append(image.copy())
+
+    def cleanup(self):
+        pass
+
+
+def test_the_oled_never_holds_up_the_main_loop():
+    device = SlowOled()
+    sink = OledSink(device, max_fps=4)
+    started = time.perf_counter()
+    for i in range(60):  # a label change every frame for 2 s of a 30 fps camera
+        sink.update(View(f"class{i % 3}", f"class{i % 3}", 0.9, 0.5 + i / 200, {}, {"a": i}))
+    handed_over = time.perf_counter() - started
+    assert handed_over < 0.05, f"update() took {handed_over * 1e3:.0f} ms for 60 frames"
+    assert sink.wait_drawn(5.0)
+    assert 1 <= len(device.shown) <= 3  # the newest view, at a capped rate, not 60 redraws
+    sink.close()
+
+
+def test_oled_errors_are_one_line_and_the_sink_keeps_going(caplog):
+    from edge.errors import ConfigError
+
+    device = SlowOled(fail=True)
+    sink = OledSink(device, max_fps=20)
+    for i in range(5):
+        sink.update(View(f"c{i}", f"c{i}", 0.9, 0.8, {}, {}))
+        time.sleep(0.05)
+    time.sleep(1.5)
+    assert sink.errors >= 2
+    assert caplog.text.count("OLED: OSError: [Errno 121] Remote I/O error; retrying") == 1
+    device.fail = False
+    assert sink.wait_drawn(5.0) and device.shown  # the wire is back: it draws again
+    sink.close()
+    with pytest.raises(ConfigError, match=r"OLED on /dev/i2c-99 at address 0x3c did not start .*i2cdetect -y 99"):
+        OledSink(port=99)

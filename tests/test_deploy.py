@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SSHD = "/usr/sbin/sshd"
+OS_PYTHON = Path("/usr/bin/python3")
+# Where Debian's (and Raspberry Pi OS's) Python finds locally installed packages.
+OS_SITE = Path("/usr/local/lib/python3.11/dist-packages")
 
 
 def free_port() -> int:
@@ -59,8 +63,38 @@ PidFile {keys / 'sshd.pid'}
     proc.wait(timeout=10)
 
 
+@pytest.fixture
+def os_picamera2(tmp_path):
+    """What Raspberry Pi OS gives the stand-in Pi's own Python: numpy 1.24 (Debian's python3-numpy, by apt),
+    a simplejpeg built against numpy 1 (PyPI's 1.6.6 wheel) and picamera2 importing it (our double)."""
+    if not OS_PYTHON.exists() or subprocess.run([str(OS_PYTHON), "-c", "import numpy; assert numpy.__version__ < '2'"],
+                                                capture_output=True).returncode != 0:
+        pytest.skip("needs Debian's python3-numpy 1.x (.ci/run installs it)")
+    wheels = tmp_path / "wheels"
+    download = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                               "--python-version", "3.11", "--platform", "manylinux2014_x86_64", "-d", str(wheels),
+                               "simplejpeg==1.6.6"], capture_output=True, text=True)
+    if download.returncode != 0:
+        pytest.skip(f"cannot fetch simplejpeg 1.6.6 from PyPI: {download.stderr.strip()[-200:]}")
+    placed = [OS_SITE / "picamera2", OS_SITE / "simplejpeg", OS_SITE / "simplejpeg.libs",
+              OS_SITE / "simplejpeg-1.6.6.dist-info"]
+    if any(path.exists() for path in placed):
+        pytest.skip(f"{OS_SITE} already has picamera2 or simplejpeg; not touching them")
+    OS_SITE.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.unpack_archive(next(wheels.glob("simplejpeg-*.whl")), OS_SITE, "zip")
+        shutil.copytree(ROOT / "tests" / "fakes" / "picamera2", OS_SITE / "picamera2",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        check = subprocess.run([str(OS_PYTHON), "-c", "import picamera2, simplejpeg"], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        yield
+    finally:
+        for path in placed:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_deploy_installs_and_a_second_deploy_changes_nothing(stand_in_pi, bundle_path, tmp_path):
+def test_deploy_installs_and_a_second_deploy_changes_nothing(stand_in_pi, os_picamera2, bundle_path, tmp_path):
     scratch = tmp_path / "pi"
     env = {**os.environ,
            "DEPLOY_SSH_OPTIONS": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
@@ -76,6 +110,12 @@ def test_deploy_installs_and_a_second_deploy_changes_nothing(stand_in_pi, bundle
     assert first.returncode == 0, first.stdout + first.stderr
     assert "installing teachcam (device install)" in first.stdout
     assert "✓ bundle" in first.stdout
+    # The venv kept the OS's numpy 1.x, so the OS's picamera2 (numpy-1-built simplejpeg) imports.
+    assert "install-pi: the venv imports picamera2 (numpy 1." in first.stdout
+    # The doctor ran with the unit's view of /proc and says what this machine is, truthfully.
+    assert "with the unit's /proc view" in first.stdout
+    assert "runs with XNNPACK" in first.stdout
+    assert "gpio         not a Raspberry Pi" in first.stdout
     unit = (scratch / "systemd" / "teachcam.service").read_text()
     assert f"ExecStart={scratch / 'opt'}/venv/bin/teachcam run --config {scratch / 'etc'}/teachcam.toml" in unit
     venv_python = scratch / "opt" / "venv" / "bin" / "python"
@@ -83,6 +123,11 @@ def test_deploy_installs_and_a_second_deploy_changes_nothing(stand_in_pi, bundle
                             "print(u.find_spec('tensorflow') is None, u.find_spec('ai_edge_litert') is not None)"],
                            capture_output=True, text=True)
     assert probe.stdout.split() == ["True", "True"], "the device install must have the runtime and no TensorFlow"
+    camera = subprocess.run([str(venv_python), "-c", "import numpy, picamera2, ai_edge_litert.interpreter, cv2, gpiozero;"
+                             "print(numpy.__version__, gpiozero.__version__ if hasattr(gpiozero, '__version__') else '')"],
+                            capture_output=True, text=True)
+    assert camera.returncode == 0, camera.stderr
+    assert camera.stdout.startswith("1."), camera.stdout
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "install-pi: nothing changed" in second.stdout

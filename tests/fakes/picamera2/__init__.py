@@ -1,0 +1,195 @@
+"""Test double for picamera2 (Raspberry Pi OS's python3-picamera2; it cannot be installed here).
+
+As strict as the real one where teachcam could go wrong (rules copied from picamera2's
+``picamera2.py``, ``request.py`` and ``job.py`` and from libcamera's Raspberry Pi pipelines):
+
+* importing it imports ``simplejpeg`` (as the real package does): a numpy-1-built simplejpeg
+  under numpy 2 raises ``ValueError`` here, exactly as on a Pi with a pip-filled venv;
+* configurations accept only ``format`` and ``size`` per stream (``ValueError: Bad key``);
+  ``configure`` refuses a lores stream larger than main and, on a Pi 4 (VC4), a lores stream
+  that is not YUV; unknown controls are refused (``RuntimeError``);
+* after ``configure``, ``camera_config[stream]`` holds the size and the **stride**, rows
+  aligned to 64 bytes (342-pixel YUV420 rows: stride 384), and ``colour_space`` (sYCC, full
+  range, for preview configurations);
+* ``capture_array("lores")`` returns ``(height * 3 / 2, stride)`` uint8 with the padding
+  columns full of noise; frames come at the configured ``FrameRate`` or else at the sensor
+  mode's 120 fps; without ``wait=`` a stalled camera blocks forever, with ``wait=seconds`` it
+  raises ``TimeoutError``.
+
+Knobs for tests (module attributes): ``SCENE`` (a list of RGB frames, or a callable giving
+the frame for a frame number), ``PLATFORM`` ("vc4" or "pisp"), ``STALLED`` (a
+``threading.Event``: set it to stall the camera), ``INSTANCES`` (every camera made).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+try:
+    import simplejpeg  # noqa: F401  (the real picamera2 needs it for JPEG; its numpy ABI must match)
+except ImportError:
+    simplejpeg = None
+
+SCENE: list | object = [np.full((480, 640, 3), 128, np.uint8)]
+PLATFORM = "vc4"
+STALLED = threading.Event()
+INSTANCES: list = []
+SENSOR_MAX_FPS = 120.0
+KNOWN_CONTROLS = {"FrameRate", "FrameDurationLimits", "NoiseReductionMode", "ExposureTime", "AnalogueGain", "AeEnable",
+                  "AwbEnable", "AwbMode", "Brightness", "Contrast", "Saturation", "Sharpness", "ScalerCrop"}
+YUV_FORMATS = {"YUV420", "YVU420", "NV12", "NV21", "YUYV", "UYVY"}
+BYTES_PER_PIXEL = {"RGB888": 3, "BGR888": 3, "XRGB8888": 4, "XBGR8888": 4, "YUV420": 1, "YVU420": 1}
+
+
+class ColorSpace:
+    """libcamera.ColorSpace, as far as teachcam reads it."""
+
+    def __init__(self, name: str, range_: str):
+        self.name, self.range = name, f"Range.{range_}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _align(value: int, alignment: int) -> int:
+    return (value + alignment - 1) // alignment * alignment
+
+
+def _stream(updates: dict | None, default: dict) -> dict | None:
+    if updates is None:
+        return None
+    config = dict(default)
+    for key, value in updates.items():
+        if key not in ("format", "size"):
+            raise ValueError("Bad key '" + key + "': valid stream configuration keys are ('format', 'size')")
+        config[key] = tuple(value) if key == "size" else value
+    return config
+
+
+class Picamera2:
+    platform = None  # set per instance from PLATFORM
+
+    def __init__(self, camera_num: int = 0):
+        self.platform = PLATFORM
+        self.camera_config: dict | None = None
+        self.started = False
+        self.closed = False
+        self.frames = 0
+        self.captures = 0
+        self.frame_rate = SENSOR_MAX_FPS
+        self._next_frame = 0.0
+        INSTANCES.append(self)
+
+    def create_preview_configuration(self, main=None, lores=None, raw=None, transform=None, colour_space=None,
+                                     buffer_count=4, controls=None, display="main", encode="main", queue=True,
+                                     sensor=None, use_case="preview"):
+        config = {"use_case": use_case, "buffer_count": buffer_count, "queue": queue, "display": display,
+                  "encode": encode, "transform": transform, "raw": raw, "sensor": sensor or {},
+                  "colour_space": colour_space or ColorSpace("sYCC", "Full"),
+                  "main": _stream(main or {}, {"format": "XBGR8888", "size": (640, 480)}),
+                  "lores": _stream(lores, {"format": "YUV420", "size": (640, 480)}),
+                  "controls": {"NoiseReductionMode": 1, "FrameDurationLimits": (100, 83333), **(controls or {})}}
+        return config
+
+    def configure(self, camera_config) -> None:
+        if self.started:
+            raise RuntimeError("Camera must be stopped before configuring")
+        main, lores = camera_config["main"], camera_config["lores"]
+        if lores is not None:
+            main_w, main_h = main["size"]
+            lores_w, lores_h = lores["size"]
+            if lores_w > main_w or lores_h > main_h:
+                raise RuntimeError("lores stream dimensions may not exceed main stream")
+            if self.platform == "vc4" and lores["format"] not in YUV_FORMATS:
+                raise RuntimeError("lores stream must be YUV")
+        for name in camera_config["controls"]:
+            if name not in KNOWN_CONTROLS:
+                raise RuntimeError(f"Control {name} is not advertised by libcamera")
+        config = {**camera_config}
+        for name in ("main", "lores"):
+            stream = config[name]
+            if stream is None:
+                continue
+            width, height = stream["size"]
+            if stream["format"] in YUV_FORMATS:
+                width, height = width - width % 2, height - height % 2  # 4:2:0 needs even sizes
+            stride = _align(width * BYTES_PER_PIXEL.get(stream["format"], 4), 64)
+            rows = height * 3 // 2 if stream["format"] in YUV_FORMATS else height
+            config[name] = {**stream, "size": (width, height), "stride": stride, "framesize": stride * rows}
+        self.camera_config = config
+        if "FrameRate" in config["controls"]:
+            self.frame_rate = min(SENSOR_MAX_FPS, float(config["controls"]["FrameRate"]))
+
+    def stream_configuration(self, name="main") -> dict:
+        return self.camera_config[name]
+
+    def start(self, config=None, show_preview=False) -> None:
+        if config is not None:
+            self.configure(config)
+        if self.camera_config is None:
+            raise RuntimeError("Camera has not been configured")
+        self.started = True
+        self._next_frame = time.monotonic()
+
+    def _wait_for_frame(self, wait) -> None:
+        timeout = None if wait in (None, True) else float(wait)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while STALLED.is_set() or not self.started:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError()
+            time.sleep(0.01)
+        delay = self._next_frame - time.monotonic()
+        if delay > 0:
+            if deadline is not None and time.monotonic() + delay > deadline:
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                raise TimeoutError()
+            time.sleep(delay)
+        self._next_frame = max(self._next_frame + 1.0 / self.frame_rate, time.monotonic())
+
+    def capture_array(self, name="main", wait=None, signal_function=None):
+        if self.closed:
+            raise RuntimeError("Camera is closed")
+        self._wait_for_frame(wait)
+        self.frames += 1
+        self.captures += 1
+        stream = self.camera_config[name]
+        width, height = stream["size"]
+        scene = SCENE(self.frames) if callable(SCENE) else SCENE[(self.frames - 1) % len(SCENE)]
+        from PIL import Image
+
+        rgb = np.asarray(Image.fromarray(np.ascontiguousarray(scene)).resize((width, height), Image.Resampling.BILINEAR))
+        noise = np.random.default_rng(self.frames).integers(0, 256, height * 3 // 2 * stream["stride"], dtype=np.uint8)
+        if stream["format"] == "YUV420":
+            return rgb_to_yuv420(rgb, stream["stride"], noise)
+        array = noise.reshape(-1)[: height * stream["stride"]].reshape(height, stream["stride"])
+        array[:, : width * 3] = rgb.reshape(height, width * 3)
+        return np.asarray(array[:, : width * 3]).reshape(height, width, 3)
+
+    def stop(self) -> None:
+        self.started = False
+
+    def close(self) -> None:
+        self.started = False
+        self.closed = True
+
+
+def rgb_to_yuv420(rgb: np.ndarray, stride: int, padding: np.ndarray) -> np.ndarray:
+    """What the ISP writes for a YUV420 stream: full-range (sYCC) I420 planes, rows padded to ``stride``
+    bytes, luma rows then U rows then V rows (chroma rows ``stride / 2`` bytes), shaped as picamera2's
+    ``request.make_array`` shapes it: ``(height * 3 / 2, stride)``."""
+    from PIL import Image
+
+    height, width = rgb.shape[:2]
+    ycc = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("YCbCr"), np.float32)
+    chroma = ycc[:, :, 1:].reshape(height // 2, 2, width // 2, 2, 2).mean(axis=(1, 3))
+    chroma = np.clip(np.rint(chroma), 0, 255).astype(np.uint8)
+    flat = np.array(padding, np.uint8).reshape(-1)[: height * 3 // 2 * stride]
+    luma_bytes, chroma_bytes = height * stride, (height // 2) * (stride // 2)
+    flat[:luma_bytes].reshape(height, stride)[:, :width] = ycc[:, :, 0].astype(np.uint8)
+    for plane, offset in ((0, luma_bytes), (1, luma_bytes + chroma_bytes)):
+        rows = flat[offset:offset + chroma_bytes].reshape(height // 2, stride // 2)
+        rows[:, : width // 2] = chroma[..., plane]
+    return flat.reshape(height * 3 // 2, stride)

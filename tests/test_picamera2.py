@@ -1,0 +1,199 @@
+"""The Raspberry Pi camera path against a picamera2 double as strict as a Pi 4 / Pi 5 (tests/fakes/picamera2)."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge.camera import FrameGrabber, make_source
+from edge.config import load_config
+from edge.daemon import Daemon
+from edge.errors import CameraError
+from edge.samples import sample_photos
+
+FAKES = Path(__file__).parent / "fakes"
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """The picamera2 double, imported as `picamera2`, reset for each test."""
+    monkeypatch.syspath_prepend(str(FAKES))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    module = importlib.import_module("picamera2")
+    assert module.__file__.startswith(str(FAKES))
+    module.PLATFORM, module.INSTANCES[:] = "vc4", []
+    module.STALLED.clear()
+    yield module
+    module.STALLED.clear()
+
+
+def photo(name="chelsea.png", size=(342, 256)) -> np.ndarray:
+    return np.asarray(Image.open(sample_photos((name,))[0]).convert("RGB").resize(size, Image.Resampling.BILINEAR))
+
+
+@pytest.mark.parametrize("platform", ["vc4", "pisp"])
+def test_lores_rows_are_sliced_to_the_picture_not_the_stride(fake, platform):
+    fake.PLATFORM = platform
+    scene = photo()
+    fake.SCENE = [scene]
+    source = make_source("picamera2")
+    source.open()
+    try:
+        assert source.stream["size"] == (342, 256) and source.stream["stride"] == 384  # 64-byte aligned rows
+        frame = source.read()
+    finally:
+        source.close()
+    assert frame.shape == (256, 342, 3)  # not 384 wide: the 42 padding columns (noise) are gone
+    assert np.abs(frame.astype(int) - scene).mean() < 3  # the picture itself, chroma subsampling aside
+
+
+def test_a_centred_object_stays_centred_through_the_crop(fake, bundle_path):
+    from edge.bundle import load_bundle
+    from edge.preprocess import Preprocessor
+
+    scene = np.zeros((256, 342, 3), np.uint8)
+    scene[:, 169:173] = 255  # a white bar in the middle of the lores picture
+    fake.SCENE = [scene]
+    source = make_source("picamera2")
+    source.open()
+    frame = source.read()
+    source.close()
+    pixels = Preprocessor.from_manifest(load_bundle(bundle_path).preprocessing)(frame)
+    columns = np.nonzero(pixels[..., 0].mean(axis=0) > 128)[0]
+    assert abs(columns.mean() - (pixels.shape[1] - 1) / 2) <= 1.0, columns  # 21 px right of centre before
+
+
+def test_full_range_stream_keeps_its_contrast(fake):
+    scene = np.zeros((256, 342, 3), np.uint8)
+    scene[:, :171] = 235
+    scene[:, 171:] = 20
+    fake.SCENE = [scene]
+    source = make_source("picamera2")
+    source.open()
+    frame = source.read()
+    source.close()
+    # OpenCV's I420 conversion (limited range) would give 255 and 5: contrast stretched by 1.16.
+    assert abs(int(frame[:, 10:160].mean()) - 235) <= 2 and abs(int(frame[:, 180:330].mean()) - 20) <= 2
+
+
+def test_the_sensor_is_asked_for_the_configured_frame_rate(fake):
+    source = make_source("picamera2", fps=15)
+    source.open()
+    try:
+        camera = fake.INSTANCES[-1]
+        assert camera.camera_config["controls"]["FrameRate"] == 15.0
+        assert camera.frame_rate == 15.0  # not the sensor mode's 120 fps
+        started = time.monotonic()
+        for _ in range(4):
+            source.read()
+        assert time.monotonic() - started >= 3 / 15 - 0.02
+    finally:
+        source.close()
+
+
+def test_a_main_stream_smaller_than_the_lores_default_still_starts(fake):
+    source = make_source("picamera2", width=320, height=240)
+    source.open()  # picamera2 refuses lores > main; teachcam asks for lores = main instead
+    try:
+        assert source.read().shape == (240, 320, 3)
+    finally:
+        source.close()
+
+
+def test_the_real_rules_refuse_what_a_pi_refuses(fake):
+    camera = fake.Picamera2()
+    with pytest.raises(RuntimeError, match="may not exceed main"):
+        camera.configure(camera.create_preview_configuration(main={"size": (320, 240)}, lores={"size": (342, 256)}))
+    with pytest.raises(RuntimeError, match="must be YUV"):
+        camera.configure(camera.create_preview_configuration(lores={"size": (320, 240), "format": "RGB888"}))
+    with pytest.raises(ValueError, match="Bad key"):
+        camera.create_preview_configuration(lores={"size": (320, 240), "fromat": "YUV420"})
+    with pytest.raises(RuntimeError, match="not advertised"):
+        camera.configure(camera.create_preview_configuration(controls={"FrameRat": 30}))
+
+
+def test_a_stalled_capture_times_out_and_the_camera_is_reopened(fake, caplog):
+    fake.STALLED.set()
+    source = make_source("picamera2")
+    source.timeout = 0.3
+    grabber = FrameGrabber(source, max_backoff=0.2).start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(fake.INSTANCES) < 2:  # first camera timed out, closed, and a new one opened
+            assert time.monotonic() < deadline, "a stalled camera was never reopened"
+            time.sleep(0.05)
+        assert fake.INSTANCES[0].closed
+        fake.STALLED.clear()
+        assert grabber.latest(timeout=5.0) is not None  # frames again
+    finally:
+        grabber.stop()
+    assert "delivered no frame in 0.3 s" in caplog.text
+
+
+def test_a_picamera2_that_fails_to_import_is_a_retried_camera_error(tmp_path, monkeypatch, caplog):
+    # What a numpy-2 venv does to Raspberry Pi OS's picamera2 (its simplejpeg was built for numpy 1).
+    package = tmp_path / "picamera2"
+    package.mkdir()
+    (package / "__init__.py").write_text('raise ValueError("numpy.dtype size changed, may indicate binary '
+                                         'incompatibility. Expected 96 from C header, got 88 from PyObject")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    with pytest.raises(CameraError, match="cannot be imported .*numpy.dtype size changed.*install-pi"):
+        make_source("picamera2").open()
+    grabber = FrameGrabber(make_source("picamera2"), max_backoff=0.1).start()
+    try:
+        deadline = time.monotonic() + 5
+        while grabber.errors < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert grabber._thread.is_alive()  # logged and retried, not a dead capture thread
+    finally:
+        grabber.stop()
+
+
+def test_the_watchdog_is_fed_only_while_frames_advance(fake, bundle_path, tmp_path, monkeypatch):
+    address = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(address)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    fake.SCENE = [photo()]
+    config = load_config(None, {"bundle": str(bundle_path), "store": str(tmp_path / "store"), "classes": ["cat"],
+                                "camera": {"source": "picamera2"}, "buttons": {"enabled": False},
+                                "leds": {"enabled": False}, "output": {"terminal": "off", "json": "off"}})
+    daemon = Daemon(config, keyboard=False, stdout=io.StringIO()).start()
+    daemon.grabber.source.timeout = 60  # a capture that hangs (picamera2 without wait= hangs for ever)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+
+    def messages(seconds):
+        got, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            server.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                got.append(server.recv(4096).decode())
+            except TimeoutError:
+                break
+        return got
+
+    try:
+        assert any("READY=1" in m for m in messages(10))
+        assert any("WATCHDOG=1" in m for m in messages(2.5))
+        fake.STALLED.set()
+        messages(1.2)  # a frame in flight may still be classified
+        assert not any("WATCHDOG=1" in m for m in messages(3.0)), "watchdog fed while no frame arrives"
+        fake.STALLED.clear()
+        assert any("WATCHDOG=1" in m for m in messages(3.0))
+    finally:
+        daemon.stop()
+        thread.join(timeout=10)
+        daemon.close()
+        server.close()
