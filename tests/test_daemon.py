@@ -452,10 +452,14 @@ def test_run_says_which_controls_it_uses(bundle_path, tmp_path):
 def test_a_bounce_on_release_is_not_a_second_press(bundle_path, tmp_path, factory):
     cat = augmented_views("chelsea.png", 2, seed=11)
     daemon = make_daemon(bundle_path, tmp_path, factory, cat)
+    daemon.buttons.buttons[0].hold_time = 0.5  # the default: a 200 ms press is a press, not a hold
     try:
         pin = factory.pin(5)
         pin.drive_low()  # pressed ...
-        time.sleep(0.2)
+        time.sleep(0.1)
+        daemon.step(cat[0])  # the camera keeps classifying frames while the button is down
+        assert daemon.teacher.counts() == {"cat": 1}
+        time.sleep(0.1)
         pin.drive_high()  # ... let go 200 ms later, and the contact bounces: 2 ms low
         pin.drive_low()
         time.sleep(0.002)
