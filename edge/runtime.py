@@ -114,15 +114,31 @@ def make_interpreter(model_path: str | Path, *, num_threads: int | None = None, 
 
 
 def kernels_from_log(text: str, *, edgetpu: bool = False) -> str:
-    """Which kernels an interpreter got, from what the runtime printed while it was created.
+    """Which kernels an interpreter got, from what the runtime printed while it was created (a fallback).
 
     LiteRT, tflite_runtime and tf.lite print "Created TensorFlow Lite XNNPACK delegate for CPU." when
-    XNNPACK is applied; on ARM, XNNPACK needs cpuinfo, which reads /proc/cpuinfo — hidden by systemd's
-    ``ProcSubset=pid`` — and without it the runtime silently falls back to its reference kernels.
+    XNNPACK is applied — but only for the first interpreter of a process.
     """
     if edgetpu:
         return "edgetpu"
     return "xnnpack" if "XNNPACK" in text else "reference"
+
+
+def kernels_of(interpreter, log_text: str = "", *, edgetpu: bool = False) -> str:
+    """``edgetpu``, ``xnnpack`` or ``reference`` for an allocated interpreter.
+
+    A delegate that took over part of the graph shows as a ``DELEGATE`` node in the execution plan;
+    on the CPU that delegate is XNNPACK. On ARM, XNNPACK needs cpuinfo, which reads /proc/cpuinfo —
+    hidden by systemd's ``ProcSubset=pid`` — and without it the runtime silently keeps its reference
+    kernels (checked: no DELEGATE node and no log line, on x86-64 too, with /proc mounted subset=pid).
+    """
+    if edgetpu:
+        return "edgetpu"
+    try:
+        ops = {detail.get("op_name") for detail in interpreter._get_ops_details()}
+    except Exception:  # a runtime without the (private) op listing: fall back to what it printed
+        return kernels_from_log(log_text)
+    return "xnnpack" if "DELEGATE" in ops else "reference"
 
 
 def load_interpreter(model_path: str | Path, *, num_threads: int | None = None,
@@ -153,7 +169,7 @@ def load_interpreter(model_path: str | Path, *, num_threads: int | None = None,
         where = " on the Edge TPU" if edgetpu_device is not None else ""
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load model {model_path}{where}: {first_line}") from None
-    kernels = kernels_from_log(said, edgetpu=edgetpu_device is not None)
+    kernels = kernels_of(interpreter, said, edgetpu=edgetpu_device is not None)
     if kernels == "reference":
         log.warning("%s runs on the runtime's reference kernels, not XNNPACK (several times slower); on a Raspberry "
                     "Pi this means /proc/cpuinfo cannot be read (systemd ProcSubset=pid?)", Path(model_path).name)

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 from dataclasses import replace
 
 import numpy as np
@@ -249,53 +248,27 @@ def test_unknown_camera_spec():
         make_source("webcam")
 
 
-def fake_picamera2_module(frames_rgb):
-    """A stand-in for picamera2 with the calls teachcam makes (Raspberry Pi OS ships the real one)."""
-    import cv2
-
-    calls = []
-
-    class Picamera2:
-        def __init__(self):
-            calls.append("init")
-
-        def create_preview_configuration(self, main=None, lores=None):
-            calls.append(("config", main, lores))
-            return {"main": main, "lores": lores}
-
-        def configure(self, config):
-            self.lores = config["lores"]["size"]
-
-        def start(self):
-            calls.append("start")
-
-        def capture_array(self, name="main"):
-            assert name == "lores"
-            rgb = frames_rgb[len([c for c in calls if c == "capture"]) % len(frames_rgb)]
-            calls.append("capture")
-            return cv2.cvtColor(cv2.resize(rgb, self.lores), cv2.COLOR_RGB2YUV_I420)
-
-        def stop(self):
-            calls.append("stop")
-
-        def close(self):
-            calls.append("close")
-
-    return types.SimpleNamespace(Picamera2=Picamera2), calls
-
-
 def test_picamera2_source_reads_the_lores_stream_as_rgb(monkeypatch):
+    # The strict double (tests/fakes/picamera2): padded rows, camera_config read back, wait= timeouts.
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fakes"))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    import picamera2 as fake
+
     red = np.zeros((240, 320, 3), np.uint8)
     red[..., 0] = 200
-    module, calls = fake_picamera2_module([red])
-    monkeypatch.setitem(sys.modules, "picamera2", module)
+    monkeypatch.setattr(fake, "SCENE", [red])
+    fake.INSTANCES.clear()
     source = make_source("picamera2")
     source.open()
     frame = source.read()
+    camera = fake.INSTANCES[-1]
     source.close()
     assert frame.shape == (256, 342, 3)  # shorter side = the bundle's 256: preprocessing is a plain crop
     assert abs(int(frame[..., 0].mean()) - 200) < 8 and frame[..., 2].mean() < 20  # RGB order, not BGR
-    assert calls[1][2] == {"size": (342, 256), "format": "YUV420"} and calls[-2:] == ["stop", "close"]
+    assert {k: camera.camera_config["lores"][k] for k in ("size", "format")} == {"size": (342, 256), "format": "YUV420"}
+    assert camera.closed and not camera.started
 
 
 def test_picamera2_missing_is_a_clear_error(monkeypatch):

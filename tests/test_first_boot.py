@@ -16,7 +16,7 @@ import pytest
 
 from edge.bundle import file_sha256, load_bundle
 from edge.models import Embedder
-from edge.runtime import kernels_from_log, probe_edgetpu
+from edge.runtime import kernels_from_log, load_interpreter, probe_edgetpu
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKES = ROOT / "tests" / "fakes"
@@ -80,6 +80,12 @@ def test_the_unit_keeps_proc_cpuinfo_visible_and_runs_the_doctor_in_its_sandbox(
     pre = [line for line in lines if line.startswith("ExecStartPre=")]
     assert pre == ["ExecStartPre=-/opt/teachcam/venv/bin/teachcam doctor --config /etc/teachcam/teachcam.toml "
                    "--no-camera"]
+
+
+def test_every_interpreter_of_a_process_reports_its_own_kernels(bundle_path):
+    # LiteRT logs its XNNPACK line once per process: the second and later interpreters must not look "reference".
+    for name in ("embedder_int8.tflite", "imagenet_head_int8.tflite", "embedder_int8.tflite"):
+        assert load_interpreter(bundle_path / name, num_threads=1).kernels == "xnnpack", name
 
 
 def test_kernels_are_read_from_what_the_runtime_says():
