@@ -117,6 +117,15 @@ class Picamera2Source(Source):
             _close_camera(camera)
 
 
+def _import_cv2(what: str):
+    try:
+        import cv2
+    except ImportError:
+        raise CameraError(f"{what} needs OpenCV, which the device install leaves out: pip install 'teachcam[video]' "
+                          "(scripts/install-pi adds it when the config's camera source needs it)") from None
+    return cv2
+
+
 def is_full_range(colour_space) -> bool:
     """Whether a libcamera colour space is full range (sYCC/JPEG: picamera2's preview default) or limited."""
     if colour_space is None:
@@ -152,8 +161,7 @@ class OpenCVSource(Source):
         self.capture = None
 
     def open(self) -> None:
-        import cv2
-
+        cv2 = _import_cv2(self.name)
         if isinstance(self.target, str) and not Path(self.target).is_file():
             raise CameraError(f"video file not found: {self.target}")
         capture = cv2.VideoCapture(self.target)

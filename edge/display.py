@@ -240,8 +240,12 @@ class PreviewSink(Sink):
     """An OpenCV window with the label drawn on the frame (only where OpenCV has a GUI)."""
 
     def __init__(self):
-        import cv2
+        from edge.errors import ConfigError
 
+        try:
+            import cv2
+        except ImportError:
+            raise ConfigError("output.preview needs OpenCV with a GUI: pip install opencv-python") from None
         self.cv2 = cv2
         try:
             cv2.namedWindow("teachcam", cv2.WINDOW_NORMAL)

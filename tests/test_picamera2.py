@@ -197,3 +197,13 @@ def test_the_watchdog_is_fed_only_while_frames_advance(fake, bundle_path, tmp_pa
         thread.join(timeout=10)
         daemon.close()
         server.close()
+
+
+def test_without_opencv_the_pi_camera_works_and_a_webcam_says_what_to_install(fake, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # the device install has no OpenCV
+    source = make_source("picamera2")
+    source.open()
+    assert source.read().shape == (256, 342, 3)
+    source.close()
+    with pytest.raises(CameraError, match=r"opencv:0 needs OpenCV.*pip install 'teachcam\[video\]'"):
+        make_source("opencv:0").open()
