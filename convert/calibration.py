@@ -14,12 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edge.errors import TeachcamError
-from edge.images import read_image
-from edge.preprocess import Preprocessor
-from edge.samples import sample_photos  # noqa: F401  (re-exported for callers)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+from teachcam.edge.errors import TeachcamError
+from teachcam.edge.images import IMAGE_SUFFIXES, read_image
+from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.samples import sample_photos  # noqa: F401  (re-exported for callers)
 
 
 def image_files(folder: Path) -> list[Path]:

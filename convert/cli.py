@@ -7,9 +7,9 @@ import os
 import sys
 import time
 
-from convert.bundle_writer import check_destination
-from edge.errors import TeachcamError
-from edge.stdio import captured_stderr
+from teachcam.convert.bundle_writer import check_destination
+from teachcam.edge.errors import TeachcamError
+from teachcam.edge.stdio import captured_stderr
 
 
 class RichProgress:
@@ -66,11 +66,11 @@ def _import_tensorflow_quietly() -> None:
 
 def run_convert(args) -> int:
     check_destination(args.out, args.force)  # before the slow TensorFlow import
-    from convert.backbones import check_family
+    from teachcam.convert.backbones import check_family
 
     check_family(args.backbone, args.alpha, args.input_size, args.weights)
     _import_tensorflow_quietly()
-    from convert.build import ConvertOptions, convert_bundle
+    from teachcam.convert.build import ConvertOptions, convert_bundle
 
     options = ConvertOptions(out=args.out, weights=args.weights, input_size=args.input_size, alpha=args.alpha,
                              family=args.backbone,
@@ -105,7 +105,9 @@ def run_train(args) -> int:
     if not args.data.exists():
         raise TeachcamError(f"training data not found: {args.data}")
     _import_tensorflow_quietly()
-    from convert.train import QuantizationDropError, TrainOptions, train
+    from teachcam.convert.train import train
+    from teachcam.convert.training import TrainOptions
+    from teachcam.edge.errors import QuantizationDropError
 
     defaults = {"dense": (40, 1e-3, 6, 0.2), "finetune": (6, 1e-4, 2, 0.2), "cnn": (20, 1e-3, 4, 0.5)}[args.head]
     options = TrainOptions(data=args.data, out=args.out, head=args.head, head_name=args.name, val=args.val,
@@ -124,7 +126,7 @@ def run_train(args) -> int:
             bundle = train(options, progress)
         except QuantizationDropError as exc:
             failure, bundle = exc, None
-    from edge.bundle import load_bundle
+    from teachcam.edge.bundle import load_bundle
 
     bundle = bundle or load_bundle(args.out)
     metrics = bundle.manifest["training"]

@@ -17,14 +17,12 @@ import logging
 
 import numpy as np
 
-from convert.build import compile_edgetpu_entry
-from convert.bundle_writer import describe_model, staging_folder, write_manifest
-from convert.calibration import full_range_sample
-from convert.datasets import Dataset
-from convert.export import write_tflite
-from convert.train import (
+from teachcam.convert.bundle_writer import BundleWriter
+from teachcam.convert.calibration import full_range_sample
+from teachcam.convert.datasets import Dataset
+from teachcam.convert.training import (
+    KerasProgress,
     TrainOptions,
-    _KerasProgress,
     balanced_class_weight,
     calibration_set,
     check_drop,
@@ -35,10 +33,10 @@ from convert.train import (
     summarize,
     write_report,
 )
-from edge.bundle import Bundle, load_bundle
-from edge.errors import TeachcamError
-from edge.models import Classifier
-from edge.preprocess import Preprocessor
+from teachcam.edge.bundle import Bundle, load_bundle
+from teachcam.edge.errors import TeachcamError
+from teachcam.edge.models import Classifier
+from teachcam.edge.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -102,45 +100,39 @@ def train_cnn(options: TrainOptions, data: Dataset, train_set: Dataset, val_set:
                         validation_data=(np.stack(val_pixels).astype(np.float32), val_set.labels),
                         epochs=options.epochs, batch_size=options.batch_size, shuffle=True, verbose=0,
                         class_weight=balanced_class_weight(train_set.labels, len(data.classes)),
-                        callbacks=[stop, _KerasProgress(keras, progress, options.epochs, "cnn")]).history
+                        callbacks=[stop, KerasProgress(keras, progress, options.epochs, "cnn")]).history
 
     calibration = [full_range_sample(size, size, 1), *calibration_set(train_pixels, options.seed, count=256)]
     name = options.head_name
-    with staging_folder(options.out, options.force) as folder:
+    with BundleWriter(options.out, force=options.force) as writer:
         progress.step("exporting the classifier (float32 and int8)", total=2)
-        float_path = write_tflite(model, folder / f"{name}_classifier_float32.tflite", int8=False)
+        float_path = writer.export(model, f"{name}_classifier_float32.tflite", int8=False)
         progress.advance()
-        int8_path = write_tflite(model, folder / f"{name}_classifier_int8.tflite", int8=True,
-                                 representative=lambda: (c.astype(np.float32) for c in calibration))
+        int8_path = writer.export(model, f"{name}_classifier_int8.tflite", int8=True,
+                                  representative=lambda: (c.astype(np.float32) for c in calibration))
         progress.advance()
-        (folder / "labels").mkdir()
-        (folder / "labels" / f"{name}.txt").write_text("\n".join(data.classes) + "\n", encoding="utf-8")
-        models = [describe_model(int8_path, role="classifier", precision="int8", head=name, output="logits"),
-                  describe_model(float_path, role="classifier", precision="float32", head=name, output="logits")]
+        writer.add_model(int8_path, role="classifier", precision="int8", head=name, output="logits")
+        writer.add_model(float_path, role="classifier", precision="float32", head=name, output="logits")
+        writer.add_labels(name, list(data.classes), kind="cnn_classifier", output="logits", input="pixels")
         if options.edgetpu:
             progress.step("compiling for the Edge TPU")
-            models += compile_edgetpu_entry(folder, int8_path, progress, role="classifier", head=name)
+            writer.compile_edgetpu(int8_path, progress, role="classifier", head=name)
             progress.advance()
-        manifest = {
+        writer.manifest.update({
             "backbone": {"family": "small_cnn", "input_size": size,
                          "layers": "conv 3x3 x32 + maxpool, conv 3x3 x64 + maxpool, dropout, dense softmax",
                          "weights": {"source": "trained from scratch on the user's images"}},
             "preprocessing": section,
-            "models": models,
-            "heads": {name: {"labels": f"labels/{name}.txt", "num_classes": len(data.classes),
-                             "kind": "cnn_classifier", "output": "logits", "input": "pixels"}},
             "calibration": {"source": "the user's own training images", "samples": len(calibration),
                             "note": "first sample is a 0..255 gradient so the uint8 input keeps scale 1, zero point 0"},
-        }
-        write_manifest(folder, manifest)
+        })
         progress.step(f"classifying {len(held_pixels)} {held_name} images on the device runtime (float32 and int8)")
-        predicted = evaluate(load_bundle(folder, verify=False), held_pixels)
+        predicted = evaluate(writer.draft(), held_pixels)
         progress.advance()
-        metrics = write_report(folder / "report", options, history, held_pixels, held_out.labels, predicted,
+        metrics = write_report(writer.folder / "report", options, history, held_pixels, held_out.labels, predicted,
                                data.classes, report_facts("cnn", data, train_set, val_set, held_out, held_name,
                                                           trainable))
-        manifest["training"] = metrics
-        write_manifest(folder, manifest)
+        writer.manifest["training"] = metrics
     bundle = load_bundle(options.out)
     check_drop(metrics, options, bundle.path)
     return bundle

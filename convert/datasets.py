@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from convert.idx import read_idx
-from edge.errors import DatasetError
-from edge.images import read_image
+from teachcam.convert.idx import read_idx
+from teachcam.edge.errors import DatasetError
+from teachcam.edge.images import IMAGE_SUFFIXES, read_image
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -161,7 +160,7 @@ def load_dataset(data: str | Path) -> Dataset:
             return load_idx(train[0])
         return load_folder(path)
     if "images-idx3" in path.name:
-        from convert.idx import FASHION_MNIST_CLASSES
+        from teachcam.convert.idx import FASHION_MNIST_CLASSES
 
         names = FASHION_MNIST_CLASSES if "fashion" in str(path).lower() else None
         return load_idx(path, names)

@@ -15,14 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import TeachcamError
-from edge.stdio import captured_stderr
+from teachcam.edge.errors import ExportError
+from teachcam.edge.stdio import captured_stderr
 
 log = logging.getLogger(__name__)
-
-
-class ExportError(TeachcamError):
-    """The TFLite converter failed."""
 
 
 def _quiet_tensorflow():

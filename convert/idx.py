@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import DatasetError
+from teachcam.edge.errors import DatasetError
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -28,12 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import TeachcamError
-
-
-class CheckpointError(TeachcamError, ValueError):
-    """A weights file is not a state dict this reader accepts."""
-
+from teachcam.edge.errors import CheckpointError
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_DTYPES = {

@@ -5,7 +5,7 @@ images); one embedding per image from that int8 embedder — what the device wil
 and a softmax dense head (optionally a hidden layer with dropout) trained on them with
 class-balanced weights, a validation split and early stopping. ``finetune``: the backbone's
 last blocks trained with the head on class-balanced batches (float), then the tuned embedder
-quantized and the head refitted on its int8 outputs. ``cnn``: see :mod:`convert.cnn`. The bundle holds
+quantized and the head refitted on its int8 outputs. ``cnn``: see :mod:`teachcam.convert.cnn`. The bundle holds
 the embedders (int8 calibrated on the user's own training images, and float32), the
 ImageNet head and the trained head (float32 and int8); the held-out set is then classified
 on the device runtime with float32 and with int8 end to end, and the report folder shows
@@ -15,72 +15,39 @@ curves, confusion matrices, sample predictions and per-class precision/recall.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from convert import report
-from convert.build import ConvertOptions, ExtraHead, NullProgress, convert_bundle
-from convert.datasets import Dataset, limit_per_class, load_dataset, stratified_split
-from edge.bundle import Bundle
-from edge.errors import TeachcamError
-from edge.models import Embedder, Head
-from edge.preprocess import Preprocessor
+from teachcam.convert.build import ConvertOptions, NullProgress, add_agreement, add_backbone, add_head, add_imagenet_head
+from teachcam.convert.bundle_writer import BundleWriter
+from teachcam.convert.calibration import full_range_sample
+from teachcam.convert.datasets import Dataset, limit_per_class, load_dataset, stratified_split
+from teachcam.convert.training import (
+    KerasProgress,
+    TrainOptions,
+    balanced_class_weight,
+    calibration_set,
+    check_drop,
+    compile_for_logits,
+    evaluate,
+    held_out_set,
+    preprocess_dataset,
+    report_facts,
+    summarize,
+    write_report,
+)
+from teachcam.edge.bundle import Bundle, load_bundle
+from teachcam.edge.errors import TeachcamError
+from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.samples import sample_photos
 
 log = logging.getLogger(__name__)
 
 
-class QuantizationDropError(TeachcamError):
-    """int8 cost more accuracy than --max-int8-drop allows (the bundle is written and marked)."""
-
-    exit_code = 3
-
-
-@dataclass
-class TrainOptions:
-    data: Path
-    out: Path
-    head: str = "dense"
-    head_name: str = "trained"
-    val: Path | None = None
-    test: Path | None = None  # the final held-out evaluation (default: the validation data)
-    val_fraction: float = 0.2
-    limit: int | None = None
-    epochs: int = 40
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    hidden: int = 0
-    dropout: float = 0.2
-    patience: int = 6
-    unfreeze: int = 3  # finetune: the backbone's last N blocks are trained
-    input_size: int | None = None  # cnn: the model's input size (default 28)
-    max_int8_drop: float | None = None
-    weights: str = "offline"
-    edgetpu: bool = False
-    force: bool = False
-    seed: int = 0
-
-
-def preprocess_dataset(pre: Preprocessor, dataset: Dataset, progress) -> list[np.ndarray]:
-    """Model-input pixels of every image, exactly as the device will preprocess frames."""
-    pixels = []
-    progress.step(f"preprocessing {len(dataset)} images", total=len(dataset))
-    for i in range(len(dataset)):
-        pixels.append(pre(dataset.pixels(i, min_side=pre.shorter_side)))
-        progress.advance()
-    return pixels
-
-
-def calibration_set(pixels: list[np.ndarray], seed: int, count: int = 128) -> list[np.ndarray]:
-    """The representative images for int8: up to ``count`` of the user's training images."""
-    rng = np.random.default_rng(seed)
-    return [pixels[i] for i in rng.permutation(len(pixels))[:count]]
-
-
 def quantize_embedder(backbone, calibration: list[np.ndarray], progress) -> bytes:
-    from convert.calibration import full_range_sample
-    from convert.export import to_tflite
+    from teachcam.convert.calibration import full_range_sample
+    from teachcam.convert.export import to_tflite
 
     samples = [full_range_sample(*calibration[0].shape[:2]), *calibration]
     progress.step("quantizing the int8 embedder on your images", total=len(samples))
@@ -97,7 +64,7 @@ def embed_int8(blob: bytes, pixels: list[np.ndarray], progress, what: str) -> np
     """Embeddings from the int8 TFLite embedder (on the device runtime), dequantized."""
     import tempfile
 
-    from edge.models import TFLiteModel
+    from teachcam.edge.models import TFLiteModel
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "embedder_int8.tflite"
@@ -120,23 +87,6 @@ def build_dense_head(keras, size: int, classes: int, hidden: int, dropout: float
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     logits = keras.layers.Dense(classes, name="logits")(x)
     return keras.Model(inputs, logits, name="dense_head")
-
-
-class _KerasProgress:
-    """A keras callback that feeds the rich progress: one tick per epoch with loss and accuracy."""
-
-    def __new__(cls, keras, progress, epochs, head="dense"):
-        class Callback(keras.callbacks.Callback):
-            def on_train_begin(self, logs=None):
-                progress.step("training the dense head" if head == "dense" else "fine-tuning", total=epochs)
-
-            def on_epoch_end(self, epoch, logs=None):
-                logs = logs or {}
-                progress.advance()
-                progress.note(f"epoch {epoch + 1:3d}: loss {logs.get('loss', 0):.4f} acc {logs.get('accuracy', 0):.3f}"
-                              f"  val_loss {logs.get('val_loss', 0):.4f} val_acc {logs.get('val_accuracy', 0):.3f}")
-
-        return Callback()
 
 
 def build_finetune_model(keras, backbone, classes: int, options: TrainOptions):
@@ -189,56 +139,6 @@ class BalancedBatches:
         return Batches()
 
 
-def evaluate(bundle: Bundle, head_name: str, pixels: list[np.ndarray], labels: np.ndarray) -> dict:
-    """Held-out accuracy on the device runtime, float32 end to end and int8 end to end."""
-    out = {}
-    for precision in ("float32", "int8"):
-        embedder = Embedder.create(bundle, precision)
-        head = Head.create(bundle, head_name, embedder)
-        predicted = np.array([int(np.argmax(head.probabilities(embedder.embed(p)))) for p in pixels])
-        out[precision] = predicted
-    return out
-
-
-def write_report(folder: Path, options: TrainOptions, history: dict, pixels: list[np.ndarray], labels: np.ndarray,
-                 predicted: dict[str, np.ndarray], classes: list[str], facts: dict) -> dict:
-    """The report folder (curves, confusion matrices, sample predictions, metrics.json); returns the metrics."""
-    folder.mkdir()
-    missing = report.missing_glyphs(classes)
-    if missing:
-        log.warning("no installed font can draw %s in the class names: they show as boxes in the report's PNGs "
-                    "(metrics.json has them right); install a font that has them, e.g. Debian's fonts-noto-cjk", missing)
-    accuracy = {p: float((predicted[p] == labels).mean()) for p in predicted}
-    drop = (accuracy["float32"] - accuracy["int8"]) * 100
-    matrices = {p: report.confusion(labels, predicted[p], len(classes)) for p in predicted}
-    report.plot_curves(history, folder / "curves.png")
-    for precision, matrix in matrices.items():
-        report.plot_confusion(matrix, classes, folder / f"confusion_{precision}.png",
-                              f"{precision}: accuracy {accuracy[precision]:.3f}")
-    report.plot_samples(pixels, [classes[i] for i in labels], [classes[i] for i in predicted["int8"]],
-                        folder / "samples_int8.png")
-    failed = options.max_int8_drop is not None and drop > options.max_int8_drop
-    metrics = {
-        **facts,
-        "epochs_run": len(history.get("loss", [])),
-        "accuracy": {"float32": round(accuracy["float32"], 4), "int8": round(accuracy["int8"], 4),
-                     "int8_drop_points": round(drop, 2)},
-        "per_class_int8": report.per_class(matrices["int8"], classes),
-        "per_class_float32": report.per_class(matrices["float32"], classes),
-        "max_int8_drop": options.max_int8_drop, "quantization_check": "failed" if failed else "passed",
-    }
-    report.write_metrics(folder / "metrics.json", metrics)
-    return metrics
-
-
-def check_drop(outcome: dict, options: TrainOptions, path: Path) -> None:
-    if outcome["quantization_check"] == "failed":
-        raise QuantizationDropError(
-            f"int8 lost {outcome['accuracy']['int8_drop_points']:.2f} accuracy points (float32 "
-            f"{outcome['accuracy']['float32']:.3f}, int8 {outcome['accuracy']['int8']:.3f}), more than "
-            f"--max-int8-drop {options.max_int8_drop}; the bundle was written to {path} and marked")
-
-
 def load_data(options: TrainOptions, progress) -> tuple[Dataset, Dataset, Dataset, Dataset | None]:
     """(all data, training split, validation split, test set or None) as the options say."""
     data = load_dataset(options.data)
@@ -266,42 +166,6 @@ def int8_features(backbone, calibration: list[np.ndarray], train_pixels: list[np
     return blob, embed_int8(blob, train_pixels, progress, "training"), embed_int8(blob, val_pixels, progress, "validation")
 
 
-def compile_for_logits(keras, model, learning_rate: float) -> None:
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-
-
-def held_out_set(pre: Preprocessor, val_set: Dataset, val_pixels: list[np.ndarray], test_set: Dataset | None,
-                 progress) -> tuple[Dataset, list[np.ndarray], str]:
-    """What the final float32/int8 accuracy is measured on: --test if given, else the validation split."""
-    if test_set is None:
-        return val_set, val_pixels, "validation"
-    return test_set, preprocess_dataset(pre, test_set, progress), "test"
-
-
-def report_facts(head: str, data: Dataset, train_set: Dataset, val_set: Dataset, held_out: Dataset, held_name: str,
-                 trainable: int) -> dict:
-    """The metrics.json entries that describe the run (the accuracies are added by write_report)."""
-    return {"head": head, "classes": data.classes, "train_images": len(train_set), "validation_images": len(val_set),
-            "evaluated_on": held_name, "evaluation_images": len(held_out), "trainable_parameters": trainable,
-            "skipped_images": len(data.skipped)}
-
-
-def summarize(model, progress) -> int:
-    """Print the model summary with the trainable parameter count; returns that count."""
-    summary: list[str] = []
-    model.summary(print_fn=lambda line, **_: summary.append(line))
-    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    total = int(sum(np.prod(w.shape) for w in model.weights))
-    progress.note("\n".join(summary) + f"\ntrainable parameters: {trainable:,} of {total:,}")
-    return trainable
-
-
-def balanced_class_weight(labels: np.ndarray, classes: int) -> dict[int, float]:
-    counts = np.bincount(labels, minlength=classes)
-    return {i: float(len(labels) / (len(counts) * max(1, n))) for i, n in enumerate(counts)}
-
-
 def train(options: TrainOptions, progress=None) -> Bundle:
     """Train, export, evaluate and write the bundle. Returns it.
 
@@ -310,14 +174,14 @@ def train(options: TrainOptions, progress=None) -> Bundle:
     """
     import keras
 
-    from convert.backbones import load_backbone
+    from teachcam.convert.backbones import load_backbone
 
     progress = progress or NullProgress()
     if options.head not in ("dense", "finetune", "cnn"):
         raise TeachcamError(f"unknown --head {options.head}: use dense, finetune or cnn")
     data, train_set, val_set, test_set = load_data(options, progress)
     if options.head == "cnn":
-        from convert.cnn import train_cnn
+        from teachcam.convert.cnn import train_cnn
 
         return train_cnn(options, data, train_set, val_set, test_set, progress)
 
@@ -346,7 +210,7 @@ def train(options: TrainOptions, progress=None) -> Bundle:
     history = model.fit(*fit_data, validation_data=fit_val, epochs=options.epochs, batch_size=None if
                         options.head == "finetune" else options.batch_size,
                         class_weight=class_weight if options.head == "dense" else None, verbose=0,
-                        callbacks=[stop, _KerasProgress(keras, progress, options.epochs, options.head)]).history
+                        callbacks=[stop, KerasProgress(keras, progress, options.epochs, options.head)]).history
     model = head_model
     if options.head == "finetune":
         # As for dense: the tuned embedder is quantized once on the user's images and bundled as is, and the
@@ -360,23 +224,26 @@ def train(options: TrainOptions, progress=None) -> Bundle:
                        batch_size=options.batch_size, verbose=0, callbacks=[refit], class_weight=class_weight)
         progress.advance()
 
-    outcome: dict = {}
     held_out, held_pixels, held_name = held_out_set(pre, val_set, val_pixels, test_set, progress)
-
-    def finish(bundle: Bundle, folder: Path) -> dict:
+    samples = [full_range_sample(pre.crop_height, pre.crop_width), *calibration][: ConvertOptions.calibration_samples + 1]
+    with BundleWriter(options.out, force=options.force) as writer:
+        embeddings = add_backbone(writer, backbone, samples, progress, source="the user's own training images",
+                                  images=0, int8_embedder=int8_blob)
+        add_imagenet_head(writer, backbone, embeddings, progress)
+        add_head(writer, options.head_name, model, list(data.classes), embeddings, progress,
+                 kind="trained_dense" if options.head == "dense" else "finetuned")
+        if options.edgetpu:
+            progress.step("compiling for the Edge TPU")
+            writer.compile_edgetpu(writer.folder / "embedder_int8.tflite", progress, role="embedder")
+            progress.advance()
+        add_agreement(writer, sample_photos(), progress)
         progress.step(f"classifying {len(held_pixels)} {held_name} images on the device runtime (float32 and int8)")
-        predicted = evaluate(bundle, options.head_name, held_pixels, held_out.labels)
+        predicted = evaluate(writer.draft(), options.head_name, held_pixels, held_out.labels)
         progress.advance()
-        metrics = write_report(folder / "report", options, history, held_pixels, held_out.labels, predicted,
-                               data.classes, report_facts(options.head, data, train_set, val_set, held_out,
-                                                          held_name, trainable))
-        outcome.update(metrics)
-        return {"training": metrics}
-
-    bundle = convert_bundle(
-        ConvertOptions(out=options.out, weights=options.weights, edgetpu=options.edgetpu, force=options.force),
-        progress, calibration_pixels=calibration, backbone=backbone, int8_embedder=int8_blob,
-        heads=(ExtraHead(options.head_name, model, list(data.classes),
-                         kind="trained_dense" if options.head == "dense" else "finetuned"),), finish=finish)
-    check_drop(outcome, options, bundle.path)
+        metrics = write_report(writer.folder / "report", options, history, held_pixels, held_out.labels, predicted,
+                               data.classes, report_facts(options.head, data, train_set, val_set, held_out, held_name,
+                                                          trainable))
+        writer.manifest["training"] = metrics
+    bundle = load_bundle(options.out)
+    check_drop(metrics, options, bundle.path)
     return bundle

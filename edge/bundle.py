@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from edge.errors import BundleError, BundleIntegrityError, BundleVersionError
+from teachcam.edge.errors import BundleError, BundleIntegrityError, BundleVersionError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

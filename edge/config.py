@@ -30,9 +30,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.errors import ConfigError
+from teachcam.edge.errors import ConfigError
 
 DEFAULT_CLASSES = ("one", "two", "three", "four")
+MODES = ("knn", "head", "imagenet")  # what classifies: the taught examples, a trained head, ImageNet
+PRECISIONS = ("auto", "edgetpu", "int8", "float32")  # which model runs (auto: the Edge TPU when it loads)
+CAP_POLICIES = ("oldest", "redundant")  # which example goes when a class is full
 
 
 @dataclass(frozen=True)
@@ -101,20 +104,20 @@ class DaemonConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def validate(self) -> DaemonConfig:
-        if self.mode not in ("knn", "head", "imagenet"):
-            raise ConfigError(f"mode = {self.mode!r}: use knn, head or imagenet")
-        if self.precision not in ("auto", "edgetpu", "int8", "float32"):
-            raise ConfigError(f"precision = {self.precision!r}: use auto, edgetpu, int8 or float32")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode = {self.mode!r}: use {_either(MODES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision = {self.precision!r}: use {_either(PRECISIONS)}")
         if self.smoothing < 1:
             raise ConfigError("smoothing must be at least 1 frame")
-        if self.knn.cap_policy not in ("oldest", "redundant"):
-            raise ConfigError(f"knn.cap_policy = {self.knn.cap_policy!r}: use oldest or redundant")
+        if self.knn.cap_policy not in CAP_POLICIES:
+            raise ConfigError(f"knn.cap_policy = {self.knn.cap_policy!r}: use {_either(CAP_POLICIES)}")
         if self.knn.k < 1 or self.knn.cap < 1:
             raise ConfigError("knn.k and knn.cap must be at least 1")
         for key in ("terminal", "json"):
             if getattr(self.output, key) not in ("auto", "on", "off"):
                 raise ConfigError(f"output.{key} = {getattr(self.output, key)!r}: use auto, on or off")
-        from edge.store import check_class_name
+        from teachcam.edge.store import check_class_name
 
         names = [check_class_name(c) for c in self.classes]
         if len({n.casefold() for n in names}) != len(names):
@@ -142,6 +145,10 @@ class DaemonConfig:
                 raise ConfigError(f"{key}: GPIO{pin} is already used by {used[pin]}")
             used[pin] = key
         return self
+
+
+def _either(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices[:-1]) + " or " + choices[-1]
 
 
 def _check_type(value, annotation, key: str):

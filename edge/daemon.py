@@ -21,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import load_bundle
-from edge.camera import FrameGrabber, make_source
-from edge.config import DaemonConfig, load_config
-from edge.controls import ButtonPanel, Command, KeyboardControls, LedPanel, gpio_available
-from edge.display import JsonLinesSink, OledSink, PreviewSink, Sink, TerminalSink, View
-from edge.errors import BundleError, ConfigError, TeachcamError
-from edge.knn import KNNConfig
-from edge.models import Classifier, Embedder, Head, LogitsHead
-from edge.preprocess import Preprocessor
-from edge.smoothing import Smoother
-from edge.teach import Teacher
+from teachcam.edge.bundle import load_bundle
+from teachcam.edge.camera import FrameGrabber, make_source
+from teachcam.edge.config import DaemonConfig, load_config
+from teachcam.edge.controls import ButtonPanel, Command, KeyboardControls, LedPanel, gpio_available
+from teachcam.edge.display import JsonLinesSink, OledSink, PreviewSink, Sink, TerminalSink, View
+from teachcam.edge.errors import BundleError, ConfigError, TeachcamError
+from teachcam.edge.knn import KNNConfig
+from teachcam.edge.models import Classifier, Embedder, Head, LogitsHead
+from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.smoothing import Smoother
+from teachcam.edge.teach import Teacher
 
 log = logging.getLogger(__name__)
 

@@ -144,7 +144,7 @@ class OledSink(Sink):
     """
 
     def __init__(self, device=None, *, port: int = 1, address: int = 0x3C, max_fps: float = 4.0):
-        from edge.errors import ConfigError
+        from teachcam.edge.errors import ConfigError
 
         if device is None:
             try:
@@ -240,7 +240,7 @@ class PreviewSink(Sink):
     """An OpenCV window with the label drawn on the frame (only where OpenCV has a GUI)."""
 
     def __init__(self):
-        from edge.errors import ConfigError
+        from teachcam.edge.errors import ConfigError
 
         try:
             import cv2
@@ -250,7 +250,7 @@ class PreviewSink(Sink):
         try:
             cv2.namedWindow("teachcam", cv2.WINDOW_NORMAL)
         except cv2.error:
-            from edge.errors import ConfigError
+            from teachcam.edge.errors import ConfigError
 
             raise ConfigError("output.preview needs OpenCV with a GUI (opencv-python, not -headless) and a display") \
                 from None

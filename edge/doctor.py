@@ -15,8 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edge.config import DaemonConfig
-from edge.errors import TeachcamError
+from teachcam.edge.config import DaemonConfig
+from teachcam.edge.errors import TeachcamError
 
 
 @dataclass
@@ -38,7 +38,7 @@ def _user_groups() -> set[str]:
 
 
 def check_runtime(bundle=None) -> Check:
-    from edge.runtime import interpreter_module, load_interpreter
+    from teachcam.edge.runtime import interpreter_module, load_interpreter
 
     try:
         runtime = interpreter_module()
@@ -63,7 +63,7 @@ def check_runtime(bundle=None) -> Check:
 
 
 def check_bundle(config: DaemonConfig) -> tuple[Check, object]:
-    from edge.bundle import load_bundle
+    from teachcam.edge.bundle import load_bundle
 
     try:
         bundle = load_bundle(config.bundle)
@@ -75,7 +75,7 @@ def check_bundle(config: DaemonConfig) -> tuple[Check, object]:
 
 
 def check_edgetpu(config: DaemonConfig, bundle) -> Check:
-    from edge.runtime import edgetpu_available
+    from teachcam.edge.runtime import edgetpu_available
 
     compiled = bundle is not None and bundle.find("embedder", precision="int8", edgetpu=True) is not None
     library = edgetpu_available()
@@ -95,7 +95,7 @@ def check_edgetpu(config: DaemonConfig, bundle) -> Check:
 
 
 def check_store(config: DaemonConfig) -> Check:
-    from edge.store import EnrollmentStore
+    from teachcam.edge.store import EnrollmentStore
 
     path = Path(config.store)
     if not path.exists():
@@ -123,7 +123,7 @@ def check_store(config: DaemonConfig) -> Check:
 
 
 def check_camera(config: DaemonConfig, timeout: float = 5.0) -> Check:
-    from edge.camera import make_source
+    from teachcam.edge.camera import make_source
 
     spec = config.camera.source
     try:
@@ -143,7 +143,7 @@ def check_camera(config: DaemonConfig, timeout: float = 5.0) -> Check:
 
 
 def check_gpio(config: DaemonConfig) -> Check:
-    from edge.controls import pin_factory_problem, read_board_revision
+    from teachcam.edge.controls import pin_factory_problem, read_board_revision
 
     if not (config.buttons.enabled or config.leds.enabled):
         return Check("gpio", "ok", "buttons and LEDs are disabled in the config")

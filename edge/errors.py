@@ -62,3 +62,28 @@ class CameraError(TeachcamError):
 
 class DatasetError(TeachcamError, ValueError):
     """A training dataset is empty, unreadable, or unusable."""
+
+
+# -- the laptop: conversion and training (teachcam.convert) ----------------------------------------
+
+
+class ConvertError(TeachcamError):
+    """Building a bundle or training a head failed."""
+
+
+class ExportError(ConvertError):
+    """The TFLite converter failed."""
+
+
+class BackboneError(ConvertError, ValueError):
+    """A backbone cannot be built with the requested weights."""
+
+
+class CheckpointError(ConvertError, ValueError):
+    """A weights file is not a state dict this reader accepts."""
+
+
+class QuantizationDropError(ConvertError):
+    """int8 cost more accuracy than --max-int8-drop allows (the bundle is written and marked)."""
+
+    exit_code = 3

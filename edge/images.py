@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from edge.errors import ImageError
+from teachcam.edge.errors import ImageError
+
+# The file endings teachcam reads as images (folders, datasets, calibration, exports): what Pillow decodes.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 MAX_PIXELS = 64_000_000  # decoded pixels; above this a non-JPEG is refused (about 200 MB as RGB)
 SMALL_SIDE = 64  # images up to this size on the shorter side count as small

@@ -19,10 +19,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edge import adapters
-from edge.bundle import Bundle, ModelEntry
-from edge.errors import BundleError, ModelError
-from edge.runtime import load_interpreter, probe_edgetpu, warn_edgetpu_fallback
+from teachcam.edge import adapters
+from teachcam.edge.bundle import Bundle, ModelEntry
+from teachcam.edge.config import PRECISIONS
+from teachcam.edge.errors import BundleError, ModelError
+from teachcam.edge.runtime import load_interpreter, probe_edgetpu, warn_edgetpu_fallback
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ def _check_matches_manifest(model: TFLiteModel, entry: ModelEntry) -> None:
 def _load(bundle: Bundle, role: str, precision: str, *, head: str | None = None, num_threads: int | None,
           edgetpu_device: str) -> tuple[TFLiteModel, ModelEntry, str]:
     """The model of ``role``: the Edge TPU file when asked (auto/edgetpu) and loadable, else the CPU one."""
-    if precision not in ("auto", "edgetpu", "int8", "float32"):
-        raise BundleError(f"unknown precision {precision!r}: use auto, edgetpu, int8 or float32")
+    if precision not in PRECISIONS:
+        raise BundleError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
     cpu_precision = "float32" if precision == "float32" else "int8"
     cpu_entry = bundle.find(role, precision=cpu_precision, head=head)
     if precision in ("auto", "edgetpu"):

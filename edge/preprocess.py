@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from edge.errors import BundleError
-from edge.images import frame_small_greyscale
+from teachcam.edge.errors import BundleError
+from teachcam.edge.images import frame_small_greyscale
 
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
             "nearest": Image.Resampling.NEAREST, "area": Image.Resampling.BOX}

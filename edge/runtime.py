@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from edge.errors import ModelError, RuntimeNotFoundError
-from edge.stdio import captured_stderr
+from teachcam.edge.errors import ModelError, RuntimeNotFoundError
+from teachcam.edge.stdio import captured_stderr
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edge.errors import ClassNameError, StoreError, StoreFullError, StoreVersionError
+from teachcam.edge.errors import ClassNameError, StoreError, StoreFullError, StoreVersionError
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ClassNameError, StoreError
-from edge.knn import KNNConfig, KNNIndex, Prediction
-from edge.store import EnrollmentStore, Example, Snapshot, check_class_name, normalize_rows
+from teachcam.edge.config import CAP_POLICIES
+from teachcam.edge.errors import ClassNameError, StoreError
+from teachcam.edge.images import IMAGE_SUFFIXES
+from teachcam.edge.knn import KNNConfig, KNNIndex, Prediction
+from teachcam.edge.store import EnrollmentStore, Example, Snapshot, check_class_name, normalize_rows
 
 log = logging.getLogger(__name__)
-CAP_POLICIES = ("oldest", "redundant")
 EXPORT_MANIFEST = "teachcam-export.json"
 
 
@@ -276,7 +277,7 @@ def read_archive(archive: Path) -> list[tuple[str, bytes]]:
             out = []
             for info in zf.infolist():
                 parts = info.filename.split("/")
-                if info.is_dir() or len(parts) < 2 or not parts[-1].lower().endswith((".png", ".jpg", ".jpeg")):
+                if info.is_dir() or len(parts) < 2 or not parts[-1].lower().endswith(IMAGE_SUFFIXES):
                     continue
                 out.append((parts[-2], zf.read(info)))
             return out

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_teachcam
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_teachcam(*args: str, check: bool = False, env: dict | None = None, timeout: float = 600,
-                 cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the CLI in a fresh process, as a user would."""
-    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], capture_output=True, text=True,
-                          check=check, env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd or ROOT)
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +26,14 @@ def bundle_path(tmp_path_factory) -> Path:
     result = run_teachcam("convert", "--out", out)
     assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture
+def factory():
+    """gpiozero's mock pin factory, with PWM pins (LED brightness)."""
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    return MockFactory(pin_class=MockPWMPin)
 
 
 @pytest.fixture

@@ -1,12 +1,34 @@
-"""Test data: "one object per class" sets made by augmenting real sample photos."""
+"""What tests share: "one object per class" sets made by augmenting real sample photos, the CLI run as
+a user runs it, a daemon on gpiozero's mock pins, and waiting on a condition instead of sleeping."""
 
 from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from edge.images import read_image
-from edge.samples import sample_photos
+from teachcam.edge.camera import ArraySource, Source
+from teachcam.edge.config import load_config
+from teachcam.edge.daemon import Daemon
+from teachcam.edge.errors import CameraError
+from teachcam.edge.images import read_image
+from teachcam.edge.samples import sample_photos
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_teachcam(*args: str, check: bool = False, env: dict | None = None, timeout: float = 600,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "teachcam.edge.cli", *map(str, args)], capture_output=True, text=True,
+                          check=check, env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd or ROOT)
 
 
 def augmented_views(photo: str, count: int, seed: int) -> list[np.ndarray]:
@@ -26,3 +48,61 @@ def augmented_views(photo: str, count: int, seed: int) -> list[np.ndarray]:
         array = np.asarray(view, np.float32) + rng.normal(0, 6, (view.height, view.width, 3))
         views.append(np.clip(array, 0, 255).astype(np.uint8))
     return views
+
+
+CLASSES = ("cat", "coffee")
+
+
+def make_daemon(bundle_path, tmp_path, factory, images, **changes):
+    config = load_config(None, {"bundle": str(bundle_path), "store": str(tmp_path / "store"),
+                                "classes": list(CLASSES), "smoothing": 1})
+    config = replace(config, buttons=replace(config.buttons, pins=(5, 6), clear_pin=26, hold_time=0.2,
+                                             clear_hold_time=0.6),
+                     leds=replace(config.leds, pins=(12, 16)), output=replace(config.output, terminal="off", json="off"),
+                     **changes)
+    return Daemon(config.validate(), pin_factory=factory, source=ArraySource(images, loop=True), keyboard=False,
+                  stdout=io.StringIO()).start()
+
+
+def press(factory, pin, seconds=0.05):
+    factory.pin(pin).drive_low()
+    time.sleep(seconds)
+    factory.pin(pin).drive_high()
+
+
+def settle(daemon, frame):
+    """The next camera frame after a press: gpiozero's mock pins call press callbacks synchronously, so the
+    command is already queued; the frame applies it."""
+    return daemon.step(frame)
+
+
+def wait_for(condition, timeout: float = 5.0, interval: float = 0.005) -> bool:
+    """Wait until ``condition()`` is true (gpiozero's own tests wait this way for its threads)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+class FlakySource(Source):
+    """Works, then raises for a while (unplugged), then returns nothing, then works again."""
+
+    name = "flaky"
+
+    def __init__(self, frame):
+        self.frame, self.reads, self.opens = frame, 0, 0
+
+    def open(self):
+        self.opens += 1
+        if 2 <= self.opens <= 3:
+            raise CameraError("no camera on the bus")
+
+    def read(self):
+        self.reads += 1
+        if self.reads == 5:
+            raise CameraError("unplugged")
+        if 6 <= self.reads <= 8:
+            return None
+        return self.frame

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_teachcam
+from tests.helpers import run_teachcam
 
 
 def test_bench_reports_stages_fps_runtime_and_memory(bundle_path):
@@ -24,8 +24,8 @@ def test_bench_reports_stages_fps_runtime_and_memory(bundle_path):
 def test_bench_on_a_camera_that_delivers_nothing_stops_with_one_clear_error(bundle_path, tmp_path, monkeypatch):
     import pytest
 
-    from edge import bench
-    from edge.errors import CameraError
+    from teachcam.edge import bench
+    from teachcam.edge.errors import CameraError
 
     monkeypatch.setattr(bench, "FIRST_FRAME_TIMEOUT", 1.0)
     (tmp_path / "empty").mkdir()

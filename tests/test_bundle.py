@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from edge.bundle import FORMAT_VERSION, file_sha256, load_bundle
-from edge.errors import BundleError, BundleIntegrityError, BundleVersionError
-from tests.conftest import run_teachcam
+from teachcam.edge.bundle import FORMAT_VERSION, file_sha256, load_bundle
+from teachcam.edge.errors import BundleError, BundleIntegrityError, BundleVersionError
+from tests.helpers import run_teachcam
 
 
 def test_manifest_describes_everything_the_device_must_reproduce(bundle_path):
@@ -113,3 +114,44 @@ def test_convert_refuses_to_overwrite_a_bundle_without_force(bundle_copy):
         f"teachcam: error: {bundle_copy} already holds a bundle; pass --force to replace it, or choose another --out"
     ]
     assert (bundle_copy / "manifest.json").read_bytes() == before
+
+
+def test_the_bundle_writer_writes_the_manifest_once_and_only_on_success(bundle_path, tmp_path, monkeypatch):
+    from teachcam.convert import bundle_writer
+    from teachcam.convert.bundle_writer import BundleWriter
+
+    writes = []
+    real = bundle_writer.write_manifest
+    monkeypatch.setattr(bundle_writer, "write_manifest", lambda folder, manifest: writes.append(folder) or
+                        real(folder, manifest))
+    source = load_bundle(bundle_path).manifest
+    out = tmp_path / "bundle"
+    with BundleWriter(out) as writer:
+        for name in ("embedder_int8.tflite", "embedder_float32.tflite"):
+            shutil.copyfile(bundle_path / name, writer.folder / name)
+        writer.add_model(writer.folder / "embedder_int8.tflite", role="embedder", precision="int8")
+        writer.add_model(writer.folder / "embedder_float32.tflite", role="embedder", precision="float32")
+        writer.add_labels("things", ["mug", "pen"], kind="trained_dense", output="logits")
+        writer.manifest.update(preprocessing=source["preprocessing"], embedding=source["embedding"])
+        draft = writer.draft()  # measurable before anything is committed
+        assert draft.find("embedder", precision="int8").file == "embedder_int8.tflite"
+        assert not (writer.folder / "manifest.json").exists() and not out.exists()
+        (writer.folder / "report").mkdir()
+        (writer.folder / "report" / "metrics.json").write_text("{}")
+    assert len(writes) == 1
+    bundle = load_bundle(out)  # every file, the report included, has its sha256
+    assert "report/metrics.json" in bundle.manifest["files"] and bundle.labels("things") == ["mug", "pen"]
+
+
+def test_a_failing_bundle_writer_leaves_the_old_bundle_alone(bundle_copy, tmp_path):
+    from teachcam.convert.bundle_writer import BundleWriter
+
+    before = (bundle_copy / "manifest.json").read_bytes()
+    with pytest.raises(RuntimeError, match="converter died"):
+        with BundleWriter(bundle_copy, force=True) as writer:
+            (writer.folder / "half.tflite").write_bytes(b"\0" * 10)
+            raise RuntimeError("converter died")
+    assert (bundle_copy / "manifest.json").read_bytes() == before
+    assert load_bundle(bundle_copy).manifest["files"] and not list(tmp_path.glob(".bundle.partial-*"))
+    with pytest.raises(BundleError, match="already holds a bundle; pass --force"):
+        BundleWriter(bundle_copy)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.bundle import load_bundle
-from edge.images import read_image
-from edge.models import Embedder, Head, top_k
-from edge.preprocess import Preprocessor
-from edge.samples import REFERENCE_TOP1, sample_photos
-from tests.conftest import run_teachcam
+from teachcam.edge.bundle import load_bundle
+from teachcam.edge.images import read_image
+from teachcam.edge.models import Embedder, Head, top_k
+from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.samples import REFERENCE_TOP1, sample_photos
+from tests.helpers import run_teachcam
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_an_enormous_image_is_refused_before_decoding(tmp_path):
     result = run_teachcam("classify", "--bundle", "unused", huge)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("teachcam: error: bundle not found")
-    from edge.errors import ImageError
+    from teachcam.edge.errors import ImageError
 
     with pytest.raises(ImageError, match="too large to decode safely"):
         read_image(huge)
@@ -159,7 +159,7 @@ def test_bad_bundles_give_one_clear_line(bundle_copy, tmp_path):
     model = bundle_copy / "embedder_int8.tflite"
     model.write_bytes(model.read_bytes()[:5000])
     manifest = json.loads(manifest_path.read_text())
-    from edge.bundle import file_sha256
+    from teachcam.edge.bundle import file_sha256
 
     manifest["files"]["embedder_int8.tflite"] = file_sha256(model)
     manifest_path.write_text(json.dumps(manifest))

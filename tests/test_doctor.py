@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_teachcam
+from tests.helpers import run_teachcam
 
 
 def test_doctor_on_a_working_setup(bundle_path, tmp_path):

@@ -13,15 +13,14 @@ import time
 
 import pytest
 
-from edge.bundle import file_sha256, load_bundle
-from edge.camera import ArraySource
-from edge.config import load_config
-from edge.daemon import Daemon
-from edge.errors import BundleIntegrityError
-from edge.models import Embedder
-from edge.teach import Teacher
-from tests.conftest import run_teachcam
-from tests.helpers import augmented_views
+from teachcam.edge.bundle import file_sha256, load_bundle
+from teachcam.edge.camera import ArraySource
+from teachcam.edge.config import load_config
+from teachcam.edge.daemon import Daemon
+from teachcam.edge.errors import BundleIntegrityError
+from teachcam.edge.models import Embedder
+from teachcam.edge.teach import Teacher
+from tests.helpers import augmented_views, run_teachcam
 from tests.test_daemon import DRIVER
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.bundle import file_sha256, load_bundle
-from edge.models import Embedder
-from edge.runtime import kernels_from_log, load_interpreter, probe_edgetpu
+from teachcam.edge.bundle import file_sha256, load_bundle
+from teachcam.edge.models import Embedder
+from teachcam.edge.runtime import kernels_from_log, load_interpreter, probe_edgetpu
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKES = ROOT / "tests" / "fakes"
@@ -49,7 +49,7 @@ def doctor_in_sandbox(unit: Path, bundle: Path, tmp_path: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{FAKES}{os.pathsep}{ROOT}", "FAKE_LGPIO_DEV": str(dev),
            "GPIOZERO_PIN_FACTORY": "lgpio"}
     result = subprocess.run([str(ROOT / "scripts" / "unit-sandbox"), "--cpuinfo", str(cpuinfo), str(unit),
-                             sys.executable, "-m", "edge.cli", "doctor", "--bundle", str(bundle),
+                             sys.executable, "-m", "teachcam.edge.cli", "doctor", "--bundle", str(bundle),
                              "--store", str(tmp_path / "store"), "--no-camera", "--json"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.stdout, result.stderr
@@ -95,8 +95,8 @@ def test_kernels_are_read_from_what_the_runtime_says():
 
 
 def test_classify_says_the_kernels(bundle_path):
-    from edge.samples import sample_photos
-    from tests.conftest import run_teachcam
+    from teachcam.edge.samples import sample_photos
+    from tests.helpers import run_teachcam
 
     result = run_teachcam("classify", "--bundle", bundle_path, "--json", sample_photos(("chelsea.png",))[0])
     assert result.returncode == 0, result.stderr

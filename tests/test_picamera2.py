@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.camera import FrameGrabber, make_source
-from edge.config import load_config
-from edge.daemon import Daemon
-from edge.errors import CameraError
-from edge.samples import sample_photos
+from teachcam.edge.camera import FrameGrabber, make_source
+from teachcam.edge.config import load_config
+from teachcam.edge.daemon import Daemon
+from teachcam.edge.errors import CameraError
+from teachcam.edge.samples import sample_photos
 
 FAKES = Path(__file__).parent / "fakes"
 
@@ -57,8 +57,8 @@ def test_lores_rows_are_sliced_to_the_picture_not_the_stride(fake, platform):
 
 
 def test_a_centred_object_stays_centred_through_the_crop(fake, bundle_path):
-    from edge.bundle import load_bundle
-    from edge.preprocess import Preprocessor
+    from teachcam.edge.bundle import load_bundle
+    from teachcam.edge.preprocess import Preprocessor
 
     scene = np.zeros((256, 342, 3), np.uint8)
     scene[:, 169:173] = 255  # a white bar in the middle of the lores picture
@@ -207,3 +207,32 @@ def test_without_opencv_the_pi_camera_works_and_a_webcam_says_what_to_install(fa
     source.close()
     with pytest.raises(CameraError, match=r"opencv:0 needs OpenCV.*pip install 'teachcam\[video\]'"):
         make_source("opencv:0").open()
+
+
+def test_picamera2_source_reads_the_lores_stream_as_rgb(monkeypatch):
+    # The strict double (tests/fakes/picamera2): padded rows, camera_config read back, wait= timeouts.
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fakes"))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    import picamera2 as fake
+
+    red = np.zeros((240, 320, 3), np.uint8)
+    red[..., 0] = 200
+    monkeypatch.setattr(fake, "SCENE", [red])
+    fake.INSTANCES.clear()
+    source = make_source("picamera2")
+    source.open()
+    frame = source.read()
+    camera = fake.INSTANCES[-1]
+    source.close()
+    assert frame.shape == (256, 342, 3)  # shorter side = the bundle's 256: preprocessing is a plain crop
+    assert abs(int(frame[..., 0].mean()) - 200) < 8 and frame[..., 2].mean() < 20  # RGB order, not BGR
+    assert {k: camera.camera_config["lores"][k] for k in ("size", "format")} == {"size": (342, 256), "format": "YUV420"}
+    assert camera.closed and not camera.started
+
+
+def test_picamera2_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    with pytest.raises(CameraError, match="apt install python3-picamera2"):
+        make_source("picamera2").open()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.images import read_image
-from edge.preprocess import Preprocessor
-from edge.samples import sample_photos
+from teachcam.edge.images import read_image
+from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.samples import sample_photos
 
 PRE = Preprocessor(shorter_side=256, crop_width=224, crop_height=224)
 
@@ -37,7 +37,7 @@ def test_output_is_uint8_rgb_for_any_frame():
 
 
 def test_manifest_section_is_validated():
-    from edge.errors import BundleError
+    from teachcam.edge.errors import BundleError
 
     with pytest.raises(BundleError, match="colour order"):
         Preprocessor.from_manifest({"color_order": "BGR", "resize": {}, "crop": {}})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter, deque
 
-from edge.smoothing import Smoother
+from teachcam.edge.smoothing import Smoother
 
 
 def recount(window: int, labels: list[str]) -> list[str]:
@@ -37,3 +37,9 @@ def test_reset_forgets_the_window():
         smoother.update(label)
     smoother.reset()
     assert smoother.update("b") == "b"
+
+
+def test_smoothing_needs_a_majority_to_switch():
+    smoother = Smoother(5)
+    shown = [smoother.update(x) for x in ["a", "a", "b", "a", "b", "b", "b", "a", "b"]]
+    assert shown == ["a", "a", "a", "a", "a", "b", "b", "b", "b"]

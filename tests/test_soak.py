@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from edge.bench import rss_mb
+from teachcam.edge.bench import rss_mb
 from tests.helpers import augmented_views
 
 
@@ -20,7 +20,7 @@ def test_ten_thousand_frames_with_flat_memory(bundle_path, tmp_path):
     folder.mkdir()
     for i, frame in enumerate(augmented_views("coffee.png", 6, seed=1) + augmented_views("chelsea.png", 6, seed=2)):
         Image.fromarray(frame).resize((342, 256)).save(folder / f"{i:02d}.png")
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--bundle", str(bundle_path), "--store",
+    proc = subprocess.Popen([sys.executable, "-m", "teachcam.edge.cli", "run", "--bundle", str(bundle_path), "--store",
                              str(tmp_path / "store"), "--source", f"images:{folder}", "--frames", "10000", "--fps",
                              "2000", "--json", "--no-gpio", "--classes", "cat,coffee"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

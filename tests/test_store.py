@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.errors import ClassNameError, StoreError, StoreFullError, StoreVersionError
-from edge.knn import KNNConfig
-from edge.store import MAGIC, EnrollmentStore, check_class_name, thumbnail_digest
-from edge.teach import Teacher
+from teachcam.edge.errors import ClassNameError, StoreError, StoreFullError, StoreVersionError
+from teachcam.edge.knn import KNNConfig
+from teachcam.edge.store import MAGIC, EnrollmentStore, check_class_name, thumbnail_digest
+from teachcam.edge.teach import Teacher
 
 D = 16
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import load_config
+from teachcam.edge.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "teachcam.service"

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.bundle import load_bundle
-from edge.models import Embedder
-from edge.preprocess import Preprocessor
-from edge.teach import Teacher
-from tests.conftest import run_teachcam
-from tests.helpers import augmented_views
+from teachcam.edge.bundle import load_bundle
+from teachcam.edge.models import Embedder
+from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.teach import Teacher
+from tests.helpers import augmented_views, run_teachcam
 
 OBJECTS = {"cat": "chelsea.png", "coffee": "coffee.png", "rocket": "rocket.jpg"}
 

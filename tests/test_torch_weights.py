@@ -11,8 +11,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from convert.backbones import find_offline_weights
-from convert.torch_weights import _LEGACY_MAGIC, CheckpointError, read_state_dict
+from teachcam.convert.backbones import find_offline_weights
+from teachcam.convert.torch_weights import _LEGACY_MAGIC, read_state_dict
+from teachcam.edge.errors import CheckpointError
 
 
 def test_reads_torchvision_mobilenet_v2_checkpoint():

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.bundle import load_bundle
-from edge.models import Embedder, Head
-from edge.preprocess import Preprocessor
-from edge.teach import Teacher
-from tests.conftest import run_teachcam
-from tests.helpers import augmented_views
+from teachcam.edge.bundle import load_bundle
+from teachcam.edge.models import Embedder, Head
+from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.teach import Teacher
+from tests.helpers import augmented_views, run_teachcam
 
 OBJECTS = {"cat": "chelsea.png", "coffee cup": "coffee.png", "ロケット": "rocket.jpg"}
 
@@ -89,7 +88,7 @@ def test_bad_training_data_is_refused_with_one_line(tmp_path):
 
 
 def test_csv_rows_with_missing_files_are_skipped_and_labels_may_hold_slashes(tmp_path):
-    from convert.datasets import load_dataset
+    from teachcam.convert.datasets import load_dataset
 
     write_folder(tmp_path / "imgs", per_class=3)
     rows = ["path,label"]
@@ -116,7 +115,7 @@ def test_idx_files_load_with_their_labels(tmp_path):
 
     import numpy as np
 
-    from convert.datasets import load_dataset
+    from teachcam.convert.datasets import load_dataset
 
     images = np.random.default_rng(0).integers(0, 255, (6, 28, 28), dtype=np.uint8)
     labels = np.array([0, 1, 2, 0, 1, 2], np.uint8)
@@ -147,7 +146,7 @@ def test_finetune_trains_the_last_blocks_and_bundles_the_tuned_embedder(bundle_p
 
 
 def test_report_draws_class_names_in_any_installed_script_and_names_what_it_cannot(tmp_path, monkeypatch):
-    from convert import report
+    from teachcam.convert import report
 
     names = ["cat", "ロケット", "猫"]
     if report.missing_glyphs(["ロケット猫"]):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from edge.bundle import load_bundle
-from edge.models import Classifier
-from edge.preprocess import Preprocessor
-from tests.conftest import run_teachcam
+from teachcam.edge.bundle import load_bundle
+from teachcam.edge.models import Classifier
+from teachcam.edge.preprocess import Preprocessor
+from tests.helpers import run_teachcam
 
 SHAPES = ("circle", "square", "cross")
 
@@ -181,10 +181,10 @@ def test_reloading_between_an_embedder_bundle_and_a_cnn_bundle_keeps_the_store(c
     import dataclasses
     import io
 
-    from edge.camera import ArraySource
-    from edge.config import load_config
-    from edge.controls import Command
-    from edge.daemon import Daemon
+    from teachcam.edge.camera import ArraySource
+    from teachcam.edge.config import load_config
+    from teachcam.edge.controls import Command
+    from teachcam.edge.daemon import Daemon
     from tests.helpers import augmented_views
 
     out, _, root = cnn_bundle

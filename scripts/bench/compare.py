@@ -31,14 +31,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `teachcam` itself does (edge/cli.py)
 import numpy as np  # noqa: E402
 
-from edge.runtime import default_threads, interpreter_module  # noqa: E402
+from teachcam.edge.runtime import default_threads, interpreter_module  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def frames_of(n, size):
-    from edge.demo import DemoSource
+    from teachcam.edge.camera import DemoSource
 
     source = DemoSource(fps=30, size=size)
     source.open()
@@ -58,8 +58,8 @@ def keras_way(frames, calls):
     import keras
     from PIL import Image
 
-    from convert.backbones import build_torchvision_mobilenet_v2, find_offline_weights
-    from convert.torch_weights import read_state_dict
+    from teachcam.convert.backbones import build_torchvision_mobilenet_v2, find_offline_weights
+    from teachcam.convert.torch_weights import read_state_dict
 
     state = read_state_dict(find_offline_weights())
     embedder, kernel, bias = build_torchvision_mobilenet_v2(state, normalize=False)
@@ -83,7 +83,7 @@ def keras_way(frames, calls):
 def float_tflite_way(frames, model):
     import cv2
 
-    from convert.export import to_tflite
+    from teachcam.convert.export import to_tflite
 
     path = Path(tempfile.mkdtemp()) / "mobilenet_v2_float32.tflite"
     path.write_bytes(to_tflite(model, int8=False))
@@ -102,9 +102,9 @@ def float_tflite_way(frames, model):
 
 
 def teachcam_way(frames, bundle, threads):
-    from edge.camera import ArraySource
-    from edge.config import load_config
-    from edge.daemon import Daemon
+    from teachcam.edge.camera import ArraySource
+    from teachcam.edge.config import load_config
+    from teachcam.edge.daemon import Daemon
 
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(None, {"bundle": bundle, "store": str(Path(tmp) / "s"), "mode": "imagenet",

@@ -31,16 +31,15 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `teachcam` itself does (edge/cli.py)
 import numpy as np
 
-from edge.bench import rss_mb
-from edge.bundle import load_bundle
-from edge.camera import ArraySource, Source
-from edge.config import load_config
-from edge.daemon import Daemon
-from edge.demo import DemoSource
-from edge.models import Embedder
-from edge.preprocess import Preprocessor
-from edge.runtime import default_threads
-from edge.teach import Teacher
+from teachcam.edge.bench import rss_mb
+from teachcam.edge.bundle import load_bundle
+from teachcam.edge.camera import ArraySource, DemoSource, Source
+from teachcam.edge.config import load_config
+from teachcam.edge.daemon import Daemon
+from teachcam.edge.models import Embedder
+from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.runtime import default_threads
+from teachcam.edge.teach import Teacher
 
 
 def demo_frames(n: int, size=(640, 480)) -> list[np.ndarray]:
@@ -86,7 +85,7 @@ def daemon_rate(bundle_path: str, store: Path, source: Source, frames: int, thre
 def startup_and_memory(bundle_path: str, store: Path, folder: Path) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--bundle", bundle_path, "--store", str(store),
+    proc = subprocess.Popen([sys.executable, "-m", "teachcam.edge.cli", "run", "--bundle", bundle_path, "--store", str(store),
                              "--classes", "cat,coffee,rocket", "--source", f"images:{folder}", "--json", "--no-gpio",
                              "--frames", "1500", "--fps", "60"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True, env=env)
@@ -165,7 +164,7 @@ def main() -> int:
         for f in frames:
             writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
         writer.release()
-        from edge.camera import OpenCVSource
+        from teachcam.edge.camera import OpenCVSource
 
         out["daemon_file_fps"], _ = daemon_rate(args.bundle, large, OpenCVSource(str(clip), loop=False), args.frames,
                                                 args.threads)

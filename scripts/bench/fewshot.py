@@ -30,11 +30,11 @@ import time
 
 import numpy as np
 
-from convert.idx import load_fashion_mnist
-from edge.bundle import load_bundle
-from edge.knn import KNNConfig, KNNIndex
-from edge.models import Embedder
-from edge.preprocess import Preprocessor
+from teachcam.convert.idx import load_fashion_mnist
+from teachcam.edge.bundle import load_bundle
+from teachcam.edge.knn import KNNConfig, KNNIndex
+from teachcam.edge.models import Embedder
+from teachcam.edge.preprocess import Preprocessor
 
 
 def embed_all(embedder, preprocess, images, prepared):

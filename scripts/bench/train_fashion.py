@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from convert.idx import FASHION_MNIST_CLASSES, load_fashion_mnist
-from convert.report import safe_name
+from teachcam.convert.idx import FASHION_MNIST_CLASSES, load_fashion_mnist
+from teachcam.convert.report import safe_name
 
 
 def write_folder(images, labels, indices, folder: Path) -> None:
@@ -54,7 +54,7 @@ def main() -> int:
         write_folder(test_x, test_y, rng.choice(len(test_x), args.test, replace=False), tmp / "test")
         started = time.monotonic()
         # Early stopping watches a 20% validation split of the 2,000; the 1,000 test images are only scored.
-        result = subprocess.run([sys.executable, "-m", "edge.cli", "train", "--data", str(tmp / "train"), "--test",
+        result = subprocess.run([sys.executable, "-m", "teachcam.edge.cli", "train", "--data", str(tmp / "train"), "--test",
                                  str(tmp / "test"), "--out", str(tmp / "bundle"), "--head", args.head, "--json",
                                  *(["--epochs", str(args.epochs)] if args.epochs else [])],
                                 capture_output=True, text=True)

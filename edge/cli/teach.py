@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from edge.errors import StoreError
+from teachcam.edge.cli.common import add_bundle_flag, each_image
+from teachcam.edge.config import CAP_POLICIES
+from teachcam.edge.errors import StoreError
 
 DEFAULT_STORE = Path(os.environ.get("TEACHCAM_STORE", Path.home() / ".local/share/teachcam/store"))
 
@@ -20,11 +22,11 @@ def add_store_flags(parser, *, knn: bool = False) -> None:
         parser.add_argument("--threshold", type=float, default=None,
                             help="similarity below which the answer is 'unknown' (default: the measured default)")
         parser.add_argument("--cap", type=int, default=200, help="examples kept per class (default 200)")
-        parser.add_argument("--cap-policy", choices=("oldest", "redundant"), default="oldest",
+        parser.add_argument("--cap-policy", choices=CAP_POLICIES, default="oldest",
                             help="which example goes when a class is full (default: oldest)")
 
 
-def register(sub, add_bundle_flag) -> None:
+def register(sub) -> None:
     p = sub.add_parser("enroll", help="add examples of a class from image files",
                        description="Embed each image with the bundle's embedder and add it to class LABEL in the store.")
     add_bundle_flag(p)
@@ -64,16 +66,16 @@ def register(sub, add_bundle_flag) -> None:
 
 
 def _knn_options(args) -> dict:
-    from edge.knn import KNNConfig
+    from teachcam.edge.knn import KNNConfig
 
     config = KNNConfig(k=args.k) if args.threshold is None else KNNConfig(k=args.k, threshold=args.threshold)
     return {"config": config, "cap": args.cap, "cap_policy": args.cap_policy}
 
 
 def _pipeline(args):
-    from edge.bundle import load_bundle
-    from edge.models import Embedder
-    from edge.preprocess import Preprocessor
+    from teachcam.edge.bundle import load_bundle
+    from teachcam.edge.models import Embedder
+    from teachcam.edge.preprocess import Preprocessor
 
     bundle = load_bundle(args.bundle)
     return Preprocessor.from_manifest(bundle.preprocessing), Embedder.create(bundle, args.precision,
@@ -81,8 +83,7 @@ def _pipeline(args):
 
 
 def cmd_enroll(args) -> int:
-    from edge.cli import each_image
-    from edge.teach import Teacher
+    from teachcam.edge.teach import Teacher
 
     preprocess, embedder = _pipeline(args)
     with Teacher.open(args.store, embedder, **_knn_options(args)) as teacher:
@@ -99,8 +100,7 @@ def cmd_enroll(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from edge.cli import each_image
-    from edge.teach import Teacher
+    from teachcam.edge.teach import Teacher
 
     preprocess, embedder = _pipeline(args)
     with Teacher.open(args.store, embedder, **_knn_options(args)) as teacher:
@@ -120,7 +120,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_store(args) -> int:
-    from edge.teach import Teacher, read_archive
+    from teachcam.edge.teach import Teacher, read_archive
 
     if args.action == "list":
         if not args.store.is_dir():
@@ -163,8 +163,8 @@ def _import(args, members) -> int:
     import numpy as np
     from PIL import Image
 
-    from edge.store import thumbnail_digest
-    from edge.teach import Teacher
+    from teachcam.edge.store import thumbnail_digest
+    from teachcam.edge.teach import Teacher
 
     preprocess, embedder = _pipeline(args)
     with Teacher.open(args.store, embedder) as teacher:

@@ -6,7 +6,9 @@ import logging
 import sys
 from pathlib import Path
 
-from edge.errors import TeachcamError
+from teachcam.edge.cli.common import DEFAULT_BUNDLE
+from teachcam.edge.config import MODES, PRECISIONS
+from teachcam.edge.errors import TeachcamError
 
 log = logging.getLogger("teachcam")
 
@@ -39,7 +41,7 @@ def _flag_overrides(args) -> dict:
 def register(sub) -> None:
     def common(p):
         p.add_argument("-b", "--bundle", type=Path, default=None, help="bundle folder (overrides the config)")
-        p.add_argument("--precision", default=None, choices=("auto", "edgetpu", "int8", "float32"))
+        p.add_argument("--precision", default=None, choices=PRECISIONS)
         p.add_argument("--threads", type=int, default=None, help="interpreter threads")
         p.add_argument("--fps", type=float, default=None, help="camera frame rate to ask for (default 30)")
 
@@ -53,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--source", default=None,
                    help="camera: picamera2, opencv:N, file:PATH, images:DIR_OR_GLOB or demo (default: demo)")
     p.add_argument("--no-loop", action="store_true", help="stop at the end of a file: or images: source")
-    p.add_argument("--mode", default=None, choices=("knn", "head", "imagenet"), help="what classifies (default knn)")
+    p.add_argument("--mode", default=None, choices=MODES, help="what classifies (default knn)")
     p.add_argument("--classes", default=None, help="comma-separated class names, one per button (default one,two,...)")
     p.add_argument("--k", type=int, default=None, help="KNN neighbours per class")
     p.add_argument("--threshold", type=float, default=None, help="KNN similarity below which it says unknown")
@@ -82,7 +84,7 @@ def register(sub) -> None:
     p.add_argument("--source", default="demo", help="camera spec (default: demo)")
     p.add_argument("--frames", type=int, default=300, help="frames to measure (after 20 warm-up frames)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--mode", default="knn", choices=("knn", "head", "imagenet"))
+    p.add_argument("--mode", default="knn", choices=MODES)
     p.add_argument("-s", "--store", type=Path, default=None, help="an enrollment store to classify against")
     p.add_argument("--json", action="store_true")
 
@@ -95,8 +97,8 @@ def register(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    from edge.config import load_config
-    from edge.daemon import Daemon
+    from teachcam.edge.config import load_config
+    from teachcam.edge.daemon import Daemon
 
     config = load_config(args.config, _flag_overrides(args))
     daemon = Daemon(config, config_path=args.config)
@@ -119,9 +121,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from edge.cli import DEFAULT_BUNDLE
-    from edge.config import load_config
-    from edge.demo import run_demo
+    from teachcam.edge.config import load_config
+    from teachcam.edge.demo import run_demo
 
     overrides = _flag_overrides(args)
     overrides.setdefault("bundle", str(DEFAULT_BUNDLE))
@@ -136,8 +137,8 @@ def cmd_demo(args) -> int:
 def cmd_doctor(args) -> int:
     import json
 
-    from edge.config import load_config
-    from edge.doctor import as_json, run_checks
+    from teachcam.edge.config import load_config
+    from teachcam.edge.doctor import as_json, run_checks
 
     overrides = {k: v for k, v in _flag_overrides(args).items() if k in ("bundle", "store", "camera.source")}
     config = load_config(args.config, overrides)
@@ -156,8 +157,7 @@ def cmd_doctor(args) -> int:
 def cmd_bench(args) -> int:
     import json
 
-    from edge.bench import bench_config, format_report, run_bench
-    from edge.cli import DEFAULT_BUNDLE
+    from teachcam.edge.bench import bench_config, format_report, run_bench
 
     config = bench_config(str(args.bundle or DEFAULT_BUNDLE), args.source, args.threads, args.mode,
                           str(args.store) if args.store else None)

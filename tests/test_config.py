@@ -1,0 +1,37 @@
+"""The daemon configuration: a typo or an inconsistent setup is one error naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from teachcam.edge.config import load_config
+from teachcam.edge.errors import ConfigError
+from tests.helpers import run_teachcam
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"camra": {"source": "demo"}}, "unknown key camra"),
+    ({"camera": {"sourc": "demo"}}, "unknown key camera.sourc"),
+    ({"camera": {"fps": "fast"}}, "camera.fps must be float"),
+    ({"smoothing": True}, "smoothing must be a number"),
+    ({"buttons": {"pins": [5, 5, 6, 7]}}, "GPIO5 is already used by buttons.pins"),
+    ({"leds": {"pins": [5, 16, 20, 21]}}, "leds.pins: GPIO5 is already used"),
+    ({"classes": ["a", "b", "c"], "buttons": {"pins": [5, 6]}}, "every class needs its own button"),
+    ({"classes": ["Mug", "mug"]}, "two class names are the same"),
+    ({"mode": "magic"}, "mode = 'magic'"),
+    ({"buttons": {"clear_pin": 40}}, "not a Raspberry Pi header GPIO"),
+])
+def test_config_errors_name_the_key(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_config_file_errors_are_one_line_and_nothing_starts(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[camera]\nsource = "demo"\nfsp = 30\n')
+
+    result = run_teachcam("run", "--config", bad)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "teachcam: error: unknown key camera.fsp (known: fps, height, loop, source, width)"
+    bad.write_text("this is = not toml ==")
+    assert "is not valid TOML" in run_teachcam("run", "--config", bad).stderr

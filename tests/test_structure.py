@@ -1,0 +1,91 @@
+"""How the code is put together: no import cycles inside the device or the host package."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"edge": "teachcam.edge", "convert": "teachcam.convert"}  # folder -> import name
+
+
+def module_names() -> dict[str, Path]:
+    names = {}
+    for folder, package in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            names[".".join([package, *parts])] = path
+    return names
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every module of ours that ``name`` imports, at module level or inside a function."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        for target in targets:
+            for folder, package_name in PACKAGES.items():  # the bare folder names must not be used any more
+                if target == folder or target.startswith(folder + "."):
+                    target = package_name + target[len(folder):]
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def cycles() -> list[list[str]]:
+    names = module_names()
+    graph = {name: imports_of(name, path, set(names)) for name, path in names.items()}
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(node):  # Tarjan's strongly connected components
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for other in graph[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles_in_edge_or_convert():
+    assert cycles() == []
+
+
+def test_only_the_bundle_writer_writes_bundles():
+    # One way to write a bundle (convert, dense, finetune and cnn alike): its manifest is written once.
+    writers = [path.relative_to(ROOT) for path in (ROOT / "convert").rglob("*.py")
+               if path.name != "bundle_writer.py" and any(word in path.read_text(encoding="utf-8") for word in
+                                                          ("write_manifest", "staging_folder", "MANIFEST"))]
+    assert writers == []
