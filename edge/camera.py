@@ -391,6 +391,8 @@ class FrameGrabber:
         self.timings: dict[str, list[float]] = {"capture": [], "preprocess": []}  # seconds, the last 2,000
         self.errors = 0
         self.last_error: str | None = None
+        self.last_error_time = 0.0  # time.monotonic() of the last camera error
+        self.last_frame_time = 0.0  # ... and of the last frame
         self.ended = False
 
     def start(self) -> FrameGrabber:
@@ -418,6 +420,7 @@ class FrameGrabber:
                     exc = CameraError(f"{type(exc).__name__}: {_first_line(exc)}")
                 self.errors += 1
                 self.last_error = str(exc)
+                self.last_error_time = time.monotonic()
                 log.error("camera %s: %s; retrying in %.1f s", self.source.name, exc, backoff)
                 if opened:
                     self._close_quietly()
@@ -435,7 +438,7 @@ class FrameGrabber:
                 self._stop.wait(min(0.05 * empty_reads, 1.0))
                 continue
             empty_reads, backoff = 0, 0.5
-            captured = time.monotonic()
+            captured = self.last_frame_time = time.monotonic()
             prepare = self.prepare
             prepare_started = time.perf_counter()
             pixels = prepare(image) if prepare is not None else None

@@ -24,6 +24,7 @@ button is one error naming the key, and the daemon does not start half-configure
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -36,6 +37,9 @@ DEFAULT_CLASSES = ("one", "two", "three", "four")
 MODES = ("knn", "head", "imagenet")  # what classifies: the taught examples, a trained head, ImageNet
 PRECISIONS = ("auto", "edgetpu", "int8", "float32")  # which model runs (auto: the Edge TPU when it loads)
 CAP_POLICIES = ("oldest", "redundant")  # which example goes when a class is full
+# One default everywhere (`teachcam run`, `enroll`, `predict`, `store`); systemd's config names its own.
+DEFAULT_BUNDLE = os.environ.get("TEACHCAM_BUNDLE", "build/default-bundle")
+DEFAULT_STORE = os.environ.get("TEACHCAM_STORE", str(Path.home() / ".local/share/teachcam/store"))
 
 
 @dataclass(frozen=True)
@@ -84,12 +88,23 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """The control socket (teachcam.edge.control): the CLI, the web page and MQTT reach the daemon through it."""
+
+    enabled: bool = True
+    socket: str = ""  # "": $TEACHCAM_SOCKET, else /run/teachcam/control.sock under systemd, else $XDG_RUNTIME_DIR/teachcam
+    group: str = "teachcam"  # who may connect (mode 0660); ignored when the group does not exist
+    preview_max_size: int = 480  # preview frames for subscribers: longer side, pixels
+    preview_max_fps: float = 10.0
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
-    bundle: str = "build/default-bundle"
+    bundle: str = DEFAULT_BUNDLE
     # A verified copy of the last bundle that started; used (with an error in the journal) when `bundle`
     # is refused — damaged, half-copied, or of an unknown format. Empty: no copy, a bad bundle stops the daemon.
     last_good_bundle: str = ""
-    store: str = "teachcam-store"
+    store: str = DEFAULT_STORE
     mode: str = "knn"
     precision: str = "auto"
     threads: int | None = None
@@ -102,6 +117,7 @@ class DaemonConfig:
     leds: LedsConfig = field(default_factory=LedsConfig)
     knn: KnnConfigSection = field(default_factory=KnnConfigSection)
     output: OutputConfig = field(default_factory=OutputConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
     def validate(self) -> DaemonConfig:
         if self.mode not in MODES:
@@ -114,6 +130,10 @@ class DaemonConfig:
             raise ConfigError(f"knn.cap_policy = {self.knn.cap_policy!r}: use {_either(CAP_POLICIES)}")
         if self.knn.k < 1 or self.knn.cap < 1:
             raise ConfigError("knn.k and knn.cap must be at least 1")
+        if self.knn.threshold is not None and not -1.0 <= self.knn.threshold <= 1.0:
+            raise ConfigError(f"knn.threshold = {self.knn.threshold}: a similarity lies between -1 and 1 (default 0.86)")
+        if not 16 <= self.control.preview_max_size <= 4096 or not 0 < self.control.preview_max_fps <= 60:
+            raise ConfigError("control.preview_max_size must be 16-4096 pixels and control.preview_max_fps 0-60")
         for key in ("terminal", "json"):
             if getattr(self.output, key) not in ("auto", "on", "off"):
                 raise ConfigError(f"output.{key} = {getattr(self.output, key)!r}: use auto, on or off")

@@ -1,7 +1,9 @@
 """Buttons and LEDs through gpiozero, and terminal keys as the fallback on a desktop.
 
-Buttons never run inference: they post :class:`Command` objects to a queue, and the daemon
-applies them to the frame it has just embedded (no second inference). Semantics:
+Buttons and keys never run inference: they post commands (:mod:`teachcam.edge.messages`) through
+the ``post`` callable the daemon gives them, and the daemon applies them to the frame it has
+just embedded (no second inference). The LEDs are a port (:mod:`teachcam.edge.ports`): they
+follow the shown class and blink on an enrollment, whoever asked for it. Semantics:
 
 * class button: a press enrolls one example; held, it keeps enrolling ``hold_rate``
   examples per second until released;
@@ -17,33 +19,26 @@ go 200 ms later (a 2 ms glitch low on release), is one press: one example.
 from __future__ import annotations
 
 import logging
-import queue
 import select
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+
+from teachcam.edge.messages import Clear, Enroll, Enrolled, Quit, Undo
+from teachcam.edge.ports import Port
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Command:
-    """What a person asked for: ``enroll`` (with a class index), ``undo``, ``clear`` or ``quit``."""
-
-    kind: str
-    index: int = -1
-    source: str = "button"
 
 
 class ButtonPanel:
     """One gpiozero Button per class plus an optional clear button."""
 
-    def __init__(self, pins, clear_pin, commands: queue.Queue, *, pull_up=True, bounce_time=0.05, hold_time=0.5,
+    def __init__(self, pins, clear_pin, post: Callable, *, pull_up=True, bounce_time=0.05, hold_time=0.5,
                  clear_hold_time=3.0, pin_factory=None):
         from gpiozero import Button
 
-        self.commands = commands
+        self.post = post
         self.bounce_time = bounce_time
         self._last_edge: dict[int, float] = {}  # the last press or release of each button (-1: clear)
         self._clear_press_counts = False
@@ -55,7 +50,7 @@ class ButtonPanel:
         for index, button in enumerate(self.buttons):
             button.when_pressed = lambda _b=None, i=index: self._pressed(i)
             button.when_released = lambda _b=None, i=index: self._edge(i)
-            button.when_held = lambda _b=None, i=index: self.commands.put(Command("enroll", i, "hold"))
+            button.when_held = lambda _b=None, i=index: self.post(Enroll(index=i, via="hold"))
         self.clear_button = None
         if clear_pin is not None:
             self.clear_button = Button(clear_pin, pull_up=pull_up, bounce_time=bounce, hold_time=clear_hold_time,
@@ -73,7 +68,7 @@ class ButtonPanel:
 
     def _pressed(self, index: int) -> None:
         if self._edge(index):
-            self.commands.put(Command("enroll", index))
+            self.post(Enroll(index=index, via="button"))
 
     def _clear_pressed(self) -> None:
         self._clear_press_counts = self._edge(-1)
@@ -81,12 +76,12 @@ class ButtonPanel:
 
     def _clear_held(self) -> None:
         self._clear_was_held = True
-        self.commands.put(Command("clear"))
+        self.post(Clear(via="button"))
 
     def _clear_released(self) -> None:
         self._edge(-1)
         if self._clear_press_counts and not self._clear_was_held:
-            self.commands.put(Command("undo"))
+            self.post(Undo(via="button"))
         self._clear_press_counts = False
 
     def close(self) -> None:
@@ -95,11 +90,13 @@ class ButtonPanel:
                 button.close()
 
 
-class LedPanel:
-    """One LED per class: the predicted class lit (PWM brightness = confidence when the pin can),
-    all dark for unknown; a class LED blinks once to acknowledge an enrollment."""
+class LedPanel(Port):
+    """One LED per class: the shown class lit (PWM brightness = confidence when the pin can), all
+    dark for unknown; a class LED blinks once to acknowledge an enrollment (from any source)."""
 
-    def __init__(self, pins, *, pwm=True, pin_factory=None):
+    name = "leds"
+
+    def __init__(self, pins, classes=(), *, pwm=True, pin_factory=None):
         from gpiozero import LED, PWMLED
         from gpiozero.exc import PinPWMUnsupported
 
@@ -113,8 +110,19 @@ class LedPanel:
                     led = None
             self.leds.append(led or LED(pin, pin_factory=pin_factory))
         self._pwm_class = PWMLED
+        self.classes = list(classes)
         self._shown: tuple[int, float] | None = None
         self._blinking: dict[int, float] = {}
+
+    def _index(self, label: str) -> int | None:
+        return self.classes.index(label) if label in self.classes else None
+
+    def update(self, view, frame=None) -> None:
+        self.show(self._index(view.label), view.confidence if view.label == view.raw_label else 1.0)
+
+    def event(self, event) -> None:
+        if isinstance(event, Enrolled) and self._index(event.label) is not None:
+            self.blink(self._index(event.label))
 
     def show(self, index: int | None, confidence: float = 1.0) -> None:
         """Light the LED of class ``index`` (None: all dark)."""
@@ -149,8 +157,8 @@ class LedPanel:
 class KeyboardControls:
     """Keys on the terminal do what the buttons do: 1-9 enroll, u undo, c clear all, q quit."""
 
-    def __init__(self, commands: queue.Queue, classes: int, stream=None):
-        self.commands = commands
+    def __init__(self, post: Callable, classes: int, stream=None):
+        self.post = post
         self.classes = classes
         self.stream = stream or sys.stdin
         self._stop = threading.Event()
@@ -185,13 +193,13 @@ class KeyboardControls:
 
     def handle(self, key: str) -> None:
         if key.isdigit() and 1 <= int(key) <= self.classes:
-            self.commands.put(Command("enroll", int(key) - 1, "key"))
+            self.post(Enroll(index=int(key) - 1, via="key"))
         elif key.lower() == "u":
-            self.commands.put(Command("undo", source="key"))
+            self.post(Undo(via="key"))
         elif key.lower() == "c":
-            self.commands.put(Command("clear", source="key"))
+            self.post(Clear(via="key"))
         elif key.lower() == "q":
-            self.commands.put(Command("quit", source="key"))
+            self.post(Quit(via="key"))
 
     def close(self) -> None:
         self._stop.set()

@@ -1,7 +1,10 @@
-"""The device daemon: camera → embedder → KNN/head → smoothing → LEDs, display, stdout. It only wires.
+"""The device daemon: camera → embedder → KNN/head → smoothing → ports (LEDs, display, stdout, control socket).
 
 One embedder invocation per frame feeds everything: the prediction, and any enrollment a
-button asked for since the previous frame (no second inference). SIGTERM/SIGINT stop
+button asked for since the previous frame (no second inference). Every input — buttons, keys,
+the control socket — posts typed commands (:mod:`teachcam.edge.messages`) with ``post``; the main
+loop is the only code that applies them, and answers each one through its ``reply`` callable.
+Every output is a port behind a bounded mailbox (:mod:`teachcam.edge.ports`): none can stall the loop. SIGTERM/SIGINT stop
 cleanly (every enrollment is already durable when its LED blinks); SIGHUP reloads the
 config and the bundle without losing enrollments. Under systemd (``Type=notify``) it says
 READY=1 once the first frame is classified and pings the watchdog each time a frame is classified
@@ -21,14 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
+from teachcam.edge import messages as m
 from teachcam.edge.bundle import load_bundle
 from teachcam.edge.camera import FrameGrabber, make_source
 from teachcam.edge.config import DaemonConfig, load_config
-from teachcam.edge.controls import ButtonPanel, Command, KeyboardControls, LedPanel, gpio_available
-from teachcam.edge.display import JsonLinesSink, OledSink, PreviewSink, Sink, TerminalSink, View
-from teachcam.edge.errors import BundleError, ConfigError, TeachcamError
+from teachcam.edge.controls import ButtonPanel, KeyboardControls, LedPanel, gpio_available
+from teachcam.edge.display import JsonLinesSink, OledSink, PreviewSink, TerminalSink, View
+from teachcam.edge.errors import BundleError, ConfigError, StoreError, TeachcamError
 from teachcam.edge.knn import KNNConfig
 from teachcam.edge.models import Classifier, Embedder, Head, LogitsHead
+from teachcam.edge.ports import Mailbox, Port
 from teachcam.edge.preprocess import Preprocessor
 from teachcam.edge.smoothing import Smoother
 from teachcam.edge.teach import Teacher
@@ -99,29 +104,44 @@ class Stats:
             del values[: len(values) - self.keep]
 
 
+STATS_INTERVAL = 10.0  # seconds between Stats events
+
+
 class Daemon:
     """Everything the device runs, wired from one :class:`DaemonConfig`."""
 
     def __init__(self, config: DaemonConfig, *, config_path: str | Path | None = None, pin_factory=None,
-                 sinks: list[Sink] | None = None, source=None, notifier=None, keyboard: bool | None = None,
+                 ports: list[Port] | None = None, source=None, notifier=None, keyboard: bool | None = None,
                  stdout=None):
         self.config = config
         self.config_path = config_path
         self.pin_factory = pin_factory
-        self.extra_sinks = list(sinks or [])
+        self.extra_ports = list(ports or [])
         self.source_override = source
         self.notifier = notifier or Notifier()
         self.keyboard_wanted = keyboard
         self.stdout = stdout or sys.stdout
-        self.commands: queue.Queue[Command] = queue.Queue()
+        self.commands: queue.Queue[tuple[m.Command, object]] = queue.Queue()
         self.stats = Stats()
         self.smoother = Smoother(config.smoothing)
         self._stop = False
         self._reload = False
         self.ready = False
-        self.sinks: list[Sink] = []
-        self.buttons = self.leds = self.keys = self.grabber = self.teacher = self.head = None
+        self.paused = False
+        self.mailboxes: list[Mailbox] = []
+        self._kept: list[Mailbox] = []  # the mailboxes a reload keeps (control socket, ports handed in)
+        self.buttons = self.leds = self.keys = self.grabber = self.teacher = self.head = self.control = None
         self.control_mode = "none"
+        self.last_frame: np.ndarray | None = None
+        self._shown: str | None = None
+        self._camera_errors = 0
+        self._camera_trouble = False
+        self._next_stats = time.monotonic() + STATS_INTERVAL
+
+    def post(self, command: m.Command, reply=None) -> None:
+        """Ask the main loop to apply ``command`` (any thread). ``reply(result)`` is called from the main loop
+        with a dict, or with the :class:`TeachcamError` that refused the command."""
+        self.commands.put((command, reply))
 
     # -- building ------------------------------------------------------------------------------------
     def start(self) -> Daemon:
@@ -206,39 +226,55 @@ class Daemon:
         wants_gpio = config.buttons.enabled or config.leds.enabled
         has_gpio = self.pin_factory is not None or (wants_gpio and gpio_available())
         if has_gpio and config.buttons.enabled:
-            self.buttons = ButtonPanel(config.buttons.pins, config.buttons.clear_pin, self.commands,
+            self.buttons = ButtonPanel(config.buttons.pins, config.buttons.clear_pin, self.post,
                                        pull_up=config.buttons.pull_up, bounce_time=config.buttons.bounce_time,
                                        hold_time=config.buttons.hold_time,
                                        clear_hold_time=config.buttons.clear_hold_time, pin_factory=self.pin_factory)
             self.control_mode = "gpio"
         if has_gpio and config.leds.enabled and config.leds.pins:
-            self.leds = LedPanel(config.leds.pins, pwm=config.leds.pwm, pin_factory=self.pin_factory)
+            self.leds = LedPanel(config.leds.pins, list(config.classes), pwm=config.leds.pwm,
+                                 pin_factory=self.pin_factory)
         keyboard = self.keyboard_wanted
         if keyboard is None:
             keyboard = self.buttons is None and sys.stdin.isatty()
         if keyboard:
-            self.keys = KeyboardControls(self.commands, len(config.classes)).start()
+            self.keys = KeyboardControls(self.post, len(config.classes)).start()
             self.control_mode = "gpio+keys" if self.buttons else "keys"
         hint = {"gpio": "buttons: one per class (hold to keep adding); clear: press = undo, hold 3 s = clear all",
                 "keys": f"keys: 1-{len(config.classes)} add an example · u undo · c clear all · q quit",
-                "none": "no buttons and no terminal: enroll with `teachcam enroll`"}
+                "none": "no buttons and no terminal: enroll with `teachcam enroll` (through the control socket)"}
         self.controls_hint = hint.get(self.control_mode, hint["gpio"] + " · " + hint["keys"])
         wanted = config.buttons.enabled and self.control_mode == "none"  # asked for buttons, got nothing
         (log.warning if wanted else log.info)("controls: %s", self.controls_hint)
 
     def _open_outputs(self) -> None:
-        output = self.config.output
+        """The ports, from the config, each behind its own mailbox (the LEDs too, and the control socket)."""
+        output, control = self.config.output, self.config.control
         tty = self.stdout.isatty()
-        sinks: list[Sink] = []
+        ports: list[Port] = []
         if output.terminal == "on" or (output.terminal == "auto" and tty):
-            sinks.append(TerminalSink(list(self.config.classes), self.config.mode, self.controls_hint))
+            ports.append(TerminalSink(list(self.config.classes), self.config.mode, self.controls_hint))
         if output.json == "on" or (output.json == "auto" and not tty):
-            sinks.append(JsonLinesSink(self.stdout))
+            ports.append(JsonLinesSink(self.stdout))
         if output.oled:
-            sinks.append(OledSink(port=output.oled_i2c_port, address=output.oled_i2c_address))
+            ports.append(OledSink(port=output.oled_i2c_port, address=output.oled_i2c_address))
         if output.preview:
-            sinks.append(PreviewSink())
-        self.sinks = sinks + self.extra_sinks
+            ports.append(PreviewSink())
+        if self.leds is not None:
+            ports.append(self.leds)
+        if not self._kept:  # the control socket and ports handed in stay open across a reload
+            if control.enabled:
+                from teachcam.edge.control import ControlServer
+
+                try:
+                    self.control = ControlServer(control.socket or None, self.post, preprocess=lambda: self.preprocess,
+                                                 group=control.group, preview_size=control.preview_max_size,
+                                                 preview_fps=control.preview_max_fps).start()
+                except TeachcamError as exc:  # the camera, buttons and LEDs work without it
+                    log.error("control socket: %s; running without it (teachcam enroll/status cannot reach "
+                              "this daemon)", exc)
+            self._kept = [Mailbox(port) for port in [*([self.control] if self.control else []), *self.extra_ports]]
+        self.mailboxes = [Mailbox(port) for port in ports] + self._kept
 
     def _open_camera(self) -> None:
         camera = self.config.camera
@@ -280,9 +316,16 @@ class Daemon:
             if self._reload:
                 self._reload = False
                 self.reload()
-            frame = self.grabber.latest(after=last, timeout=1.0)
-            if frame is None:
-                self._apply_commands(None, None)
+            self._watch_camera()
+            if time.monotonic() >= self._next_stats:
+                self._next_stats = time.monotonic() + STATS_INTERVAL
+                self._event(m.Stats(**self._stats_fields()))
+            frame = self.grabber.latest(after=last, timeout=0.2 if self.paused else 1.0)
+            if frame is None or self.paused:
+                if frame is not None:
+                    last, self.last_frame = frame.number, frame.image
+                    self.notifier.ping()  # paused on purpose, camera alive
+                self._apply_commands(None)
                 if self.grabber.ended:
                     log.info("the camera source has no more frames")
                     break
@@ -296,9 +339,20 @@ class Daemon:
                 break
         return 0
 
+    def _watch_camera(self) -> None:
+        """Camera trouble (and its end) becomes an event every port receives, not only a log line."""
+        errors = self.grabber.errors
+        if errors > self._camera_errors and not self._camera_trouble:
+            self._camera_trouble = True
+            self._event(m.CameraTrouble(message=self.grabber.last_error or "camera error"))
+        elif self._camera_trouble and self.grabber.last_frame_time > self.grabber.last_error_time:
+            self._camera_trouble = False
+            self._event(m.CameraBack(source=self.config.camera.source))
+        self._camera_errors = errors
+
     def step(self, image: np.ndarray, captured: float | None = None, number: int | None = None,
              pixels: np.ndarray | None = None) -> View:
-        """Embed one frame, apply pending button commands to it, predict, and show the result.
+        """Embed one frame, apply pending commands to it, predict, and show the result on every port.
 
         ``pixels``: the frame already preprocessed (the capture thread does it when it can).
         """
@@ -309,7 +363,8 @@ class Daemon:
         t1 = time.perf_counter()
         embedding = self.embedder.embed(pixels)
         t2 = time.perf_counter()
-        self._apply_commands(embedding, pixels)
+        self.last_frame = image
+        self._apply_commands((embedding, pixels))
         label, score, confidence, confidences = self._predict(embedding)
         t3 = time.perf_counter()
         shown = self.smoother.update(label)
@@ -317,11 +372,14 @@ class Daemon:
         view = View(shown, label, score, confidence, confidences, counts, self._fps(),
                     (time.monotonic() - captured) * 1e3 if captured else (t3 - t0) * 1e3,
                     number if number is not None else self.stats.frames + 1, self.config.mode)
-        if self.leds is not None:
-            index = self._class_index(shown)
-            self.leds.show(index, confidence if shown == label else 1.0)
-        for sink in self.sinks:
-            sink.update(view, image)
+        if shown != self._shown:
+            self._shown = shown
+            self._event(m.PredictionChanged(label=shown, raw_label=label, score=round(score, 4),
+                                            confidence=round(confidence, 4),
+                                            confidences={k: round(v, 4) for k, v in confidences.items()},
+                                            counts=counts), log_it=False)
+        for mailbox in self.mailboxes:
+            mailbox.offer_view(view, image)
         t4 = time.perf_counter()
         for stage, seconds in (("preprocess", t1 - t0), ("invoke", t2 - t1), ("classify", t3 - t2),
                                ("output", t4 - t3)):
@@ -341,12 +399,6 @@ class Daemon:
         recent = [sum(v[-30:]) / len(v[-30:]) for v in self.stats.stages.values() if v]
         return 1.0 / max(sum(recent), 1e-6)
 
-    def _class_index(self, label: str) -> int | None:
-        try:
-            return list(self.config.classes).index(label)
-        except ValueError:
-            return None
-
     def _predict(self, embedding: np.ndarray):
         if self.head is not None:
             probabilities = self.head.probabilities(embedding)
@@ -357,50 +409,168 @@ class Daemon:
         prediction = self.teacher.predict(embedding)
         return prediction.label, prediction.score, prediction.confidence, prediction.confidences
 
-    def _apply_commands(self, embedding: np.ndarray | None, pixels: np.ndarray | None) -> None:
-        enrolled_this_frame: set[int] = set()
+    # -- commands: the one place they are applied -----------------------------------------------------
+    def _apply_commands(self, current: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Apply every queued command. ``current``: this frame's (embedding, pixels), or None (paused, or no
+        new frame): an enrollment then embeds the last frame itself."""
+        enrolled_this_frame: set[str] = set()
         while True:
             try:
-                command = self.commands.get_nowait()
+                command, reply = self.commands.get_nowait()
             except queue.Empty:
                 return
             try:
-                self._apply(command, embedding, pixels, enrolled_this_frame)
+                result = self._apply(command, current, enrolled_this_frame)
             except TeachcamError as exc:  # a full disk or a bad name must not stop the camera
-                log.error("%s failed: %s", command.kind, exc)
-                self._event("error", message=str(exc))
+                log.error("%s failed: %s", command.op, exc)
+                self._event(m.Error(message=str(exc), op=command.op), log_it=False)
+                result = exc
+            except Exception as exc:  # a bug in one command must not stop the camera either
+                log.error("%s failed: internal error %s: %s (please report it)", command.op, type(exc).__name__, exc)
+                log.debug("internal error applying %r", command, exc_info=True)
+                result = TeachcamError(f"{command.op}: internal error ({type(exc).__name__}); the daemon carries on")
+            if reply is not None:
+                try:
+                    reply(result)
+                except Exception as exc:  # a client that went away must not stop the camera
+                    log.debug("reply to %s failed: %s", command.op, exc)
 
-    def _apply(self, command: Command, embedding, pixels, enrolled_this_frame: set[int]) -> None:
-        if command.kind == "quit":
-            self.stop()
-        elif self.teacher is None:
-            raise BundleError(f"{command.kind}: the bundle is a standalone classifier and cannot be taught by example")
-        elif command.kind == "enroll":
-            if embedding is None:
-                log.warning("no camera frame yet: nothing to enroll")
-                return
-            if command.index in enrolled_this_frame or not 0 <= command.index < len(self.config.classes):
-                return
-            label = self.config.classes[command.index]
-            self.teacher.add(label, embedding, pixels, source=command.source)  # durable when it returns
-            enrolled_this_frame.add(command.index)
-            self.stats.enrolled += 1
-            if self.leds is not None:
-                self.leds.blink(command.index)  # the acknowledgement: the example is on disk
-            self._event("enrolled", label=label, count=self.teacher.counts().get(label, 0), via=command.source)
-        elif command.kind == "undo":
-            example = self.teacher.undo_last()
-            if example is not None:
-                self._event("undo", label=example.label, count=self.teacher.counts().get(example.label, 0))
-        elif command.kind == "clear":
-            count = self.teacher.clear()
-            self.smoother.reset()
-            self._event("cleared", count=count)
+    def _frame_for_enrollment(self, current):
+        if current is not None:
+            return current
+        if self.last_frame is None:
+            raise StoreError("no camera frame yet: nothing to enroll (is the camera working?)")
+        pixels = self.preprocess(self.last_frame)
+        return self.embedder.embed(pixels), pixels
 
-    def _event(self, kind: str, **data) -> None:
-        log.info("%s %s", kind, data)
-        for sink in self.sinks:
-            sink.event(kind, **data)
+    def _teacher(self, command: m.Command):
+        if self.teacher is None:
+            raise BundleError(f"{command.op}: the bundle is a standalone classifier and cannot be taught by example")
+        return self.teacher
+
+    def _apply(self, command: m.Command, current, enrolled_this_frame: set[str]) -> dict | None:
+        """Apply one command; returns what its reply carries. The router: one case per command type."""
+        via = command.via
+        match command:
+            case m.Quit():
+                self.stop()
+            case m.Status():
+                return self.status()
+            case m.Pause() | m.Resume():
+                self.paused = isinstance(command, m.Pause)
+                self._event(m.Paused(paused=self.paused, via=via))
+            case m.Reload():
+                self.request_reload()
+            case m.Snapshot():
+                if self.last_frame is None:
+                    raise TeachcamError("no camera frame yet")
+                return {"frame": self.last_frame}
+            case m.ListClasses():
+                return self._classes()
+            case m.Thumbnail(thumb=thumb):
+                return {"png": self._teacher(command).store.thumbnail_bytes(thumb)}
+            case m.Enroll(label=label, index=index):
+                if label is None:
+                    if index is None or not 0 <= index < len(self.config.classes):
+                        raise TeachcamError(f"enroll: no class button {index}")
+                    label = self.config.classes[index]
+                teacher = self._teacher(command)
+                label = teacher.resolve_name(label, create=True)
+                if label in enrolled_this_frame:
+                    return {"label": label, "count": teacher.counts().get(label, 0), "skipped": "same frame"}
+                embedding, pixels = self._frame_for_enrollment(current)
+                enrolled_this_frame.add(label)
+                return self._enrolled(teacher.add(label, embedding, pixels, source=via), via)
+            case m.EnrollImage(label=label, pixels=pixels, name=name):
+                teacher = self._teacher(command)
+                label = teacher.resolve_name(label, create=True)
+                if command.unique:
+                    from teachcam.edge.store import thumbnail_digest
+
+                    digest = thumbnail_digest(pixels)
+                    if any(e.label == label and e.thumb == digest for e in teacher.snapshot.examples):
+                        return {"label": label, "skipped": "duplicate"}
+                return self._enrolled(teacher.add(label, self.embedder.embed(pixels), pixels, source=name or via), via)
+            case m.PredictImage(pixels=pixels):
+                embedding = self.embedder.embed(pixels)
+                label, score, confidence, confidences = self._predict(embedding)
+                return {"label": label, "score": round(score, 4), "confidence": round(confidence, 4),
+                        "confidences": {k: round(v, 4) for k, v in confidences.items()}}
+            case m.AddClass(label=label):
+                label = self._teacher(command).add_class(label)
+                self._event(m.ClassAdded(label=label, via=via))
+                return {"label": label}
+            case m.RenameClass(old=old, new=new):
+                teacher = self._teacher(command)
+                old, new = teacher.resolve_name(old, create=False), teacher.rename_class(old, new)
+                self._event(m.Renamed(old=old, new=new, via=via))
+                return {"old": old, "new": new}
+            case m.RemoveClass(label=label):
+                teacher = self._teacher(command)
+                label = teacher.resolve_name(label, create=False)
+                count = teacher.remove_class(label)
+                self.smoother.reset()
+                self._event(m.Removed(label=label, count=count, via=via))
+                return {"label": label, "count": count}
+            case m.Undo():
+                example = self._teacher(command).undo_last()
+                if example is None:
+                    return {"undone": None}
+                count = self.teacher.counts().get(example.label, 0)
+                self._event(m.Undone(label=example.label, count=count, via=via))
+                return {"undone": example.label, "count": count}
+            case m.Clear():
+                count = self._teacher(command).clear()
+                self.smoother.reset()
+                self._event(m.Cleared(count=count, via=via))
+                return {"count": count}
+            case _:
+                raise TeachcamError(f"unknown command {command!r}")
+        return {}
+
+    def _enrolled(self, example, via: str) -> dict:
+        """The acknowledgement of an enrollment (durable when this runs): the event, and the reply."""
+        count = self.teacher.counts().get(example.label, 0)
+        self.stats.enrolled += 1
+        self._event(m.Enrolled(label=example.label, count=count, example=example.id, thumb=example.thumb, via=via))
+        return {"label": example.label, "count": count, "example": example.id, "thumb": example.thumb}
+
+    def _classes(self) -> dict:
+        teacher = self._teacher(m.ListClasses())
+        examples: dict[str, list] = {label: [] for label in teacher.classes}
+        for example in teacher.snapshot.examples:
+            examples.setdefault(example.label, []).append({"id": example.id, "thumb": example.thumb,
+                                                           "source": example.source, "added": round(example.added, 3)})
+        return {"classes": [{"label": label, "count": len(items), "examples": items}
+                            for label, items in examples.items()]}
+
+    def _stats_fields(self) -> dict:
+        invoke = self.stats.stages.get("invoke") or [0.0]
+        return {"fps": round(self._fps(), 1), "inference_ms": round(1e3 * sum(invoke[-30:]) / len(invoke[-30:]), 2),
+                "frames": self.stats.frames, "uptime_s": round(time.monotonic() - self.stats.started, 1),
+                "examples": len(self.teacher) if self.teacher is not None else 0, "paused": self.paused}
+
+    def status(self) -> dict:
+        """One screen of facts for ``teachcam status`` (and the web page, and MQTT)."""
+        from teachcam.edge.runtime import interpreter_module
+
+        runtime = interpreter_module()
+        return {**self._stats_fields(), "camera": self.config.camera.source,
+                "camera_ok": not self._camera_trouble,
+                "camera_error": self.grabber.last_error if self._camera_trouble else None,
+                "mode": self.config.mode, "bundle": str(self.bundle.path), "model": self.embedder.variant,
+                "kernels": self.embedder.kernels, "runtime": f"{runtime.name} {runtime.version}",
+                "store": self.config.store if self.teacher is not None else None,
+                "classes": self.teacher.counts() if self.teacher is not None else {},
+                "shown": self._shown, "controls": self.control_mode,
+                "dropped_views": {b.port.name: b.dropped_views for b in self.mailboxes if b.dropped_views},
+                "fingerprint": self.embedder.fingerprint}
+
+    def _event(self, event: m.Event, *, log_it: bool = True) -> None:
+        if log_it and not isinstance(event, m.Stats):
+            log.info("%s", event.as_json())
+        for mailbox in self.mailboxes:
+            mailbox.offer_event(event)
 
     def reload(self) -> None:
         """SIGHUP: re-read the config and the bundle; on any error keep running as before."""
@@ -423,20 +593,45 @@ class Daemon:
         else:
             self.grabber.prepare = self.preprocess
         self.smoother = Smoother(new.smoothing)
+        if (new.buttons, new.leds, new.classes, new.output, new.mode) != (old.buttons, old.leds, old.classes,
+                                                                          old.output, old.mode):
+            self._close_outputs(keep=True)
+            self._close_controls()
+            self._open_controls()
+            self._open_outputs()
+        restart = tuple(name for name in ("control",) if getattr(new, name) != getattr(old, name))
+        for name in restart:
+            log.warning("reload: [%s] changed; it takes effect at the next restart (systemctl restart teachcam)", name)
         examples = len(self.teacher) if self.teacher is not None else 0
         log.warning("reloaded the configuration and the bundle (%d examples kept)", examples)
-        self._event("reloaded", examples=examples)
+        self._event(m.Reloaded(examples=examples, restart_needed=restart))
+
+    def _close_controls(self) -> None:
+        for part in (self.keys, self.buttons):
+            if part is not None:
+                part.close()
+        self.keys = self.buttons = None
+        self.control_mode = "none"
+
+    def _close_outputs(self, *, keep: bool = False) -> None:
+        """Close the ports (the LEDs with them); ``keep``: not the control socket nor ports handed in (a reload)."""
+        for mailbox in self.mailboxes:
+            if keep and mailbox in self._kept:
+                continue
+            try:
+                mailbox.close()
+            except Exception as exc:  # closing hardware on the way out must not hide the exit status
+                log.debug("closing %s failed: %s", mailbox.port.name, exc)
+        self.mailboxes = []
+        self.leds = None
+        if not keep:
+            self._kept, self.control = [], None
 
     def close(self) -> None:
         self.notifier.notify("STOPPING=1")
-        for part in (self.grabber,):
-            if part is not None:
-                part.stop()
-        for part in (self.keys, self.buttons, self.leds, *self.sinks):
-            if part is not None:
-                try:
-                    part.close()
-                except Exception as exc:  # closing hardware on the way out must not hide the exit status
-                    log.debug("closing %s failed: %s", part, exc)
+        if self.grabber is not None:
+            self.grabber.stop()
+        self._close_controls()
+        self._close_outputs()
         if self.teacher is not None:
             self.teacher.close()

@@ -1,8 +1,9 @@
 """Where predictions go: the terminal, JSON lines (journal, pipes), a small OLED, a preview window.
 
-Each sink has ``update(view, frame)`` (every classified frame), ``event(kind, **data)``
-(enrollments, undo, clear, camera trouble) and ``close()``. The daemon holds a list of
-them; with none configured the list is empty (no ``if sink:`` checks anywhere).
+Each is a :class:`~teachcam.edge.ports.Port`: ``update(view, frame)`` (classified frames),
+``event(event)`` (a typed :mod:`~teachcam.edge.messages` event: enrollments, undo, clear, camera
+trouble …) and ``close()``. The daemon puts each behind a mailbox; with none configured the list
+is empty (no ``if sink:`` checks anywhere).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
+from teachcam.edge.messages import PredictionChanged
+from teachcam.edge.ports import Port
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +37,10 @@ class View:
     mode: str = "knn"
 
 
-class Sink:
-    def update(self, view: View, frame: np.ndarray | None = None) -> None:
-        pass
-
-    def event(self, kind: str, **data) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class JsonLinesSink(Sink):
+class JsonLinesSink(Port):
     """One JSON object per line: a prediction when the shown label changes, and every event."""
+
+    name = "json"
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
@@ -70,12 +63,15 @@ class JsonLinesSink(Sink):
             record[key] = round(record[key], 3)
         self._write(record)
 
-    def event(self, kind: str, **data) -> None:
-        self._write({"event": kind, "time": round(time.time(), 3), **data})
+    def event(self, event) -> None:
+        if not isinstance(event, PredictionChanged):  # predictions are written from the views, above
+            self._write(event.as_json())
 
 
-class TerminalSink(Sink):
+class TerminalSink(Port):
     """A live view: current class, confidence bars per class, examples per class, FPS, latency."""
+
+    name = "terminal"
 
     def __init__(self, classes: list[str], mode: str, controls_hint: str, console=None):
         from rich.console import Console
@@ -122,19 +118,20 @@ class TerminalSink(Sink):
         self._last_draw = now
         self.live.update(self._render(view))
 
-    def event(self, kind: str, **data) -> None:
-        text = {"enrolled": "enrolled an example of {label} ({count} now)", "undo": "undid the last example of {label}",
-                "cleared": "cleared {count} examples", "camera": "camera: {message}"}.get(kind, kind + " {}")
-        try:
-            self.messages.append(text.format(**data))
-        except (KeyError, IndexError):
-            self.messages.append(f"{kind}: {data}")
+    def event(self, event) -> None:
+        text = {"enrolled": "enrolled an example of {label} ({count} now)", "undone": "undid the last example of {label}",
+                "cleared": "cleared {count} examples", "camera_trouble": "camera: {message}",
+                "camera_back": "camera is back", "removed": "removed class {label}",
+                "renamed": "renamed {old} to {new}", "class_added": "added class {label}", "error": "error: {message}",
+                "paused": "paused: {paused}"}.get(event.kind)
+        if text is not None:
+            self.messages.append(text.format(**event.as_json()))
 
     def close(self) -> None:
         self.live.stop()
 
 
-class OledSink(Sink):
+class OledSink(Port):
     """A small I2C OLED (SSD1306 128×64 by default) through luma.oled: class, confidence, examples.
 
     A full redraw of an SSD1306 over I2C at the Pi's default 100 kHz takes about 90 ms, so it never
@@ -142,6 +139,8 @@ class OledSink(Sink):
     when what is shown changed, at most ``max_fps`` times a second. I2C errors (a loose wire:
     ``OSError: [Errno 121] Remote I/O error``) are logged once per kind and retried.
     """
+
+    name = "oled"
 
     def __init__(self, device=None, *, port: int = 1, address: int = 0x3C, max_fps: float = 4.0):
         from teachcam.edge.errors import ConfigError
@@ -236,8 +235,10 @@ class OledSink(Sink):
             log.debug("OLED cleanup failed: %s", exc)
 
 
-class PreviewSink(Sink):
+class PreviewSink(Port):
     """An OpenCV window with the label drawn on the frame (only where OpenCV has a GUI)."""
+
+    name = "preview"
 
     def __init__(self):
         from teachcam.edge.errors import ConfigError

@@ -56,6 +56,10 @@ class ConfigError(TeachcamError, ValueError):
     """A configuration file or flag is wrong."""
 
 
+class ControlError(TeachcamError, ValueError):
+    """A control-socket request is malformed, or no daemon answers on the socket."""
+
+
 class CameraError(TeachcamError):
     """A camera source cannot be opened or stopped delivering frames."""
 

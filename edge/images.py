@@ -87,10 +87,23 @@ def read_image(path: str | Path, *, min_side: int = 0) -> np.ndarray:
         raise ImageError(f"image not found: {path}")
     if path.is_dir():
         raise ImageError(f"{path} is a folder, not an image")
+    return _decode(path, str(path), min_side)
+
+
+def read_image_bytes(data: bytes, *, name: str = "the image", min_side: int = 0) -> np.ndarray:
+    """:func:`read_image` for an image in memory (an upload): the same checks, the same errors."""
+    import io
+
+    if not data:
+        raise ImageError(f"{name} is empty")
+    return _decode(io.BytesIO(data), name, min_side)
+
+
+def _decode(source, name: str, min_side: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 if image.format == "JPEG" and min_side:
                     w, h = image.size
                     factor = max(1, min(w, h) // max(1, min_side))
@@ -99,7 +112,7 @@ def read_image(path: str | Path, *, min_side: int = 0) -> np.ndarray:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise ImageError(
-                        f"{path} is too large to decode safely ({width}x{height} pixels, limit "
+                        f"{name} is too large to decode safely ({width}x{height} pixels, limit "
                         f"{MAX_PIXELS // 1_000_000} megapixels); resize it first"
                     )
                 image = ImageOps.exif_transpose(image)
@@ -107,10 +120,10 @@ def read_image(path: str | Path, *, min_side: int = 0) -> np.ndarray:
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{path} is too large to decode safely ({exc}); resize it first") from None
+        raise ImageError(f"{name} is too large to decode safely ({exc}); resize it first") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path} is not an image teachcam can read (PNG, JPEG, BMP, GIF, TIFF, WebP)") from None
+        raise ImageError(f"{name} is not an image teachcam can read (PNG, JPEG, BMP, GIF, TIFF, WebP)") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path} is damaged or truncated ({exc})") from None
+        raise ImageError(f"{name} is damaged or truncated ({exc})") from None
     except MemoryError:
-        raise ImageError(f"{path} is too large to decode in the memory available; resize it first") from None
+        raise ImageError(f"{name} is too large to decode in the memory available; resize it first") from None

@@ -78,6 +78,11 @@ class Example:
     added: float
     source: str = ""
 
+    @property
+    def id(self) -> str:
+        """A stable id for this example: when it was added (µs) and its thumbnail."""
+        return f"{int(self.added * 1e6):x}-{self.thumb[:8]}"
+
     def as_json(self) -> dict:
         return {"label": self.label, "thumb": self.thumb, "added": round(self.added, 3), "source": self.source}
 
@@ -316,6 +321,21 @@ class EnrollmentStore:
 
     def thumb_path(self, digest: str) -> Path:
         return self.path / "thumbs" / digest[:2] / f"{digest}.png"
+
+    def thumbnail_bytes(self, digest: str) -> bytes:
+        """The PNG file of one example's thumbnail, by its id (the sha256 of its pixels).
+
+        Raises:
+            StoreError: not a thumbnail id, or no such thumbnail in this store.
+        """
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise StoreError("a thumbnail id is the 64 hex digits of its sha256")
+        if not any(e.thumb == digest for e in self.snapshot.examples):
+            raise StoreError(f"no example with thumbnail {digest[:12]}… in the store")
+        try:
+            return self.thumb_path(digest).read_bytes()
+        except OSError as exc:
+            raise StoreError(f"thumbnail {digest[:12]} in {self.path} cannot be read ({exc})") from None
 
     def read_thumbnail(self, digest: str) -> np.ndarray:
         try:

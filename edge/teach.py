@@ -210,7 +210,19 @@ class Teacher:
         self.store.collect_garbage()
         return removed
 
-    def rename_class(self, old: str, new: str) -> None:
+    def add_class(self, label: str) -> str:
+        """A class with no examples yet (a web page's new card); returns its canonical name.
+
+        Raises:
+            ClassNameError: a bad name, or one that differs from an existing class only in case.
+        """
+        name = self.resolve_name(label, create=True)
+        if name not in self.snapshot.classes:
+            snap = self.snapshot
+            self._commit(list(snap.examples), snap.embeddings, [*snap.classes, name])
+        return name
+
+    def rename_class(self, old: str, new: str) -> str:
         source = self.resolve_name(old, create=False)
         target = check_class_name(new)
         clash = [c for c in self.snapshot.classes if c != source and c.casefold() == target.casefold()]
@@ -219,6 +231,7 @@ class Teacher:
         snap = self.snapshot
         examples = [replace(e, label=target) if e.label == source else e for e in snap.examples]
         self._commit(examples, snap.embeddings, [target if c == source else c for c in snap.classes])
+        return target
 
     def clear(self) -> int:
         """Forget every example and class. The previous generation stays on disk until the next change."""

@@ -28,6 +28,12 @@ def bundle_path(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(autouse=True)
+def own_control_socket(tmp_path, monkeypatch):
+    """Every test's daemons (and CLIs) use a control socket of their own, never the machine's."""
+    monkeypatch.setenv("TEACHCAM_SOCKET", str(tmp_path / "control.sock"))
+
+
 @pytest.fixture
 def factory():
     """gpiozero's mock pin factory, with PWM pins (LED brightness)."""

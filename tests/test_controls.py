@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import io
-import queue
 import time
 
+from teachcam.edge.messages import Clear, Enroll, Quit, Undo
 from tests.helpers import augmented_views, make_daemon, press, settle, wait_for
 
 
@@ -58,7 +58,7 @@ def test_clear_button_short_press_undoes_long_press_clears(bundle_path, tmp_path
         settle(daemon, cat[0])
         assert daemon.teacher.counts() == {"cat": 2}
         factory.pin(26).drive_low()  # held: gpiozero's hold thread fires after clear_hold_time
-        assert wait_for(lambda: any(c.kind == "clear" for c in list(daemon.commands.queue)))
+        assert wait_for(lambda: any(isinstance(c, Clear) for c, _ in list(daemon.commands.queue)))
         factory.pin(26).drive_high()
         settle(daemon, cat[0])
         assert len(daemon.teacher) == 0
@@ -69,16 +69,12 @@ def test_clear_button_short_press_undoes_long_press_clears(bundle_path, tmp_path
 def test_terminal_keys_do_what_the_buttons_do():
     from teachcam.edge.controls import KeyboardControls
 
-    commands = queue.Queue()
-    keys = KeyboardControls(commands, classes=3, stream=io.StringIO())
+    got = []
+    keys = KeyboardControls(got.append, classes=3, stream=io.StringIO())
     for key in "13u9cqx":
         keys.handle(key)
-    got = []
-    while not commands.empty():
-        got.append(commands.get())
-    assert [(c.kind, c.index) for c in got] == [("enroll", 0), ("enroll", 2), ("undo", -1), ("clear", -1),
-                                                ("quit", -1)]
-    assert all(c.source == "key" for c in got)
+    assert got == [Enroll(index=0, via="key"), Enroll(index=2, via="key"), Undo(via="key"), Clear(via="key"),
+                   Quit(via="key")]
 
 
 def test_a_bounce_on_release_is_not_a_second_press(bundle_path, tmp_path, factory):

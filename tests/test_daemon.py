@@ -11,8 +11,8 @@ import textwrap
 import time
 
 from teachcam.edge.config import load_config
-from teachcam.edge.controls import Command
 from teachcam.edge.daemon import Daemon
+from teachcam.edge.messages import Enroll
 from tests.helpers import FlakySource, augmented_views, make_daemon, press, settle, wait_for
 
 
@@ -31,13 +31,14 @@ def test_leds_show_the_predicted_class_and_go_dark_on_unknown(bundle_path, tmp_p
                         and all(until <= time.monotonic() for until in leds._blinking.values()))
         view = daemon.step(coffee[3])
         view = daemon.step(coffee[3])
+        # The LEDs are a port with a mailbox of its own: they follow each view a moment after step().
         assert view.label == "coffee"
-        assert factory.pin(16).state > 0 and factory.pin(12).state == 0
+        assert wait_for(lambda: factory.pin(16).state > 0 and factory.pin(12).state == 0)
         view = daemon.step(cat[3])
-        assert view.label == "cat" and factory.pin(12).state > 0 and factory.pin(16).state == 0
+        assert view.label == "cat" and wait_for(lambda: factory.pin(12).state > 0 and factory.pin(16).state == 0)
         view = daemon.step(astronaut[0])
         assert view.label == "unknown"
-        assert factory.pin(12).state == 0 and factory.pin(16).state == 0
+        assert wait_for(lambda: factory.pin(12).state == 0 and factory.pin(16).state == 0)
     finally:
         daemon.close()
 
@@ -50,7 +51,7 @@ def test_the_daemon_survives_a_camera_that_stops_and_keeps_its_state(bundle_path
     source = FlakySource(cat)
     daemon = Daemon(config, pin_factory=factory, source=source, keyboard=False, stdout=io.StringIO()).start()
     daemon.grabber.max_backoff = 0.2
-    daemon.commands.put(Command("enroll", 0))
+    daemon.post(Enroll(index=0))
     try:
         assert daemon.run() == 0
         assert daemon.stats.frames == 25
@@ -65,19 +66,19 @@ DRIVER = textwrap.dedent("""
     from gpiozero.pins.mock import MockFactory, MockPWMPin
     from teachcam.edge.config import load_config
     from teachcam.edge.daemon import Daemon
-    from teachcam.edge.display import Sink
+    from teachcam.edge.ports import Port
     from teachcam.edge.camera import DemoSource
 
-    class Acks(Sink):
-        def event(self, kind, **data):
-            if kind == "enrolled":
-                print("ACK", data["count"], flush=True)
+    class Acks(Port):
+        def event(self, event):
+            if event.kind == "enrolled":
+                print("ACK", event.count, flush=True)
 
     bundle, store = sys.argv[1], sys.argv[2]
     config = load_config(None, {"bundle": bundle, "store": store, "classes": ["cat"], "buttons": {"pins": [5]},
                                 "leds": {"pins": [12]}, "output": {"terminal": "off", "json": "off"}})
     factory = MockFactory(pin_class=MockPWMPin)
-    daemon = Daemon(config, pin_factory=factory, source=DemoSource(fps=30), keyboard=False, sinks=[Acks()])
+    daemon = Daemon(config, pin_factory=factory, source=DemoSource(fps=30), keyboard=False, ports=[Acks()])
     daemon.install_signal_handlers()
     daemon.start()
 
@@ -145,7 +146,7 @@ def test_sighup_reloads_the_bundle_and_keeps_enrollments(bundle_path, tmp_path, 
     cat = augmented_views("chelsea.png", 2, seed=10)
     daemon = make_daemon(bundle_path, tmp_path, factory, cat)
     try:
-        daemon.commands.put(Command("enroll", 0))
+        daemon.post(Enroll(index=0))
         daemon.step(cat[0])
         first = daemon.embedder
         daemon.reload()

@@ -11,6 +11,7 @@ import pytest
 
 from teachcam.edge.display import JsonLinesSink, OledSink, View
 from teachcam.edge.errors import ConfigError
+from teachcam.edge.messages import Enrolled
 
 
 def test_json_lines_only_when_the_shown_label_changes():
@@ -18,7 +19,7 @@ def test_json_lines_only_when_the_shown_label_changes():
     sink = JsonLinesSink(out)
     for label in ("a", "a", "b", "b", "a"):
         sink.update(View(label, label, 0.9, 0.8, {"a": 0.8}, {"a": 3}))
-    sink.event("enrolled", label="a", count=4)
+    sink.event(Enrolled(label="a", count=4))
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line.get("label") for line in lines] == ["a", "b", "a", "a"]
     assert lines[-1]["event"] == "enrolled"

@@ -183,8 +183,8 @@ def test_reloading_between_an_embedder_bundle_and_a_cnn_bundle_keeps_the_store(c
 
     from teachcam.edge.camera import ArraySource
     from teachcam.edge.config import load_config
-    from teachcam.edge.controls import Command
     from teachcam.edge.daemon import Daemon
+    from teachcam.edge.messages import Enroll
     from tests.helpers import augmented_views
 
     out, _, root = cnn_bundle
@@ -194,7 +194,7 @@ def test_reloading_between_an_embedder_bundle_and_a_cnn_bundle_keeps_the_store(c
                              "output": {"terminal": "off", "json": "off"}})
     daemon = Daemon(knn, source=ArraySource(cat, loop=True), keyboard=False, stdout=io.StringIO()).start()
     try:
-        daemon.commands.put(Command("enroll", 0))
+        daemon.post(Enroll(index=0))
         daemon.step(cat[0])
         assert daemon.teacher.counts() == {"cat": 1}
         daemon.config = dataclasses.replace(knn, bundle=str(out))  # mode knn: refused, the running bundle kept
@@ -206,7 +206,7 @@ def test_reloading_between_an_embedder_bundle_and_a_cnn_bundle_keeps_the_store(c
         shape = np.asarray(Image.open(next((root / "test" / "square").glob("*.png"))).convert("RGB"))
         view = daemon.step(shape)
         assert view.label in SHAPES and view.counts == {}
-        daemon.commands.put(Command("enroll", 0))  # a button press: one error line, nothing written
+        daemon.post(Enroll(index=0))  # a button press: one error line, nothing written
         daemon.step(shape)
         assert "cannot be taught by example" in caplog.text
         daemon.config = knn

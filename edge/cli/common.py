@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from teachcam.edge import config
 from teachcam.edge.config import PRECISIONS
 from teachcam.edge.errors import TeachcamError
 
-DEFAULT_BUNDLE = Path(os.environ.get("TEACHCAM_BUNDLE", "build/default-bundle"))
+DEFAULT_BUNDLE = Path(config.DEFAULT_BUNDLE)
+DEFAULT_STORE = Path(config.DEFAULT_STORE)
 
 
 def add_bundle_flag(parser: argparse.ArgumentParser) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from teachcam.edge.cli.common import DEFAULT_BUNDLE
@@ -95,6 +97,19 @@ def register(sub) -> None:
                                    "see, then the accuracy and frame rate. Needs no hardware.")
     common(p)
 
+    p = sub.add_parser("status", help="(device) what the running daemon is doing: camera, fps, classes, uptime",
+                       description="Ask the running daemon, through its control socket ($TEACHCAM_SOCKET, "
+                                   "/run/teachcam/control.sock under systemd, else $XDG_RUNTIME_DIR/teachcam): "
+                                   "camera, mode, frames/s, inference ms, classes and counts, Edge TPU or CPU, "
+                                   "uptime. Exit 1 when no daemon answers.")
+    p.add_argument("--json", action="store_true", help="print the daemon's status as JSON")
+
+    p = sub.add_parser("watch", help="(device) live events from the running daemon (predictions, enrollments …)",
+                       description="Print the running daemon's events as they happen, until Ctrl-C: shown class "
+                                   "changes, enrollments, undo, renames, camera trouble, periodic stats.")
+    p.add_argument("--json", action="store_true", help="one JSON object per line, as the daemon sends them")
+    p.add_argument("--count", type=int, default=None, help="stop after this many events")
+
 
 def cmd_run(args) -> int:
     from teachcam.edge.config import load_config
@@ -166,4 +181,58 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "doctor": cmd_doctor, "bench": cmd_bench}
+def cmd_status(args) -> int:
+    from teachcam.edge.control import ControlClient
+
+    with ControlClient() as client:
+        status = client.request("status")
+    if args.json:
+        print(json.dumps(status, indent=2, ensure_ascii=False))
+        return 0
+    camera = "ok" if status["camera_ok"] else f"TROUBLE: {status['camera_error']}"
+    runs_on = {"edgetpu": "Edge TPU", "xnnpack": "CPU (XNNPACK)"}.get(status["kernels"], "CPU (reference kernels)")
+    hours, rest = divmod(int(status["uptime_s"]), 3600)
+    print(f"camera    {status['camera']} — {camera}{'  (paused)' if status['paused'] else ''}")
+    print(f"model     {status['model']} on {runs_on}, {status['runtime']}; mode {status['mode']}")
+    print(f"speed     {status['fps']:.1f} frames/s, inference {status['inference_ms']:.1f} ms; "
+          f"{status['frames']} frames in {hours}:{rest // 60:02d}:{rest % 60:02d}")
+    print(f"showing   {status['shown']}")
+    print(f"store     {status['store']}: {status['examples']} example(s)")
+    for label, count in status["classes"].items():
+        print(f"  {count:5d}  {label}")
+    return 0
+
+
+def cmd_watch(args) -> int:
+    from teachcam.edge.control import ControlClient
+
+    with ControlClient(timeout=None) as client:
+        client.request("subscribe", events=True, frames=False)
+        seen = 0
+        try:
+            for message in client.messages():
+                if "event" not in message:
+                    continue
+                print(json.dumps(message, ensure_ascii=False) if args.json else _describe(message), flush=True)
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    break
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _describe(event: dict) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(event.get("time", time.time())))
+    kind = event.pop("event")
+    event.pop("time", None)
+    text = {"prediction": lambda e: f"now {e['label']} (similarity {e['score']:.2f})",
+            "enrolled": lambda e: f"enrolled an example of {e['label']} ({e['count']} now, via {e['via']})",
+            "stats": lambda e: f"{e['fps']:.1f} frames/s, inference {e['inference_ms']:.1f} ms, {e['examples']} examples"}
+    try:
+        return f"{when}  {text[kind](event)}" if kind in text else f"{when}  {kind} {json.dumps(event, ensure_ascii=False)}"
+    except (KeyError, TypeError, ValueError):
+        return f"{when}  {kind} {event}"
+
+
+COMMANDS = {"status": cmd_status, "watch": cmd_watch, "run": cmd_run, "demo": cmd_demo, "doctor": cmd_doctor, "bench": cmd_bench}

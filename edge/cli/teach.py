@@ -1,27 +1,52 @@
-"""CLI handlers for teaching from image files: ``enroll``, ``predict`` and ``store …``."""
+"""CLI handlers for teaching from image files: ``enroll``, ``predict`` and ``store …``.
+
+While a daemon runs, they go through its control socket (the example gets the LED blink and
+the event, like a button press, and the daemon's store is the one changed); with no daemon,
+they open the store themselves. ``store export`` reads the store directly either way (a
+generation on disk is complete; readers need no lock).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from teachcam.edge.cli.common import add_bundle_flag, each_image
+from teachcam.edge.cli.common import DEFAULT_STORE, add_bundle_flag, each_image
 from teachcam.edge.config import CAP_POLICIES
 from teachcam.edge.errors import StoreError
 
-DEFAULT_STORE = Path(os.environ.get("TEACHCAM_STORE", Path.home() / ".local/share/teachcam/store"))
+
+def at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
+def similarity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value}: a similarity lies between -1 and 1 (default 0.86)")
+    return value
 
 
 def add_store_flags(parser, *, knn: bool = False) -> None:
-    parser.add_argument("-s", "--store", type=Path, default=DEFAULT_STORE,
-                        help="enrollment store folder (default: %(default)s, or $TEACHCAM_STORE)")
+    parser.add_argument("-s", "--store", type=Path, default=None,
+                        help=f"enrollment store folder (default: the running daemon's, else {DEFAULT_STORE} or "
+                             "$TEACHCAM_STORE)")
     if knn:
-        parser.add_argument("--k", type=int, default=5, help="neighbours per class (default 5)")
-        parser.add_argument("--threshold", type=float, default=None,
-                            help="similarity below which the answer is 'unknown' (default: the measured default)")
-        parser.add_argument("--cap", type=int, default=200, help="examples kept per class (default 200)")
+        parser.add_argument("--k", type=at_least_one, default=5, help="neighbours per class (default 5)")
+        parser.add_argument("--threshold", type=similarity, default=None,
+                            help="similarity (-1..1) below which the answer is 'unknown' (default: the measured one)")
+        parser.add_argument("--cap", type=at_least_one, default=200, help="examples kept per class (default 200)")
         parser.add_argument("--cap-policy", choices=CAP_POLICIES, default="oldest",
                             help="which example goes when a class is full (default: oldest)")
 
@@ -44,25 +69,67 @@ def register(sub) -> None:
                        description="Manage an enrollment store. Every change is atomic; the previous generation is kept.")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     a = actions.add_parser("list", help="classes and example counts")
-    a.add_argument("store", type=Path)
+    a.add_argument("store", type=Path, nargs="?", default=None, help="default: the running daemon's store")
     a.add_argument("--json", action="store_true")
     a = actions.add_parser("rename", help="rename a class")
-    a.add_argument("store", type=Path)
+    a.add_argument("store", type=Path, nargs="?", default=None, help="default: the running daemon's store")
     a.add_argument("old")
     a.add_argument("new")
     a = actions.add_parser("remove-class", help="forget one class and its examples")
-    a.add_argument("store", type=Path)
+    a.add_argument("store", type=Path, nargs="?", default=None, help="default: the running daemon's store")
     a.add_argument("label")
     a = actions.add_parser("clear", help="forget every class")
-    a.add_argument("store", type=Path)
+    a.add_argument("store", type=Path, nargs="?", default=None, help="default: the running daemon's store")
     a.add_argument("--yes", action="store_true", help="do not ask")
     a = actions.add_parser("export", help="write thumbnails + labels to a zip that `teachcam train --data` reads")
-    a.add_argument("store", type=Path)
+    a.add_argument("store", type=Path, nargs="?", default=None, help="default: the running daemon's store")
     a.add_argument("archive", type=Path)
     a = actions.add_parser("import", help="merge an exported zip into a store (embeds with the bundle)")
-    a.add_argument("store", type=Path)
+    a.add_argument("store", type=Path, nargs="?", default=None, help="default: the running daemon's store")
     a.add_argument("archive", type=Path)
     add_bundle_flag(a)
+
+
+def _daemon(store: Path | None):
+    """A connected control client when a daemon answers and ``store`` is its store (or not given), else None."""
+    from teachcam.edge.control import ControlClient
+    from teachcam.edge.errors import ControlError
+
+    try:
+        client = ControlClient().connect()
+    except ControlError:
+        return None
+    try:
+        theirs = client.request("status").get("store")
+    except ControlError:
+        theirs = None
+    if store is None or (theirs is not None and Path(theirs).resolve() == Path(store).resolve()):
+        return client
+    client.close()
+    return None
+
+
+def _image_b64(path: Path) -> str:
+    import base64
+
+    from teachcam.edge.errors import ImageError
+
+    if not path.is_file():
+        raise ImageError(f"image not found: {path}" if not path.exists() else f"{path} is not a file")
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _each_remote(client, images, op: str, failures: list[str], **fields):
+    """Yield ``(path, reply data)`` for each image sent through the daemon; a bad one is one line."""
+    from teachcam.edge.errors import TeachcamError
+
+    for path in images:
+        named = {"name": path.name[:200]} if op == "enroll_image" else {}
+        try:
+            yield path, client.request(op, image=_image_b64(path), **fields, **named)
+        except TeachcamError as exc:
+            failures.append(str(exc))
+            print(f"teachcam: error: {path}: {exc}", file=sys.stderr)
 
 
 def _knn_options(args) -> dict:
@@ -85,8 +152,18 @@ def _pipeline(args):
 def cmd_enroll(args) -> int:
     from teachcam.edge.teach import Teacher
 
+    client = _daemon(args.store)
+    if client is not None:
+        with client:
+            failures: list[str] = []
+            done = [data for _, data in _each_remote(client, args.images, "enroll_image", failures, label=args.label)]
+            counts = client.request("status").get("classes", {})
+        name = done[-1]["label"] if done else args.label
+        print(f"enrolled {len(done)} example(s) of {name!r} through the running daemon; its store now holds "
+              + ", ".join(f"{label}: {n}" for label, n in counts.items()))
+        return 1 if failures else 0
     preprocess, embedder = _pipeline(args)
-    with Teacher.open(args.store, embedder, **_knn_options(args)) as teacher:
+    with Teacher.open(args.store or DEFAULT_STORE, embedder, **_knn_options(args)) as teacher:
         name = teacher.resolve_name(args.label, create=True)  # a bad name fails before any work
         failures: list[str] = []
         items = [(name, embedder.embed(pixels), pixels, path.name)
@@ -102,13 +179,20 @@ def cmd_enroll(args) -> int:
 def cmd_predict(args) -> int:
     from teachcam.edge.teach import Teacher
 
-    preprocess, embedder = _pipeline(args)
-    with Teacher.open(args.store, embedder, **_knn_options(args)) as teacher:
-        if not len(teacher):
-            raise StoreError(f"the store {args.store} has no examples yet: `teachcam enroll --label NAME IMAGE…` first")
-        failures: list[str] = []
-        results = [{"image": str(path), **teacher.predict(embedder.embed(pixels)).as_json()}
-                   for path, pixels in each_image(args.images, preprocess, failures)]
+    client = _daemon(args.store)
+    failures: list[str] = []
+    if client is not None:
+        with client:
+            results = [{"image": str(path), **data}
+                       for path, data in _each_remote(client, args.images, "predict_image", failures)]
+    else:
+        store = args.store or DEFAULT_STORE
+        preprocess, embedder = _pipeline(args)
+        with Teacher.open(store, embedder, **_knn_options(args)) as teacher:
+            if not len(teacher):
+                raise StoreError(f"the store {store} has no examples yet: `teachcam enroll --label NAME IMAGE…` first")
+            results = [{"image": str(path), **teacher.predict(embedder.embed(pixels)).as_json()}
+                       for path, pixels in each_image(args.images, preprocess, failures)]
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:
@@ -122,6 +206,11 @@ def cmd_predict(args) -> int:
 def cmd_store(args) -> int:
     from teachcam.edge.teach import Teacher, read_archive
 
+    client = _daemon(args.store) if args.action != "export" else None
+    if client is not None:
+        with client:
+            return _store_remote(client, args)
+    args.store = args.store or DEFAULT_STORE
     if args.action == "list":
         if not args.store.is_dir():
             raise StoreError(f"no store at {args.store}")
@@ -154,6 +243,47 @@ def cmd_store(args) -> int:
             print(f"cleared {teacher.clear()} example(s); the previous generation stays on disk until the next change")
         elif args.action == "export":
             print(f"exported {teacher.export(args.archive)} example(s) to {args.archive}")
+    return 0
+
+
+def _store_remote(client, args) -> int:
+    """``store …`` through the running daemon (its store; the changes reach every port)."""
+    from teachcam.edge.teach import read_archive
+
+    if args.action == "list":
+        status, classes = client.request("status"), client.request("classes")["classes"]
+        counts = {c["label"]: c["count"] for c in classes}
+        if args.json:
+            print(json.dumps({"store": status.get("store"), "daemon": True, "fingerprint": status.get("fingerprint"),
+                              "classes": counts}, indent=2, ensure_ascii=False))
+        else:
+            print(f"{status.get('store')} (through the running daemon): {sum(counts.values())} example(s) in "
+                  f"{len(counts)} class(es), embedder {str(status.get('fingerprint') or '-')[:12]}")
+            for label, n in counts.items():
+                print(f"  {n:5d}  {label}")
+    elif args.action == "rename":
+        data = client.request("rename_class", old=args.old, new=args.new)
+        print(f"renamed {data['old']!r} to {data['new']!r}")
+    elif args.action == "remove-class":
+        data = client.request("remove_class", label=args.label)
+        print(f"removed {data['count']} example(s) of {data['label']!r}")
+    elif args.action == "clear":
+        if not args.yes and sys.stdin.isatty():
+            if input("forget every example the running daemon knows? [y/N] ").strip().lower() != "y":
+                print("nothing changed")
+                return 1
+        print(f"cleared {client.request('clear')['count']} example(s)")
+    elif args.action == "import":
+        import base64
+
+        added = duplicates = 0
+        for label, data in read_archive(args.archive):
+            reply = client.request("enroll_image", label=label, image=base64.b64encode(data).decode(), name="import",
+                                   unique=True)
+            duplicates += reply.get("skipped") == "duplicate"
+            added += "skipped" not in reply
+        print(f"imported {added} example(s) through the running daemon"
+              + (f" ({duplicates} already there, skipped)" if duplicates else ""))
     return 0
 
 

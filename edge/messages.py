@@ -1,0 +1,268 @@
+"""The one vocabulary between the daemon and everything that talks to it: commands in, events out.
+
+Buttons, keys, the control socket (and through it the CLI, the web page and MQTT) all post the
+same typed :class:`Command` objects to the daemon's queue; the main loop is the only code that
+applies them (it owns the interpreter and the store writer). Everything the daemon has to say
+is an :class:`Event`; every port receives the same events. On the control socket both travel
+as JSON objects: a command as ``{"op": "<op>", ...fields}``, an event as ``{"event": "<kind>", ...}``.
+
+Example usage::
+
+    daemon.post(Enroll(label="mug", via="cli"), reply=print)   # reply: the result dict, or an error
+    event = Enrolled(label="mug", count=3, example=41, thumb="9f2c…", via="cli")
+    event.as_json()   # {"event": "enrolled", "label": "mug", "count": 3, ...}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+
+# -- commands: what someone asks for -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Command:
+    """Base of every command. ``via`` says who asked (button, hold, key, cli, web, mqtt, socket)."""
+
+    op: ClassVar[str] = ""
+    via: str = "button"
+
+
+@dataclass(frozen=True)
+class Enroll(Command):
+    """Add the current camera frame to a class: by name, or by button index (the config's classes)."""
+
+    op: ClassVar[str] = "enroll"
+    label: str | None = None
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class EnrollImage(Command):
+    """Add an uploaded image (already decoded and preprocessed to the model's input) to a class."""
+
+    op: ClassVar[str] = "enroll_image"
+    label: str = ""
+    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
+    name: str = ""
+    unique: bool = False  # skip it when the class already has this very picture (store import)
+
+
+@dataclass(frozen=True)
+class PredictImage(Command):
+    """What the daemon's model says about an uploaded image (nothing is enrolled)."""
+
+    op: ClassVar[str] = "predict_image"
+    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class AddClass(Command):
+    op: ClassVar[str] = "add_class"
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class RenameClass(Command):
+    op: ClassVar[str] = "rename_class"
+    old: str = ""
+    new: str = ""
+
+
+@dataclass(frozen=True)
+class RemoveClass(Command):
+    op: ClassVar[str] = "remove_class"
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Undo(Command):
+    op: ClassVar[str] = "undo"
+
+
+@dataclass(frozen=True)
+class Clear(Command):
+    op: ClassVar[str] = "clear"
+
+
+@dataclass(frozen=True)
+class Pause(Command):
+    op: ClassVar[str] = "pause"
+
+
+@dataclass(frozen=True)
+class Resume(Command):
+    op: ClassVar[str] = "resume"
+
+
+@dataclass(frozen=True)
+class Reload(Command):
+    op: ClassVar[str] = "reload"
+
+
+@dataclass(frozen=True)
+class Snapshot(Command):
+    """The current camera frame as a JPEG."""
+
+    op: ClassVar[str] = "snapshot"
+
+
+@dataclass(frozen=True)
+class Status(Command):
+    op: ClassVar[str] = "status"
+
+
+@dataclass(frozen=True)
+class ListClasses(Command):
+    """Classes with their counts and the ids and thumbnail ids of their examples."""
+
+    op: ClassVar[str] = "classes"
+
+
+@dataclass(frozen=True)
+class Thumbnail(Command):
+    """One enrolled example's thumbnail (PNG, model input size), by its thumbnail id."""
+
+    op: ClassVar[str] = "thumbnail"
+    thumb: str = ""
+
+
+@dataclass(frozen=True)
+class Quit(Command):
+    op: ClassVar[str] = "quit"
+
+
+# Commands a control-socket client may send, by op (Quit stays local: keys and signals only).
+SOCKET_COMMANDS: dict[str, type[Command]] = {c.op: c for c in (
+    Enroll, EnrollImage, PredictImage, AddClass, RenameClass, RemoveClass, Undo, Clear, Pause, Resume, Reload,
+    Snapshot, Status, ListClasses, Thumbnail)}
+
+
+# -- events: what the daemon has to say ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every event; ``time`` is seconds since the epoch."""
+
+    kind: ClassVar[str] = ""
+    time: float = field(default_factory=time.time, kw_only=True)
+
+    def as_json(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["time"] = round(data["time"], 3)
+        return {"event": self.kind, **data}
+
+
+@dataclass(frozen=True)
+class PredictionChanged(Event):
+    """The shown (smoothed) class changed."""
+
+    kind: ClassVar[str] = "prediction"
+    label: str = ""
+    raw_label: str = ""
+    score: float = 0.0
+    confidence: float = 0.0
+    confidences: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Enrolled(Event):
+    kind: ClassVar[str] = "enrolled"
+    label: str = ""
+    count: int = 0
+    example: int = -1  # the example's id in the store
+    thumb: str = ""  # its thumbnail id (readable through the control socket)
+    via: str = ""
+
+
+@dataclass(frozen=True)
+class Undone(Event):
+    kind: ClassVar[str] = "undone"
+    label: str = ""
+    count: int = 0
+    via: str = ""
+
+
+@dataclass(frozen=True)
+class ClassAdded(Event):
+    kind: ClassVar[str] = "class_added"
+    label: str = ""
+    via: str = ""
+
+
+@dataclass(frozen=True)
+class Removed(Event):
+    kind: ClassVar[str] = "removed"
+    label: str = ""
+    count: int = 0  # examples removed with it
+    via: str = ""
+
+
+@dataclass(frozen=True)
+class Renamed(Event):
+    kind: ClassVar[str] = "renamed"
+    old: str = ""
+    new: str = ""
+    via: str = ""
+
+
+@dataclass(frozen=True)
+class Cleared(Event):
+    kind: ClassVar[str] = "cleared"
+    count: int = 0
+    via: str = ""
+
+
+@dataclass(frozen=True)
+class Paused(Event):
+    kind: ClassVar[str] = "paused"
+    paused: bool = True
+    via: str = ""
+
+
+@dataclass(frozen=True)
+class CameraTrouble(Event):
+    kind: ClassVar[str] = "camera_trouble"
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class CameraBack(Event):
+    kind: ClassVar[str] = "camera_back"
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Reloaded(Event):
+    kind: ClassVar[str] = "reloaded"
+    examples: int = 0
+    restart_needed: tuple = ()  # config sections a SIGHUP could not apply
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    kind: ClassVar[str] = "error"
+    message: str = ""
+    op: str = ""
+
+
+@dataclass(frozen=True)
+class Stats(Event):
+    """Periodic: how the daemon is doing."""
+
+    kind: ClassVar[str] = "stats"
+    fps: float = 0.0
+    inference_ms: float = 0.0
+    frames: int = 0
+    uptime_s: float = 0.0
+    examples: int = 0
+    paused: bool = False
