@@ -215,11 +215,12 @@ class ControlServer(Port):
         async def shutdown():
             self._server.close()
             for client in list(self.clients):
-                client.close()
+                client.close()  # each connection then ends by itself (its reader sees the end)
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if tasks:
+                await asyncio.wait(tasks, timeout=2.0)
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(5)
@@ -265,6 +266,12 @@ class ControlServer(Port):
 
     # -- the socket side (the asyncio thread) -----------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._connection(reader, writer)
+        except asyncio.CancelledError:
+            pass  # shutting down
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = _Client(writer)
         self.clients.add(client)
         self.connections += 1
@@ -526,6 +533,11 @@ class ControlClient:
             yield self._read()
 
     def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading messages()
+            except OSError:
+                pass
         for part in (self._file, self.sock):
             if part is not None:
                 part.close()

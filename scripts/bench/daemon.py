@@ -12,7 +12,12 @@
 4. time from process start to the first prediction, and resident memory, of `teachcam run`
    in a fresh process with 1,000 examples enrolled.
 
-Usage: scripts/bench/daemon.py [--bundle build/default-bundle] [--frames 600] [--rounds 3] [--json]
+With --control: the control socket's cost instead (#11). Alternating rounds of the daemon (342x256,
+60 examples) with no client, with three clients subscribed to events and preview frames — one of them
+stalled, never reading — and with one preview-frame subscriber; frames/s as ratios to no client, and
+the JPEG encode counter (none while nobody subscribes; one per due frame however many subscribe).
+
+Usage: scripts/bench/daemon.py [--bundle build/default-bundle] [--frames 600] [--rounds 3] [--json] [--control]
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ def daemon_rate(bundle_path: str, store: Path, source: Source, frames: int, thre
     config = load_config(None, {"bundle": bundle_path, "store": str(store), "classes": ["cat", "coffee", "rocket"],
                                 "threads": threads, "frames": frames, "camera": {"fps": 1000.0},
                                 "buttons": {"enabled": False}, "leds": {"enabled": False},
-                                "output": {"terminal": "off", "json": "on"}})
+                                "output": {"terminal": "off", "json": "on"}, "control": {"enabled": False}})
     daemon = Daemon(config, source=source, keyboard=False, stdout=io.StringIO())
     daemon.start()
     daemon.grabber.interval = 0.0  # frames as fast as the loop takes them (one prefetched)
@@ -80,6 +85,91 @@ def daemon_rate(bundle_path: str, store: Path, source: Source, frames: int, thre
     done = daemon.stats.frames
     daemon.close()
     return done / elapsed, stages
+
+
+def drain(client) -> None:
+    """Read everything a subscribed client is sent, until the daemon goes away."""
+    from teachcam.edge.errors import ControlError
+
+    try:
+        for _ in client.messages():
+            pass
+    except (ControlError, OSError, ValueError):
+        pass
+
+
+def control_rate(bundle_path: str, store: Path, frames: list, threads: int, clients: str, socket_path: Path) -> dict:
+    """The daemon with its control socket and ``clients``: "none", "three" (events + frames, one stalled)
+    or "preview" (one frame subscriber that reads)."""
+    import threading
+
+    from teachcam.edge.control import ControlClient
+
+    config = load_config(None, {"bundle": bundle_path, "store": str(store), "classes": ["cat", "coffee", "rocket"],
+                                "threads": threads, "frames": len(frames), "camera": {"fps": 1000.0},
+                                "buttons": {"enabled": False}, "leds": {"enabled": False},
+                                "output": {"terminal": "off", "json": "on"},
+                                "control": {"socket": str(socket_path)}})
+    daemon = Daemon(config, source=ArraySource(frames), keyboard=False, stdout=io.StringIO())
+    daemon.start()
+    daemon.grabber.interval = 0.0
+    connected = []
+    if clients != "none":
+        wanted = [("events+frames", True), ("events+frames", True), ("events+frames", False)] if clients == "three" \
+            else [("frames", True)]
+        for kind, reads in wanted:
+            client = ControlClient(socket_path, timeout=None).connect()
+            client.request("subscribe", events="events" in kind, frames=True)
+            if reads:
+                threading.Thread(target=drain, args=(client,), daemon=True).start()
+            connected.append(client)  # the third of "three" never reads: it is stalled
+    started = time.perf_counter()
+    daemon.run()
+    elapsed = time.perf_counter() - started
+    box = next(b for b in daemon.mailboxes if b.port is daemon.control)
+    box.wait_idle(5.0)
+    result = {"fps": daemon.stats.frames / elapsed, "jpeg_encodes": daemon.control.jpeg_encodes,
+              "frames_sent": daemon.control.frames_sent, "dropped_views": box.dropped_views,
+              "seconds": elapsed}
+    for client in connected:
+        try:
+            client.close()
+        except OSError:
+            pass
+    daemon.close()
+    return result
+
+
+def control_main(args) -> int:
+    lores_frames = demo_frames(args.frames, (342, 256))
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store60"
+        enroll(store, args.bundle, 60)
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}…", file=sys.stderr)
+            row = {kind: control_rate(args.bundle, store, lores_frames, args.threads, kind, Path(tmp) / f"c{r}{kind}.sock")
+                   for kind in ("none", "three", "preview")}
+            row["ratio_three"] = row["three"]["fps"] / row["none"]["fps"]
+            row["ratio_preview"] = row["preview"]["fps"] / row["none"]["fps"]
+            rounds.append(row)
+    out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "frames": args.frames, "rounds": rounds,
+           "ratio_three": float(np.median([r["ratio_three"] for r in rounds])),
+           "ratio_preview": float(np.median([r["ratio_preview"] for r in rounds]))}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"control socket cost — {out['machine']}, {args.threads} threads, {args.frames} frames of 342x256, "
+          f"60 examples, median of {args.rounds} alternating rounds")
+    for r in rounds:
+        print(f"  no client {r['none']['fps']:6.1f} fps (JPEG encodes {r['none']['jpeg_encodes']}) | "
+              f"3 clients, 1 stalled {r['three']['fps']:6.1f} fps ({r['ratio_three']:.3f}×; encodes "
+              f"{r['three']['jpeg_encodes']}, frames sent {r['three']['frames_sent']}) | "
+              f"1 preview {r['preview']['fps']:6.1f} fps ({r['ratio_preview']:.3f}×; encodes "
+              f"{r['preview']['jpeg_encodes']}, {r['preview']['jpeg_encodes'] / r['preview']['seconds']:.1f}/s)")
+    print(f"  median: three clients (one stalled) {out['ratio_three']:.3f}× no client (target ≥ 0.95); "
+          f"one preview subscriber {out['ratio_preview']:.3f}× (target ≥ 0.9)")
+    return 0
 
 
 def startup_and_memory(bundle_path: str, store: Path, folder: Path) -> dict:
@@ -114,7 +204,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--control", action="store_true", help="measure the control socket's cost instead")
     args = parser.parse_args()
+    if args.control:
+        return control_main(args)
 
     frames = demo_frames(args.frames)
     lores_frames = demo_frames(args.frames, (342, 256))  # what picamera2's ISP-scaled lores stream delivers
