@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -106,3 +107,59 @@ class FlakySource(Source):
         if 6 <= self.reads <= 8:
             return None
         return self.frame
+
+
+def with_edgetpu_model(bundle: Path) -> Path:
+    """Give a bundle an Edge TPU embedder (a copy of the int8 one, as the fake compiler makes)."""
+    import json
+    import shutil
+
+    from teachcam.edge.bundle import file_sha256
+
+    compiled = bundle / "embedder_int8_edgetpu.tflite"
+    shutil.copyfile(bundle / "embedder_int8.tflite", compiled)
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = dict(next(m for m in manifest["models"] if m["file"] == "embedder_int8.tflite"))
+    entry.update(file=compiled.name, sha256=file_sha256(compiled), edgetpu=True, compiled_from="embedder_int8.tflite")
+    manifest["models"].append(entry)
+    manifest["files"][compiled.name] = entry["sha256"]
+    manifest_path.write_text(json.dumps(manifest))
+    return bundle
+
+
+# A daemon in its own process, on the demo camera and mock pins, pressing its button in a loop and
+# printing "ACK n" for every acknowledged (durable) enrollment: for kill and signal drills.
+DRIVER = textwrap.dedent("""
+    import io, sys, threading, time
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+    from teachcam.edge.config import load_config
+    from teachcam.edge.daemon import Daemon
+    from teachcam.edge.ports import Port
+    from teachcam.edge.camera import DemoSource
+
+    class Acks(Port):
+        def event(self, event):
+            if event.kind == "enrolled":
+                print("ACK", event.count, flush=True)
+
+    bundle, store = sys.argv[1], sys.argv[2]
+    config = load_config(None, {"bundle": bundle, "store": store, "classes": ["cat"], "buttons": {"pins": [5]},
+                                "leds": {"pins": [12]}, "output": {"terminal": "off", "json": "off"}})
+    factory = MockFactory(pin_class=MockPWMPin)
+    daemon = Daemon(config, pin_factory=factory, source=DemoSource(fps=30), keyboard=False, ports=[Acks()])
+    daemon.install_signal_handlers()
+    daemon.start()
+
+    def presser():
+        while True:
+            factory.pin(5).drive_low(); time.sleep(0.03); factory.pin(5).drive_high(); time.sleep(0.07)
+
+    threading.Thread(target=presser, daemon=True).start()
+    print("READY", flush=True)
+    code = daemon.run()
+    daemon.close()
+    print("EXIT", code, flush=True)
+    sys.exit(code)
+""")
+

@@ -87,6 +87,13 @@ def test_the_cli_teaches_the_running_daemon(daemon, tmp_path):
     listing = run_teachcam("store", "list", "--json")
     assert json.loads(listing.stdout)["classes"] == {"mug": 2}
     assert wait_for(lambda: daemon.status()["shown"] == "mug", timeout=20)  # its camera now says mug
+    with ControlClient(daemon.socket) as client:  # thumbnails are readable without opening the store
+        (mug_class,) = client.request("classes")["classes"]
+        thumb = mug_class["examples"][0]["thumb"]
+        png = base64.b64decode(client.request("thumbnail", thumb=thumb)["png"])
+        assert Image.open(io.BytesIO(png)).size == (224, 224)
+        with pytest.raises(ControlError, match="thumbnail id is the 64 hex digits"):
+            client.request("thumbnail", thumb="../../etc/passwd")
     status = json.loads(run_teachcam("status", "--json").stdout)
     assert status["classes"] == {"mug": 2} and status["camera_ok"] and status["kernels"] == "xnnpack"
     assert "camera    images:" in run_teachcam("status").stdout

@@ -7,13 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 
 from teachcam.edge.config import load_config
 from teachcam.edge.daemon import Daemon
 from teachcam.edge.messages import Enroll
-from tests.helpers import FlakySource, augmented_views, make_daemon, press, settle, wait_for
+from tests.helpers import DRIVER, FlakySource, augmented_views, make_daemon, press, settle, wait_for
 
 
 def test_leds_show_the_predicted_class_and_go_dark_on_unknown(bundle_path, tmp_path, factory):
@@ -61,38 +60,6 @@ def test_the_daemon_survives_a_camera_that_stops_and_keeps_its_state(bundle_path
         daemon.close()
 
 
-DRIVER = textwrap.dedent("""
-    import io, sys, threading, time
-    from gpiozero.pins.mock import MockFactory, MockPWMPin
-    from teachcam.edge.config import load_config
-    from teachcam.edge.daemon import Daemon
-    from teachcam.edge.ports import Port
-    from teachcam.edge.camera import DemoSource
-
-    class Acks(Port):
-        def event(self, event):
-            if event.kind == "enrolled":
-                print("ACK", event.count, flush=True)
-
-    bundle, store = sys.argv[1], sys.argv[2]
-    config = load_config(None, {"bundle": bundle, "store": store, "classes": ["cat"], "buttons": {"pins": [5]},
-                                "leds": {"pins": [12]}, "output": {"terminal": "off", "json": "off"}})
-    factory = MockFactory(pin_class=MockPWMPin)
-    daemon = Daemon(config, pin_factory=factory, source=DemoSource(fps=30), keyboard=False, ports=[Acks()])
-    daemon.install_signal_handlers()
-    daemon.start()
-
-    def presser():
-        while True:
-            factory.pin(5).drive_low(); time.sleep(0.03); factory.pin(5).drive_high(); time.sleep(0.07)
-
-    threading.Thread(target=presser, daemon=True).start()
-    print("READY", flush=True)
-    code = daemon.run()
-    daemon.close()
-    print("EXIT", code, flush=True)
-    sys.exit(code)
-""")
 
 
 def test_sigterm_mid_run_exits_0_with_every_acknowledged_enrollment(bundle_path, tmp_path):
@@ -167,3 +134,30 @@ def test_run_says_which_controls_it_uses(bundle_path, tmp_path):
     assert "teachcam: running — camera demo, mode knn, int8 (XNNPACK) embedder, 0 enrolled examples; no buttons" in result.stderr
 
 
+
+
+def test_camera_trouble_and_its_end_reach_every_port_as_events(bundle_path, tmp_path, factory):
+    from teachcam.edge.ports import Port
+
+    class Recorder(Port):
+        name = "recorder"
+
+        def __init__(self):
+            self.kinds = []
+
+        def event(self, event):
+            self.kinds.append(event.kind)
+
+    recorder = Recorder()
+    cat = augmented_views("chelsea.png", 1, seed=7)[0]
+    config = load_config(None, {"bundle": str(bundle_path), "store": str(tmp_path / "store"), "classes": ["cat"],
+                                "frames": 25, "buttons": {"enabled": False}, "leds": {"enabled": False},
+                                "output": {"terminal": "off", "json": "off"}})
+    daemon = Daemon(config, source=FlakySource(cat), keyboard=False, stdout=io.StringIO(), ports=[recorder]).start()
+    daemon.grabber.max_backoff = 0.2
+    try:
+        assert daemon.run() == 0
+        assert wait_for(lambda: "camera_back" in recorder.kinds)
+        assert recorder.kinds.index("camera_trouble") < recorder.kinds.index("camera_back")
+    finally:
+        daemon.close()

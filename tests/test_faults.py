@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,15 +11,14 @@ import time
 
 import pytest
 
-from teachcam.edge.bundle import file_sha256, load_bundle
+from teachcam.edge.bundle import load_bundle
 from teachcam.edge.camera import ArraySource
 from teachcam.edge.config import load_config
 from teachcam.edge.daemon import Daemon
 from teachcam.edge.errors import BundleIntegrityError
 from teachcam.edge.models import Embedder
 from teachcam.edge.teach import Teacher
-from tests.helpers import augmented_views, run_teachcam
-from tests.test_daemon import DRIVER
+from tests.helpers import DRIVER, augmented_views, run_teachcam, with_edgetpu_model
 
 
 @pytest.mark.slow
@@ -86,15 +83,7 @@ def test_a_corrupt_bundle_without_a_kept_copy_stops_with_one_line(bundle_copy, t
 
 def test_edgetpu_delegate_failing_falls_back_to_the_cpu_with_a_warning(bundle_copy, caplog):
     # A bundle that claims an Edge TPU model: here libedgetpu is not installed, so the delegate cannot load.
-    compiled = bundle_copy / "embedder_int8_edgetpu.tflite"
-    shutil.copyfile(bundle_copy / "embedder_int8.tflite", compiled)
-    manifest_path = bundle_copy / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    entry = dict(next(m for m in manifest["models"] if m["file"] == "embedder_int8.tflite"))
-    entry.update(file=compiled.name, sha256=file_sha256(compiled), edgetpu=True, compiled_from="embedder_int8.tflite")
-    manifest["models"].append(entry)
-    manifest["files"][compiled.name] = entry["sha256"]
-    manifest_path.write_text(json.dumps(manifest))
+    with_edgetpu_model(bundle_copy)
     with caplog.at_level(logging.WARNING):
         embedder = Embedder.create(load_bundle(bundle_copy), "auto")
     assert embedder.variant == "int8" and not embedder.entry.edgetpu

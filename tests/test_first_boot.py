@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from teachcam.edge.bundle import file_sha256, load_bundle
+from teachcam.edge.bundle import load_bundle
 from teachcam.edge.models import Embedder
 from teachcam.edge.runtime import kernels_from_log, load_interpreter, probe_edgetpu
+from tests.helpers import with_edgetpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKES = ROOT / "tests" / "fakes"
@@ -101,20 +102,6 @@ def test_classify_says_the_kernels(bundle_path):
     result = run_teachcam("classify", "--bundle", bundle_path, "--json", sample_photos(("chelsea.png",))[0])
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["kernels"] == "xnnpack"
-
-
-def with_edgetpu_model(bundle: Path) -> Path:
-    """Give a bundle an Edge TPU embedder (a copy of the int8 one, as the fake compiler makes)."""
-    compiled = bundle / "embedder_int8_edgetpu.tflite"
-    shutil.copyfile(bundle / "embedder_int8.tflite", compiled)
-    manifest_path = bundle / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    entry = dict(next(m for m in manifest["models"] if m["file"] == "embedder_int8.tflite"))
-    entry.update(file=compiled.name, sha256=file_sha256(compiled), edgetpu=True, compiled_from="embedder_int8.tflite")
-    manifest["models"].append(entry)
-    manifest["files"][compiled.name] = entry["sha256"]
-    manifest_path.write_text(json.dumps(manifest))
-    return bundle
 
 
 def test_an_edgetpu_runtime_that_segfaults_is_probed_in_a_child_and_the_cpu_runs(bundle_copy, monkeypatch, caplog):

@@ -216,14 +216,8 @@ def cmd_store(args) -> int:
             raise StoreError(f"no store at {args.store}")
         with Teacher.open(args.store, writable=False) as teacher:
             counts, snap = teacher.counts(), teacher.snapshot
-        if args.json:
-            print(json.dumps({"store": str(args.store), "generation": snap.generation, "fingerprint": snap.fingerprint,
-                              "classes": counts}, indent=2, ensure_ascii=False))
-        else:
-            print(f"{args.store}: {sum(counts.values())} example(s) in {len(counts)} class(es), generation "
-                  f"{snap.generation}, embedder {snap.fingerprint[:12] or '-'}")
-            for label, n in counts.items():
-                print(f"  {n:5d}  {label}")
+        _print_listing(args.json, {"store": str(args.store), "generation": snap.generation,
+                                   "fingerprint": snap.fingerprint, "classes": counts}, f"generation {snap.generation}")
         return 0
     if not args.store.is_dir():
         raise StoreError(f"no store at {args.store}")
@@ -246,21 +240,26 @@ def cmd_store(args) -> int:
     return 0
 
 
+def _print_listing(as_json: bool, listing: dict, where: str) -> None:
+    """``store list``'s output, whether the store was read directly or through the daemon."""
+    if as_json:
+        print(json.dumps(listing, indent=2, ensure_ascii=False))
+        return
+    counts = listing["classes"]
+    print(f"{listing['store']} ({where}): {sum(counts.values())} example(s) in {len(counts)} class(es), embedder "
+          f"{(listing.get('fingerprint') or '-')[:12]}")
+    for label, n in counts.items():
+        print(f"  {n:5d}  {label}")
+
+
 def _store_remote(client, args) -> int:
     """``store …`` through the running daemon (its store; the changes reach every port)."""
     from teachcam.edge.teach import read_archive
 
     if args.action == "list":
         status, classes = client.request("status"), client.request("classes")["classes"]
-        counts = {c["label"]: c["count"] for c in classes}
-        if args.json:
-            print(json.dumps({"store": status.get("store"), "daemon": True, "fingerprint": status.get("fingerprint"),
-                              "classes": counts}, indent=2, ensure_ascii=False))
-        else:
-            print(f"{status.get('store')} (through the running daemon): {sum(counts.values())} example(s) in "
-                  f"{len(counts)} class(es), embedder {str(status.get('fingerprint') or '-')[:12]}")
-            for label, n in counts.items():
-                print(f"  {n:5d}  {label}")
+        _print_listing(args.json, {"store": status.get("store"), "daemon": True, "fingerprint": status.get("fingerprint"),
+                                   "classes": {c["label"]: c["count"] for c in classes}}, "through the running daemon")
     elif args.action == "rename":
         data = client.request("rename_class", old=args.old, new=args.new)
         print(f"renamed {data['old']!r} to {data['new']!r}")
