@@ -83,6 +83,7 @@ def run_bench(config: DaemonConfig, frames: int, warmup: int = 20) -> dict:
             "delegate": {"edgetpu": "edgetpu", "xnnpack": "cpu (XNNPACK)"}.get(daemon.embedder.kernels,
                                                                                "cpu (reference kernels: no XNNPACK)"),
             "kernels": daemon.embedder.kernels,
+            "gate": daemon.gate.counts(),
             "embedder": daemon.embedder.variant, "model": "embedder" if daemon.teacher is not None else "classifier",
             "threads": config.threads or default_threads(),
             "model_mb": round(model.stat().st_size / 1e6, 2), "mode": config.mode,
@@ -108,7 +109,9 @@ def format_report(r: dict) -> str:
     lines = [f"teachcam bench — {r['machine']}",
              f"  {r['interpreter']}, {r['embedder']} {r['model']} on {r['delegate']}, {r['threads']} threads, "
              f"model {r['model_mb']} MB, mode {r['mode']} ({r['examples']} enrolled examples)",
-             f"  source {r['source']}: {r['frames']} frames, {r['fps']} frames/s end to end",
+             f"  source {r['source']}: {r['frames']} frames, {r['fps']} frames/s end to end; change gate: "
+             f"{r['gate']['embedded']} embedded, {r['gate']['gated']} unchanged (no model run), "
+             f"{r['gate']['capped']} over the inference cap",
              "  stage        p50 ms   p95 ms"]
     for stage, p in r["stages"].items():
         lines.append(f"  {stage:<11} {p['p50_ms']:7.3f}  {p['p95_ms']:7.3f}")

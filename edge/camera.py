@@ -366,6 +366,7 @@ class Frame:
     number: int
     captured: float
     pixels: np.ndarray | None = None
+    signature: np.ndarray | None = None  # a small luma thumbnail, for change gating (teachcam.edge.gate)
 
 
 class FrameGrabber:
@@ -376,9 +377,11 @@ class FrameGrabber:
     exponential backoff (0.5 s doubling to 10 s), and the daemon keeps its state.
     """
 
-    def __init__(self, source: Source, *, fps: float | None = None, max_backoff: float = 10.0, prepare=None):
+    def __init__(self, source: Source, *, fps: float | None = None, max_backoff: float = 10.0, prepare=None,
+                 summarize=None):
         self.source = source
         self.prepare = prepare  # e.g. the bundle's preprocessing: runs here, overlapping the previous invoke
+        self.summarize = summarize  # e.g. teachcam.edge.gate.signature: runs here too
         self.interval = (1.0 / fps) if fps and not source.paced else 0.0
         self._taken = threading.Event()  # unpaced sources: read the next frame only once this one is taken
         self._taken.set()
@@ -442,11 +445,12 @@ class FrameGrabber:
             prepare = self.prepare
             prepare_started = time.perf_counter()
             pixels = prepare(image) if prepare is not None else None
+            summary = self.summarize(image) if self.summarize is not None else None
             self._record("capture", read_seconds)
             self._record("preprocess", time.perf_counter() - prepare_started)
             self.frames_captured += 1
             with self._lock:
-                self._frame = Frame(image, self.frames_captured, captured, pixels)
+                self._frame = Frame(image, self.frames_captured, captured, pixels, summary)
                 self._taken.clear()
                 self._lock.notify_all()
             if not self.source.paced and not self.interval:

@@ -49,6 +49,11 @@ class CameraConfig:
     height: int = 480
     fps: float = 30.0
     loop: bool = True
+    # Change-gated inference (teachcam.edge.gate): below this mean luma change (0-255) since the last embedded
+    # frame, the model is not run and the last prediction stands. 0 turns gating off.
+    gate: float = 3.0
+    gate_max_interval: float = 2.0  # ... but a frame is embedded at least this often (seconds)
+    max_inference_fps: float = 0.0  # cap on model runs per second, apart from the camera's rate (0: none)
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,10 @@ class DaemonConfig:
             raise ConfigError(f"knn.cap_policy = {self.knn.cap_policy!r}: use {_either(CAP_POLICIES)}")
         if self.knn.k < 1 or self.knn.cap < 1:
             raise ConfigError("knn.k and knn.cap must be at least 1")
+        camera = self.camera
+        if camera.gate < 0 or camera.gate_max_interval <= 0 or camera.max_inference_fps < 0:
+            raise ConfigError("camera.gate and camera.max_inference_fps must be 0 or more (0 turns them off), "
+                              "camera.gate_max_interval more than 0 seconds")
         if self.knn.threshold is not None and not -1.0 <= self.knn.threshold <= 1.0:
             raise ConfigError(f"knn.threshold = {self.knn.threshold}: a similarity lies between -1 and 1 (default 0.86)")
         if not 16 <= self.control.preview_max_size <= 4096 or not 0 < self.control.preview_max_fps <= 60:

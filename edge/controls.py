@@ -59,6 +59,11 @@ class ButtonPanel:
             self.clear_button.when_held = lambda _b=None: self._clear_held()
             self.clear_button.when_released = lambda _b=None: self._clear_released()
 
+    @property
+    def is_held(self) -> bool:
+        """True while any class button is down (the change gate then lets every frame through)."""
+        return any(button.is_pressed for button in self.buttons)
+
     def _edge(self, key: int) -> bool:
         """Record an edge of button ``key``; True when the button had been still for ``bounce_time`` before it."""
         now = time.monotonic()

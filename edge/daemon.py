@@ -19,7 +19,7 @@ import queue
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,8 @@ from teachcam.edge.config import DaemonConfig, load_config
 from teachcam.edge.controls import ButtonPanel, KeyboardControls, LedPanel, gpio_available
 from teachcam.edge.display import JsonLinesSink, OledSink, PreviewSink, TerminalSink, View
 from teachcam.edge.errors import BundleError, ConfigError, StoreError, TeachcamError
+from teachcam.edge.gate import ChangeGate, signature
+from teachcam.edge.health import health_fields
 from teachcam.edge.knn import KNNConfig
 from teachcam.edge.models import Classifier, Embedder, Head, LogitsHead
 from teachcam.edge.ports import Mailbox, Port
@@ -133,6 +135,7 @@ class Daemon:
         self.buttons = self.leds = self.keys = self.grabber = self.teacher = self.head = self.control = None
         self.control_mode = "none"
         self.last_frame: np.ndarray | None = None
+        self._view: View | None = None  # the last view made: a gated frame shows it again
         self._shown: str | None = None
         self._camera_errors = 0
         self._camera_trouble = False
@@ -284,7 +287,9 @@ class Daemon:
         lores = (2 * round(shorter * camera.width / camera.height / 2), shorter)
         source = self.source_override or make_source(camera.source, width=camera.width, height=camera.height,
                                                      loop=camera.loop, fps=camera.fps, inference_size=lores)
-        self.grabber = FrameGrabber(source, fps=camera.fps, prepare=self.preprocess).start()
+        self.gate = ChangeGate(camera.gate, camera.gate_max_interval, camera.max_inference_fps)
+        summarize = signature if self.gate.enabled else None
+        self.grabber = FrameGrabber(source, fps=camera.fps, prepare=self.preprocess, summarize=summarize).start()
 
     # -- running -------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -331,13 +336,34 @@ class Daemon:
                     break
                 continue
             last = frame.number
+            now = time.monotonic()
+            if self._view is not None and not self.gate.should_embed(frame.signature, now, must=self._frame_needed()):
+                # The scene has not changed since the last embedded frame: its prediction stands, no invoke.
+                # The ports still get the frame (a live view goes on; the LEDs and the shown class stay).
+                self.last_frame = frame.image
+                self._apply_commands(None)
+                self.stats.frames += 1
+                self._view = replace(self._view, frame=frame.number, latency_ms=(time.monotonic() - frame.captured) * 1e3)
+                for mailbox in self.mailboxes:
+                    mailbox.offer_view(self._view, frame.image)
+                self.notifier.ping()
+                if self.config.frames is not None and self.stats.frames >= self.config.frames:
+                    break
+                continue
             self.step(frame.image, frame.captured, frame.number, frame.pixels)
+            self.gate.did_embed(frame.signature, now)
             # The watchdog is fed only while frames advance: a camera that stalls (or a capture thread that
             # hangs in the driver) stops the pings, and systemd restarts the service after WatchdogSec.
             self.notifier.ping()
             if self.config.frames is not None and self.stats.frames >= self.config.frames:
                 break
         return 0
+
+    def _frame_needed(self) -> bool:
+        """An enrollment waits for this frame, or a class button is held: the gate must let it through."""
+        if self.buttons is not None and self.buttons.is_held:
+            return True
+        return any(isinstance(command, m.Enroll) for command, _ in list(self.commands.queue))
 
     def _watch_camera(self) -> None:
         """Camera trouble (and its end) becomes an event every port receives, not only a log line."""
@@ -378,6 +404,7 @@ class Daemon:
                                             confidence=round(confidence, 4),
                                             confidences={k: round(v, 4) for k, v in confidences.items()},
                                             counts=counts), log_it=False)
+        self._view = view
         for mailbox in self.mailboxes:
             mailbox.offer_view(view, image)
         t4 = time.perf_counter()
@@ -548,7 +575,9 @@ class Daemon:
         invoke = self.stats.stages.get("invoke") or [0.0]
         return {"fps": round(self._fps(), 1), "inference_ms": round(1e3 * sum(invoke[-30:]) / len(invoke[-30:]), 2),
                 "frames": self.stats.frames, "uptime_s": round(time.monotonic() - self.stats.started, 1),
-                "examples": len(self.teacher) if self.teacher is not None else 0, "paused": self.paused}
+                "examples": len(self.teacher) if self.teacher is not None else 0, "paused": self.paused,
+                **({"gated": self.gate.gated, "capped": self.gate.capped, "embedded": self.gate.embedded}
+                   if self.grabber is not None else {}), **health_fields()}
 
     def status(self) -> dict:
         """One screen of facts for ``teachcam status`` (and the web page, and MQTT)."""

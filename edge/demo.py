@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from teachcam.edge.camera import OBJECTS, DemoSource
+from teachcam.edge.config import DEFAULT_STORE
+from teachcam.edge.ports import Port
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +56,13 @@ class Presser(threading.Thread):
                 self.done[scene_index] = done + 1
 
 
-class Narrator:
+class Narrator(Port):
     """Prints what a person at the Pi would notice: enrollments, and each change of the shown class."""
 
-    def __init__(self, source: DemoSource, leds, classes: list[str], stream=None):
-        self.source, self.leds, self.classes = source, leds, classes
+    name = "narrator"
+
+    def __init__(self, source: DemoSource, classes: list[str], stream=None):
+        self.source, self.leds, self.classes = source, None, classes  # leds: set once the daemon has them
         self.stream = stream or sys.stdout
         self.shown: str | None = None
         self.scored = self.correct = 0
@@ -83,14 +87,11 @@ class Narrator:
             self._print(f"camera sees {scene.photo:<14} ({where:<17}) → shows {view.label:<8} "
                         f"similarity {view.score:.2f}{self._leds()}")
 
-    def event(self, kind: str, **data) -> None:
-        if kind == "enrolled":
-            self._print(f"button '{data['label']}' pressed → enrolled ({data['count']} example(s) of it now)")
-        elif kind in ("error", "camera"):
-            self._print(f"{kind}: {data.get('message')}")
-
-    def close(self) -> None:
-        pass
+    def event(self, event) -> None:
+        if event.kind == "enrolled":
+            self._print(f"button '{event.label}' pressed → enrolled ({event.count} example(s) of it now)")
+        elif event.kind in ("error", "camera_trouble"):
+            self._print(f"{event.kind}: {event.message}")
 
 
 def run_demo(config, *, stream=None) -> dict:
@@ -102,18 +103,20 @@ def run_demo(config, *, stream=None) -> dict:
     stream = stream or sys.stdout
     classes = list(OBJECTS)
     with tempfile.TemporaryDirectory(prefix="teachcam-demo-") as tmp:
-        store = config.store if config.store != "teachcam-store" else str(Path(tmp) / "store")
+        # The demo teaches a store of its own, never the user's default one (unless --store names one).
+        store = config.store if config.store != DEFAULT_STORE else str(Path(tmp) / "store")
         config = replace(config, classes=tuple(classes), store=store, mode="knn",
                          buttons=replace(config.buttons, enabled=True, pins=(5, 6, 13)),
                          leds=replace(config.leds, enabled=True, pins=(12, 16, 20)),
                          output=replace(config.output, terminal="off", json="off"))
         source = DemoSource(fps=config.camera.fps)
         factory = MockFactory(pin_class=MockPWMPin)
-        daemon = Daemon(config.validate(), pin_factory=factory, source=source, keyboard=False, stdout=stream)
+        narrator = Narrator(source, classes, stream)
+        daemon = Daemon(config.validate(), pin_factory=factory, source=source, keyboard=False, stdout=stream,
+                        ports=[narrator])
         started = time.monotonic()
         daemon.start()
-        narrator = Narrator(source, daemon.leds, classes, stream)
-        daemon.sinks.append(narrator)
+        narrator.leds = daemon.leds
         presser = Presser(source, factory, dict(zip(classes, config.buttons.pins, strict=True)), on_end=daemon.stop)
         presser.start()
         print(f"demo: {len(classes)} objects to teach ({', '.join(classes)}), buttons on mock GPIO "
@@ -134,11 +137,13 @@ def run_demo(config, *, stream=None) -> dict:
                 "enrolled": daemon.stats.enrolled,
                 "seconds": elapsed,
                 "embedder": daemon.embedder.variant,
+                "gate": daemon.gate.counts(),
             }
             daemon.close()
     print(f"\ndemo done in {figures['seconds']:.0f} s: taught {figures['enrolled']} examples by button; "
           f"recognition accuracy {figures['accuracy'] * 100:.1f}% over {figures['scored_frames']} frames "
           f"(untaught scene counted as correct only when shown as unknown); {figures['fps']:.1f} frames/s "
           f"classified (camera runs at {config.camera.fps:.0f}), embedder {figures['invoke_ms']:.1f} ms/frame "
-          f"({figures['embedder']})", file=stream, flush=True)
+          f"({figures['embedder']}); the model ran on {figures['gate']['embedded']} frames, "
+          f"{figures['gate']['gated']} showed an unchanged scene", file=stream, flush=True)
     return figures

@@ -184,6 +184,23 @@ def check_i2c(config: DaemonConfig) -> Check:
     return Check("i2c", "ok", f"{device} present")
 
 
+def check_health(*, proc: str = "/proc", sys_root: str = "/sys", vcgencmd: str | None = None) -> Check:
+    """The Pi's SoC temperature and the firmware's throttling flags (nothing claimed off a Pi)."""
+    from teachcam.edge.health import advice, health
+
+    found = health(proc=proc, sys_root=sys_root, vcgencmd=vcgencmd)
+    if not found:
+        return Check("health", "ok", "not a Raspberry Pi: no SoC temperature or firmware throttling flags to read")
+    temperature = found["temperature_c"]
+    parts = [f"SoC {temperature:.1f} °C" if temperature is not None else "SoC temperature unreadable"]
+    if found["throttled_bits"] is None:
+        parts.append("throttling flags unreadable (no vcgencmd, no firmware sysfs)")
+    else:
+        parts.append("throttling: " + (", ".join(found["throttled"]) or "none, ever since boot"))
+    status, fix = advice(found)
+    return Check("health", status, "; ".join(parts), fix)
+
+
 def check_groups() -> Check:
     needed = {"video", "gpio", "i2c"}
     existing = {g for g in needed if _group_exists(g)}
@@ -207,7 +224,7 @@ def run_checks(config: DaemonConfig, *, camera: bool = True) -> list[Check]:
     checks = [check_runtime(bundle), bundle_check, check_edgetpu(config, bundle), check_store(config)]
     if camera:
         checks.append(check_camera(config))
-    checks += [check_gpio(config), check_i2c(config), check_groups()]
+    checks += [check_gpio(config), check_i2c(config), check_health(), check_groups()]
     return checks
 
 

@@ -266,3 +266,8 @@ class Stats(Event):
     uptime_s: float = 0.0
     examples: int = 0
     paused: bool = False
+    gated: int = 0  # frames whose prediction was reused: the scene had not changed (no model run)
+    capped: int = 0  # frames skipped by camera.max_inference_fps
+    embedded: int = 0
+    temperature_c: float | None = None  # the SoC's, on a Raspberry Pi
+    throttled: list = field(default_factory=list)  # the firmware's throttling flags now set, on a Pi

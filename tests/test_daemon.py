@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from teachcam.edge.config import load_config
 from teachcam.edge.daemon import Daemon
 from teachcam.edge.messages import Enroll
-from tests.helpers import DRIVER, FlakySource, augmented_views, make_daemon, press, settle, wait_for
+from tests.helpers import DRIVER, FlakySource, augmented_views, make_daemon, press, run_teachcam, settle, wait_for
 
 
 def test_leds_show_the_predicted_class_and_go_dark_on_unknown(bundle_path, tmp_path, factory):
@@ -161,3 +163,16 @@ def test_camera_trouble_and_its_end_reach_every_port_as_events(bundle_path, tmp_
         assert recorder.kinds.index("camera_trouble") < recorder.kinds.index("camera_back")
     finally:
         daemon.close()
+
+
+@pytest.mark.slow
+def test_the_demo_teaches_three_objects_and_recognises_them(bundle_path, tmp_path):
+    # The README's first command, end to end (about 30 s): the change gate is on, as by default.
+    store = tmp_path / "default-store"
+    result = run_teachcam("demo", "--bundle", bundle_path, env={"TEACHCAM_STORE": str(store)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "taught 15 examples by button" in summary, summary
+    accuracy = float(summary.split("recognition accuracy ")[1].split("%")[0])
+    assert accuracy >= 95.0, summary
+    assert not store.exists()  # the demo teaches a store of its own, never the user's

@@ -108,7 +108,7 @@ def teachcam_way(frames, bundle, threads):
 
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(None, {"bundle": bundle, "store": str(Path(tmp) / "s"), "mode": "imagenet",
-                                    "threads": threads, "frames": len(frames), "camera": {"fps": 1000.0},
+                                    "threads": threads, "frames": len(frames), "camera": {"fps": 1000.0, "gate": 0.0},
                                     "buttons": {"enabled": False}, "leds": {"enabled": False},
                                     "output": {"terminal": "off", "json": "off"}})
         daemon = Daemon(config, source=ArraySource(frames), keyboard=False, stdout=io.StringIO())

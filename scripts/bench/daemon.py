@@ -72,7 +72,7 @@ def enroll(store: Path, bundle_path: str, examples: int) -> None:
 
 def daemon_rate(bundle_path: str, store: Path, source: Source, frames: int, threads: int) -> tuple[float, dict]:
     config = load_config(None, {"bundle": bundle_path, "store": str(store), "classes": ["cat", "coffee", "rocket"],
-                                "threads": threads, "frames": frames, "camera": {"fps": 1000.0},
+                                "threads": threads, "frames": frames, "camera": {"fps": 1000.0, "gate": 0.0},
                                 "buttons": {"enabled": False}, "leds": {"enabled": False},
                                 "output": {"terminal": "off", "json": "on"}, "control": {"enabled": False}})
     daemon = Daemon(config, source=source, keyboard=False, stdout=io.StringIO())
@@ -106,7 +106,7 @@ def control_rate(bundle_path: str, store: Path, frames: list, threads: int, clie
     from teachcam.edge.control import ControlClient
 
     config = load_config(None, {"bundle": bundle_path, "store": str(store), "classes": ["cat", "coffee", "rocket"],
-                                "threads": threads, "frames": len(frames), "camera": {"fps": 1000.0},
+                                "threads": threads, "frames": len(frames), "camera": {"fps": 1000.0, "gate": 0.0},
                                 "buttons": {"enabled": False}, "leds": {"enabled": False},
                                 "output": {"terminal": "off", "json": "on"},
                                 "control": {"socket": str(socket_path)}})
