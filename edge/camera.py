@@ -71,6 +71,7 @@ class Picamera2Source(Source):
         self.fps, self.timeout = fps, timeout
         self.camera = None
         self.stream: dict = {}
+        self.preview = False  # True: picamera2's DRM preview shows the main stream on the attached screen
 
     def open(self) -> None:
         try:
@@ -91,6 +92,11 @@ class Picamera2Source(Source):
             # libcamera may adjust the size and sets the stride (rows padded to 64 bytes): read them back.
             self.stream = dict(camera.camera_config["lores"])
             self.stream["full_range"] = is_full_range(camera.camera_config.get("colour_space"))
+            if self.preview:
+                from picamera2 import Preview
+
+                width, height = display_size() or (640, 480)
+                camera.start_preview(Preview.DRM, x=0, y=0, width=width, height=height)  # no desktop needed
             camera.start()
         except Exception as exc:  # RuntimeError, IndexError (no camera), OSError, ValueError from libcamera
             if camera is not None:
@@ -127,6 +133,20 @@ def _import_cv2(what: str):
         raise CameraError(f"{what} needs OpenCV, which the device install leaves out: pip install 'teachcam[video]' "
                           "(scripts/install-pi adds it when the config's camera source needs it)") from None
     return cv2
+
+
+def display_size(drm: str = "/sys/class/drm") -> tuple[int, int] | None:
+    """The first connected display's preferred mode (e.g. 1920x1080), from DRM's sysfs; None if none."""
+    for connector in sorted(Path(drm).glob("card*-*")):
+        try:
+            if (connector / "status").read_text().strip() != "connected":
+                continue
+            mode = (connector / "modes").read_text().split()[0]
+            width, height = (int(v) for v in mode.split("x")[:2])
+            return width, height
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
 
 
 def is_full_range(colour_space) -> bool:

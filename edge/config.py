@@ -90,6 +90,10 @@ class OutputConfig:
     oled: bool = False
     oled_i2c_port: int = 1
     oled_i2c_address: int = 0x3C
+    # The attached HDMI/DSI screen: the camera's picture with the prediction over it (teachcam.edge.screen).
+    screen: bool = False
+    screen_device: str = "/dev/fb0"  # the framebuffer, for sources other than the Pi camera
+    screen_max_fps: float = 10.0
 
 
 @dataclass(frozen=True)

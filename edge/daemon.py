@@ -133,6 +133,7 @@ class Daemon:
         self.mailboxes: list[Mailbox] = []
         self._kept: list[Mailbox] = []  # the mailboxes a reload keeps (control socket, ports handed in)
         self.buttons = self.leds = self.keys = self.grabber = self.teacher = self.head = self.control = None
+        self.source = None
         self.control_mode = "none"
         self.last_frame: np.ndarray | None = None
         self._view: View | None = None  # the last view made: a gated frame shows it again
@@ -155,6 +156,7 @@ class Daemon:
         """
         self._load_models()
         self._open_controls()
+        self.source = self._make_source()  # before the outputs: the screen draws on the camera's own preview
         self._open_outputs()
         self._open_camera()
         return self
@@ -263,6 +265,16 @@ class Daemon:
             ports.append(OledSink(port=output.oled_i2c_port, address=output.oled_i2c_address))
         if output.preview:
             ports.append(PreviewSink())
+        if output.screen:
+            from teachcam.edge.screen import ScreenError, ScreenPort, open_backend
+
+            try:
+                backend = open_backend(self.source, output.screen_device, output.screen_max_fps)
+                runs_on = {"edgetpu": "Edge TPU", "xnnpack": "CPU"}.get(self.embedder.kernels, "CPU (no XNNPACK)")
+                ports.append(ScreenPort(backend, list(self.config.classes), f"{self.embedder.variant} · {runs_on}"))
+                log.info("screen: %s", backend.name)
+            except ScreenError as exc:  # no screen: one line, and the daemon runs on without it
+                log.error("screen: %s; running without it", exc)
         if self.leds is not None:
             ports.append(self.leds)
         if not self._kept:  # the control socket and ports handed in stay open across a reload
@@ -279,14 +291,18 @@ class Daemon:
             self._kept = [Mailbox(port) for port in [*([self.control] if self.control else []), *self.extra_ports]]
         self.mailboxes = [Mailbox(port) for port in ports] + self._kept
 
-    def _open_camera(self) -> None:
+    def _make_source(self):
         camera = self.config.camera
         # The low-resolution camera stream is asked for at the size the bundle resizes to (shorter side),
         # but not below 64 rows (a small CNN's 28 px: the ISP scales to 64, the CPU does the rest — cheap).
         shorter = max(self.preprocess.shorter_side, 64)
         lores = (2 * round(shorter * camera.width / camera.height / 2), shorter)
-        source = self.source_override or make_source(camera.source, width=camera.width, height=camera.height,
-                                                     loop=camera.loop, fps=camera.fps, inference_size=lores)
+        return self.source_override or make_source(camera.source, width=camera.width, height=camera.height,
+                                                   loop=camera.loop, fps=camera.fps, inference_size=lores)
+
+    def _open_camera(self) -> None:
+        camera = self.config.camera
+        source = self.source
         self.gate = ChangeGate(camera.gate, camera.gate_max_interval, camera.max_inference_fps)
         summarize = signature if self.gate.enabled else None
         self.grabber = FrameGrabber(source, fps=camera.fps, prepare=self.preprocess, summarize=summarize).start()
@@ -618,6 +634,7 @@ class Daemon:
             return
         if new.camera != old.camera:
             self.grabber.stop()
+            self.source = self._make_source()
             self._open_camera()
         else:
             self.grabber.prepare = self.preprocess

@@ -184,6 +184,35 @@ def check_i2c(config: DaemonConfig) -> Check:
     return Check("i2c", "ok", f"{device} present")
 
 
+def check_screen(config: DaemonConfig) -> Check:
+    """The attached screen: the DRM device (Pi camera: picamera2's preview) or the framebuffer, and access."""
+    from teachcam.edge.camera import display_size
+    from teachcam.edge.screen import ScreenError, framebuffer_geometry
+
+    if not config.output.screen:
+        return Check("screen", "ok", "no screen configured ([output] screen = false)")
+    if config.camera.source == "picamera2":
+        cards = sorted(glob.glob("/dev/dri/card*"))
+        if not cards:
+            return Check("screen", "fail", "no /dev/dri/card*: no DRM display device",
+                         "connect the screen before boot; on a Pi, keep dtoverlay=vc4-kms-v3d in config.txt")
+        if not all(os.access(c, os.R_OK | os.W_OK) for c in cards):
+            return Check("screen", "fail", f"{cards[0]} is not accessible to this user",
+                         "add the user to group video (the service user is)")
+        size = display_size()
+        return Check("screen", "ok" if size else "warn",
+                     f"{cards[0]}; display {size[0]}x{size[1]}" if size else f"{cards[0]}; no connected display found",
+                     "" if size else "connect the HDMI/DSI screen (and reboot if it was not there at boot)")
+    device = config.output.screen_device
+    try:
+        geometry = framebuffer_geometry(f"/sys/class/graphics/{Path(device).name}")
+    except ScreenError as exc:
+        return Check("screen", "fail", str(exc), "connect the screen; the framebuffer appears with it (/dev/fb0)")
+    if not os.access(device, os.R_OK | os.W_OK):
+        return Check("screen", "fail", f"{device} is not accessible to this user", "add the user to group video")
+    return Check("screen", "ok", f"{device}: {geometry.width}x{geometry.height}, {geometry.bits_per_pixel} bits per pixel")
+
+
 def check_health(*, proc: str = "/proc", sys_root: str = "/sys", vcgencmd: str | None = None) -> Check:
     """The Pi's SoC temperature and the firmware's throttling flags (nothing claimed off a Pi)."""
     from teachcam.edge.health import advice, health
@@ -224,7 +253,7 @@ def run_checks(config: DaemonConfig, *, camera: bool = True) -> list[Check]:
     checks = [check_runtime(bundle), bundle_check, check_edgetpu(config, bundle), check_store(config)]
     if camera:
         checks.append(check_camera(config))
-    checks += [check_gpio(config), check_i2c(config), check_health(), check_groups()]
+    checks += [check_gpio(config), check_i2c(config), check_screen(config), check_health(), check_groups()]
     return checks
 
 

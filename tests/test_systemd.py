@@ -47,7 +47,8 @@ def test_unit_options():
                        "PrivateTmp": "yes", "DevicePolicy": "closed"}.items():
         assert o[f"Service.{key}"] == [value], key
     allowed = " ".join(o["Service.DeviceAllow"])
-    for device in ("char-video4linux", "char-media", "char-gpiochip", "char-i2c", "char-usb_device", "char-apex"):
+    for device in ("char-video4linux", "char-media", "char-gpiochip", "char-i2c", "char-usb_device", "char-apex",
+                   "char-drm", "/dev/fb0"):
         assert device in allowed
     assert "PrivateDevices" not in " ".join(o), "PrivateDevices would hide the camera and GPIO"
     # Off the network: the control socket is a Unix socket in the unit's runtime directory.

@@ -37,6 +37,8 @@ def _flag_overrides(args) -> dict:
         out["output.terminal"] = "off"
     if getattr(args, "preview", False):
         out["output.preview"] = True
+    if getattr(args, "screen", False):
+        out["output.screen"] = True
     return out
 
 
@@ -66,6 +68,9 @@ def register(sub) -> None:
     p.add_argument("--no-gpio", action="store_true", help="no buttons or LEDs, even on a Pi (keys still work on a TTY)")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout even on a terminal")
     p.add_argument("--preview", action="store_true", help="a preview window (OpenCV with a GUI only)")
+    p.add_argument("--screen", action="store_true",
+                   help="the attached HDMI/DSI screen: the camera picture with the prediction over it, no desktop "
+                        "needed (picamera2's DRM preview for the Pi camera, else the framebuffer /dev/fb0)")
 
     p = sub.add_parser("doctor", help="(device) check camera, GPIO, runtime, Edge TPU, bundle, store and permissions",
                        description="Check everything `teachcam run` needs, with the same config, and say how to fix "

@@ -17,7 +17,12 @@ With --control: the control socket's cost instead (#11). Alternating rounds of t
 stalled, never reading — and with one preview-frame subscriber; frames/s as ratios to no client, and
 the JPEG encode counter (none while nobody subscribes; one per due frame however many subscribe).
 
-Usage: scripts/bench/daemon.py [--bundle build/default-bundle] [--frames 600] [--rounds 3] [--json] [--control]
+With --screen: the attached screen's cost (#16). Alternating rounds of the daemon with no screen and
+with the framebuffer screen (1920x1080, 32 bits: a file standing for /dev/fb0, with its sysfs folder),
+frames/s as a ratio; and the overlay's redraws per second while the prediction stays the same.
+
+Usage: scripts/bench/daemon.py [--bundle build/default-bundle] [--frames 600] [--rounds 3] [--json]
+                               [--control | --screen]
 """
 
 from __future__ import annotations
@@ -172,6 +177,83 @@ def control_main(args) -> int:
     return 0
 
 
+SCREEN_FPS = [10.0]  # --screen-fps
+
+
+def screen_rate(bundle_path: str, store: Path, frames: list, threads: int, folder: Path | None) -> dict:
+    """The daemon (gate off: every frame) with the framebuffer screen in ``folder``, or with none."""
+    output = {"terminal": "off", "json": "on"}
+    if folder is not None:
+        output.update(screen=True, screen_device=str(folder / "fb0"), screen_max_fps=SCREEN_FPS[0])
+    config = load_config(None, {"bundle": bundle_path, "store": str(store), "classes": ["cat", "coffee", "rocket"],
+                                "threads": threads, "frames": len(frames), "camera": {"fps": 1000.0, "gate": 0.0},
+                                "buttons": {"enabled": False}, "leds": {"enabled": False}, "output": output,
+                                "control": {"enabled": False}})
+    import teachcam.edge.screen as screen
+
+    real = screen.Framebuffer.__init__
+    if folder is not None:  # the fake framebuffer's sysfs folder sits beside it
+        screen.Framebuffer.__init__ = lambda self, device, sysfs=None, max_fps=10.0: real(self, device,
+                                                                                         str(folder / "sysfs"), max_fps)
+    try:
+        daemon = Daemon(config, source=ArraySource(frames), keyboard=False, stdout=io.StringIO())
+        daemon.start()
+    finally:
+        screen.Framebuffer.__init__ = real
+    daemon.grabber.interval = 0.0
+    started = time.perf_counter()
+    daemon.run()
+    elapsed = time.perf_counter() - started
+    port = next((b.port for b in daemon.mailboxes if b.port.name == "screen"), None)
+    result = {"fps": daemon.stats.frames / elapsed, "seconds": elapsed,
+              "redraws": port.redraws if port else 0, "written": port.backend.frames_written if port else 0}
+    daemon.close()
+    return result
+
+
+def screen_main(args) -> int:
+    lores_frames = demo_frames(args.frames, (342, 256))
+    still = [np.clip(lores_frames[0] + np.random.default_rng(i).normal(0, 5, lores_frames[0].shape), 0, 255)
+             .astype(np.uint8) for i in range(args.frames)]
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store, steady_store = Path(tmp) / "store60", Path(tmp) / "steady"
+        enroll(store, args.bundle, 60)
+        bundle = load_bundle(args.bundle)
+        embedder, pre = Embedder.create(bundle, "int8"), Preprocessor.from_manifest(bundle.preprocessing)
+        with Teacher.open(steady_store, embedder) as teacher:  # the still scene is taught: its label holds
+            for label, frame in (("cat", still[0]), ("coffee", lores_frames[len(lores_frames) // 2])):
+                teacher.add(label, embedder.embed(pre(frame)), pre(frame), source="bench")
+        folder = Path(tmp) / "fb"
+        (folder / "sysfs").mkdir(parents=True)
+        (folder / "sysfs" / "virtual_size").write_text("1920,1080\n")
+        (folder / "sysfs" / "bits_per_pixel").write_text("32\n")
+        (folder / "sysfs" / "stride").write_text(f"{1920 * 4}\n")
+        (folder / "fb0").write_bytes(bytes(1920 * 4 * 1080))
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}…", file=sys.stderr)
+            row = {"off": screen_rate(args.bundle, store, lores_frames, args.threads, None),
+                   "on": screen_rate(args.bundle, store, lores_frames, args.threads, folder)}
+            row["ratio"] = row["on"]["fps"] / row["off"]["fps"]
+            rounds.append(row)
+        steady = screen_rate(args.bundle, steady_store, still, args.threads, folder)
+    out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "rounds": rounds,
+           "ratio": float(np.median([r["ratio"] for r in rounds])),
+           "steady_redraws_after_first_per_s": (steady["redraws"] - 1) / steady["seconds"], "steady": steady}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"attached screen cost — {out['machine']}, {args.threads} threads, {args.frames} frames of 342x256, "
+          f"framebuffer 1920x1080x32 at ≤ {SCREEN_FPS[0]:g} frames/s, median of {args.rounds} alternating rounds")
+    for r in rounds:
+        print(f"  no screen {r['off']['fps']:6.1f} fps | framebuffer screen {r['on']['fps']:6.1f} fps "
+              f"({r['ratio']:.3f}×; {r['on']['written']} screen frames written, {r['on']['redraws']} overlay redraws)")
+    print(f"  median: {out['ratio']:.3f}× (target ≥ 0.9); a steady prediction over {steady['seconds']:.1f} s: "
+          f"{steady['redraws']} overlay redraw(s) in all, {out['steady_redraws_after_first_per_s']:.2f}/s after the "
+          f"first (target 0)")
+    return 0
+
+
 def startup_and_memory(bundle_path: str, store: Path, folder: Path) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
@@ -205,9 +287,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--control", action="store_true", help="measure the control socket's cost instead")
+    parser.add_argument("--screen", action="store_true", help="measure the attached screen's cost instead")
+    parser.add_argument("--screen-fps", type=float, default=10.0, help="with --screen: its frames/s cap (default 10)")
     args = parser.parse_args()
     if args.control:
         return control_main(args)
+    if args.screen:
+        SCREEN_FPS[0] = args.screen_fps
+        return screen_main(args)
 
     frames = demo_frames(args.frames)
     lores_frames = demo_frames(args.frames, (342, 256))  # what picamera2's ISP-scaled lores stream delivers

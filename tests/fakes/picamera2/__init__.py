@@ -44,6 +44,12 @@ YUV_FORMATS = {"YUV420", "YVU420", "NV12", "NV21", "YUYV", "UYVY"}
 BYTES_PER_PIXEL = {"RGB888": 3, "BGR888": 3, "XRGB8888": 4, "XBGR8888": 4, "YUV420": 1, "YVU420": 1}
 
 
+class Preview:
+    """picamera2.Preview, as far as teachcam uses it."""
+
+    NULL, DRM, QT, QTGL = "null", "drm", "qt", "qtgl"
+
+
 class ColorSpace:
     """libcamera.ColorSpace, as far as teachcam reads it."""
 
@@ -81,6 +87,8 @@ class Picamera2:
         self.captures = 0
         self.frame_rate = SENSOR_MAX_FPS
         self._next_frame = 0.0
+        self.preview = None
+        self.calls: list = []
         INSTANCES.append(self)
 
     def create_preview_configuration(self, main=None, lores=None, raw=None, transform=None, colour_space=None,
@@ -123,6 +131,26 @@ class Picamera2:
         if "FrameRate" in config["controls"]:
             self.frame_rate = min(SENSOR_MAX_FPS, float(config["controls"]["FrameRate"]))
 
+    def start_preview(self, preview=None, **kwargs) -> None:
+        if self.preview is not None:
+            raise RuntimeError("An event loop is already running")
+        self.preview = (preview, kwargs)
+        self.calls.append(("start_preview", preview, kwargs))
+
+    def set_overlay(self, overlay) -> None:
+        """Like DrmPreview.set_overlay: a started, configured preview with at least 2 buffers; RGBA (h, w, 4)."""
+        if self.preview is None:
+            raise RuntimeError("Preview must be started before setting an overlay")
+        if self.camera_config is None:
+            raise RuntimeError("Preview must be configured before setting an overlay")
+        if self.camera_config["buffer_count"] < 2:
+            raise RuntimeError("Need at least buffer_count=2 to set overlay")
+        if overlay is not None:
+            h, w, channels = overlay.shape  # a ValueError for anything but a 3-D array, as in picamera2
+            if channels != 4 or overlay.dtype != np.uint8:
+                raise ValueError("the overlay is RGBA uint8 (AB24)")
+        self.calls.append(("set_overlay", None if overlay is None else overlay.copy()))
+
     def stream_configuration(self, name="main") -> dict:
         return self.camera_config[name]
 
@@ -132,6 +160,7 @@ class Picamera2:
         if self.camera_config is None:
             raise RuntimeError("Camera has not been configured")
         self.started = True
+        self.calls.append(("start",))
         self._next_frame = time.monotonic()
 
     def _wait_for_frame(self, wait) -> None:
