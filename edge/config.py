@@ -93,7 +93,7 @@ class OutputConfig:
     # The attached HDMI/DSI screen: the camera's picture with the prediction over it (teachcam.edge.screen).
     screen: bool = False
     screen_device: str = "/dev/fb0"  # the framebuffer, for sources other than the Pi camera
-    screen_max_fps: float = 10.0
+    screen_max_fps: float = 5.0  # framebuffer frames/s: each 1080p frame costs ~15 ms of CPU (scripts/bench/daemon.py --screen)
 
 
 @dataclass(frozen=True)

@@ -289,7 +289,9 @@ class Daemon:
                     log.error("control socket: %s; running without it (teachcam enroll/status cannot reach "
                               "this daemon)", exc)
             self._kept = [Mailbox(port) for port in [*([self.control] if self.control else []), *self.extra_ports]]
-        self.mailboxes = [Mailbox(port) for port in ports] + self._kept
+        # A screen needs no more than ~20 views a second: it is not even woken for the others.
+        self.mailboxes = [Mailbox(port, view_interval=0.05 if port.name == "screen" else 0.0)
+                          for port in ports] + self._kept
 
     def _make_source(self):
         camera = self.config.camera

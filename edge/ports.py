@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 
 import numpy as np
 
@@ -42,11 +43,15 @@ class Mailbox:
 
     At most ``views`` views wait (a newer one pushes the oldest out: ``dropped_views``) and at
     most ``events`` events (then the oldest event goes: ``dropped_events``). ``offer_*`` never block.
+    ``view_interval``: a port that needs no more than a view every so often (a screen: 20 a second)
+    is not even woken for the others — they are dropped and counted. Events are never rate-limited.
     """
 
-    def __init__(self, port: Port, *, views: int = 1, events: int = 256):
+    def __init__(self, port: Port, *, views: int = 1, events: int = 256, view_interval: float = 0.0):
         self.port = port
         self.max_views, self.max_events = views, events
+        self.view_interval = view_interval
+        self._last_view = -1e9
         self._views: collections.deque = collections.deque()
         self._events: collections.deque = collections.deque()
         self._ready = threading.Condition()
@@ -57,6 +62,12 @@ class Mailbox:
         self._thread.start()
 
     def offer_view(self, view, frame=None) -> None:
+        if self.view_interval:
+            now = time.monotonic()
+            if now - self._last_view < self.view_interval:
+                self.dropped_views += 1
+                return
+            self._last_view = now
         with self._ready:
             if len(self._views) >= self.max_views:
                 self._views.popleft()
@@ -96,8 +107,6 @@ class Mailbox:
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """True once the inbox is empty (tests, shutdown)."""
-        import time
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._ready:

@@ -173,10 +173,22 @@ def to_pixels(image: Image.Image, bits: int) -> np.ndarray:
     return ((r >> 3) << 11 | (g >> 2) << 5 | (b >> 3)).astype("<u2")
 
 
+def _boxes(overlay: Image.Image, bands: int = 8) -> list[tuple[int, int, int, int]]:
+    """The parts of an RGBA overlay that are not fully transparent, as the boxes of horizontal bands."""
+    alpha = overlay.getchannel("A")
+    boxes = []
+    for i in range(bands):
+        top, bottom = overlay.height * i // bands, overlay.height * (i + 1) // bands
+        found = alpha.crop((0, top, overlay.width, bottom)).getbbox()
+        if found:
+            boxes.append((found[0], top + found[1], found[2], top + found[3]))
+    return boxes
+
+
 class Framebuffer:
     """Frames and the overlay written to a Linux framebuffer, scaled to fit, at most ``max_fps`` a second."""
 
-    def __init__(self, device: str = "/dev/fb0", sysfs: str | None = None, max_fps: float = 10.0):
+    def __init__(self, device: str = "/dev/fb0", sysfs: str | None = None, max_fps: float = 5.0):
         self.device = device
         self.sysfs = sysfs or f"/sys/class/graphics/{Path(device).name}"
         self.geometry = framebuffer_geometry(self.sysfs)
@@ -186,6 +198,7 @@ class Framebuffer:
         self._fd = self._open()
         self._last = 0.0
         self._box: tuple | None = None
+        self._rows: np.ndarray | None = None
         self._overlay_scaled: tuple | None = None
         self.frames_written = 0
 
@@ -211,18 +224,25 @@ class Framebuffer:
         x, y = (g.width - w) // 2, (g.height - h) // 2
         picture = picture.resize((w, h), Image.Resampling.BILINEAR)
         if overlay is not None:
-            if self._overlay_scaled is None or self._overlay_scaled[0] is not overlay:
-                self._overlay_scaled = (overlay, overlay.resize((w, h), Image.Resampling.BILINEAR))
-            picture.paste(self._overlay_scaled[1], (0, 0), self._overlay_scaled[1])
+            if self._overlay_scaled is None or self._overlay_scaled[0] is not overlay or \
+                    self._overlay_scaled[1][0].size != (w, h):
+                scaled = overlay.resize((w, h), Image.Resampling.BILINEAR)
+                # Composite only where the overlay draws (label, bars, banner): most of the picture is untouched.
+                self._overlay_scaled = (overlay, (scaled, _boxes(scaled)))
+            scaled, boxes = self._overlay_scaled[1]
+            for box in boxes:
+                piece = scaled.crop(box)
+                picture.paste(piece, box[:2], piece)
         pixels = to_pixels(picture, g.bits_per_pixel)
         bytes_per_pixel = g.bits_per_pixel // 8
-        if self._box != (x, y, w, h):  # the picture moved or first frame: clear the borders once
-            blank = bytes(g.stride * g.height)
-            os.pwrite(self._fd, blank, 0)
-            self._box = (x, y, w, h)
-        rows = np.ascontiguousarray(pixels).view(np.uint8).reshape(h, w * bytes_per_pixel)
-        for row in range(h):  # one write per line: the stride may be wider than the visible line
-            os.pwrite(self._fd, rows[row].tobytes(), (y + row) * g.stride + x * bytes_per_pixel)
+        if self._box != (x, y, w, h):  # the picture moved or first frame: clear the screen once
+            os.pwrite(self._fd, bytes(g.stride * g.height), 0)
+            self._box, self._rows = (x, y, w, h), np.zeros((h, g.stride), np.uint8)
+        # The picture's lines, full stride wide (borders stay black), in ONE write: a write per line would
+        # hand the GIL back and forth with the camera loop a thousand times a frame.
+        self._rows[:, x * bytes_per_pixel:(x + w) * bytes_per_pixel] = \
+            np.ascontiguousarray(pixels).view(np.uint8).reshape(h, w * bytes_per_pixel)
+        os.pwrite(self._fd, self._rows.data, y * g.stride)
         self.frames_written += 1
 
     def reopen(self) -> None:
