@@ -39,11 +39,17 @@ def read_temperature(sys_root: str = "/sys") -> float | None:
 
 
 def read_throttled(sys_root: str = "/sys", vcgencmd: str | None = None) -> int | None:
-    """The firmware's throttling bits, or None where neither sysfs nor vcgencmd can say."""
+    """The firmware's throttling bits, or None where neither sysfs nor vcgencmd can say.
+
+    ``vcgencmd``: the tool's path (None: look for it; "": do not run it — a subprocess is too slow for the
+    daemon's main loop, which reads sysfs only).
+    """
     try:
         return int(Path(sys_root, "devices/platform/soc/soc:firmware/get_throttled").read_text().strip(), 16)
     except (OSError, ValueError):
         pass
+    if vcgencmd == "":
+        return None
     tool = vcgencmd or shutil.which("vcgencmd") or ("/usr/bin/vcgencmd" if os.path.exists("/usr/bin/vcgencmd") else None)
     if tool is None:
         return None
@@ -67,8 +73,8 @@ def health(*, proc: str = "/proc", sys_root: str = "/sys", vcgencmd: str | None 
 
 
 def health_fields() -> dict:
-    """What the periodic stats event carries (nothing off a Pi)."""
-    found = health()
+    """What the periodic stats event carries (nothing off a Pi). Built on the main loop: sysfs only."""
+    found = health(vcgencmd="")
     return {"temperature_c": found["temperature_c"], "throttled": found["throttled"]} if found else {}
 
 
