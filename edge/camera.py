@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from teachcam.edge.errors import CameraError
+from teachcam.edge.errors import CameraError, first_line
 from teachcam.edge.images import IMAGE_SUFFIXES, read_image
 from teachcam.edge.samples import sample_photos
 
@@ -80,7 +80,7 @@ class Picamera2Source(Source):
             raise CameraError("picamera2 is not installed: on Raspberry Pi OS run `sudo apt install python3-picamera2` "
                               "and create the venv with --system-site-packages") from None
         except Exception as exc:  # Pi OS's picamera2 imports a numpy-1-built simplejpeg: numpy 2 raises ValueError
-            raise CameraError(f"picamera2 is installed but cannot be imported ({_first_line(exc)}); the venv must use "
+            raise CameraError(f"picamera2 is installed but cannot be imported ({first_line(exc)}); the venv must use "
                               "the OS's numpy 1.x — rerun scripts/install-pi") from None
         camera = None
         try:
@@ -101,7 +101,7 @@ class Picamera2Source(Source):
         except Exception as exc:  # RuntimeError, IndexError (no camera), OSError, ValueError from libcamera
             if camera is not None:
                 _close_camera(camera)
-            raise CameraError(f"the Raspberry Pi camera did not start ({_first_line(exc)}); is it connected and "
+            raise CameraError(f"the Raspberry Pi camera did not start ({first_line(exc)}); is it connected and "
                               "enabled? (`rpicam-hello --list-cameras`)") from None
         self.camera = camera
 
@@ -115,7 +115,7 @@ class Picamera2Source(Source):
         except TimeoutError:
             raise CameraError(f"the camera delivered no frame in {self.timeout:g} s (stalled)") from None
         except Exception as exc:
-            raise CameraError(f"picamera2 capture failed ({_first_line(exc)})") from None
+            raise CameraError(f"picamera2 capture failed ({first_line(exc)})") from None
         width, height = self.stream["size"]
         return yuv420_to_rgb(yuv, width, height, self.stream.get("stride") or width,
                              full_range=self.stream["full_range"])
@@ -166,11 +166,6 @@ def _close_camera(camera) -> None:
         camera.stop()
     finally:
         camera.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class OpenCVSource(Source):
@@ -440,7 +435,7 @@ class FrameGrabber:
                 read_seconds = time.perf_counter() - read_started
             except Exception as exc:  # CameraError, or whatever a driver raises: never a dead capture thread
                 if not isinstance(exc, CameraError):
-                    exc = CameraError(f"{type(exc).__name__}: {_first_line(exc)}")
+                    exc = CameraError(f"{type(exc).__name__}: {first_line(exc)}")
                 self.errors += 1
                 self.last_error = str(exc)
                 self.last_error_time = time.monotonic()

@@ -356,20 +356,10 @@ class Daemon:
             last = frame.number
             now = time.monotonic()
             if self._view is not None and not self.gate.should_embed(frame.signature, now, must=self._frame_needed()):
-                # The scene has not changed since the last embedded frame: its prediction stands, no invoke.
-                # The ports still get the frame (a live view goes on; the LEDs and the shown class stay).
-                self.last_frame = frame.image
-                self._apply_commands(None)
-                self.stats.frames += 1
-                self._view = replace(self._view, frame=frame.number, latency_ms=(time.monotonic() - frame.captured) * 1e3)
-                for mailbox in self.mailboxes:
-                    mailbox.offer_view(self._view, frame.image)
-                self.notifier.ping()
-                if self.config.frames is not None and self.stats.frames >= self.config.frames:
-                    break
-                continue
-            self.step(frame.image, frame.captured, frame.number, frame.pixels)
-            self.gate.did_embed(frame.signature, now)
+                self._reshow(frame)  # the scene has not changed since the last embedded frame: no invoke
+            else:
+                self.step(frame.image, frame.captured, frame.number, frame.pixels)
+                self.gate.did_embed(frame.signature, now)
             # The watchdog is fed only while frames advance: a camera that stalls (or a capture thread that
             # hangs in the driver) stops the pings, and systemd restarts the service after WatchdogSec.
             self.notifier.ping()
@@ -377,11 +367,26 @@ class Daemon:
                 break
         return 0
 
+    def _reshow(self, frame) -> None:
+        """A frame the gate spared: the last prediction stands, pending commands apply, and the ports still
+        get the frame (a live view goes on; the LEDs and the shown class stay)."""
+        self.last_frame = frame.image
+        self._apply_commands(None)
+        self.stats.frames += 1
+        self._show(replace(self._view, frame=frame.number, latency_ms=(time.monotonic() - frame.captured) * 1e3),
+                   frame.image)
+
+    def _show(self, view: View, image: np.ndarray) -> None:
+        self._view = view
+        for mailbox in self.mailboxes:
+            mailbox.offer_view(view, image)
+
     def _frame_needed(self) -> bool:
         """An enrollment waits for this frame, or a class button is held: the gate must let it through."""
         if self.buttons is not None and self.buttons.is_held:
             return True
-        return any(isinstance(command, m.Enroll) for command, _ in list(self.commands.queue))
+        with self.commands.mutex:  # button and socket threads append meanwhile: never iterate it unlocked
+            return any(isinstance(command, m.Enroll) for command, _ in self.commands.queue)
 
     def _watch_camera(self) -> None:
         """Camera trouble (and its end) becomes an event every port receives, not only a log line."""
@@ -422,9 +427,7 @@ class Daemon:
                                             confidence=round(confidence, 4),
                                             confidences={k: round(v, 4) for k, v in confidences.items()},
                                             counts=counts), log_it=False)
-        self._view = view
-        for mailbox in self.mailboxes:
-            mailbox.offer_view(view, image)
+        self._show(view, image)
         t4 = time.perf_counter()
         for stage, seconds in (("preprocess", t1 - t0), ("invoke", t2 - t1), ("classify", t3 - t2),
                                ("output", t4 - t3)):

@@ -143,7 +143,7 @@ class OledSink(Port):
     name = "oled"
 
     def __init__(self, device=None, *, port: int = 1, address: int = 0x3C, max_fps: float = 4.0):
-        from teachcam.edge.errors import ConfigError
+        from teachcam.edge.errors import ConfigError, first_line
 
         if device is None:
             try:
@@ -155,8 +155,8 @@ class OledSink(Port):
             try:
                 device = ssd1306(i2c(port=port, address=address))
             except Exception as exc:  # luma's DeviceNotFoundError, DevicePermissionError, DeviceAddressError, OSError
-                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ConfigError(f"the OLED on /dev/i2c-{port} at address {address:#04x} did not start ({text}); check "
+                raise ConfigError(f"the OLED on /dev/i2c-{port} at address {address:#04x} did not start "
+                                  f"({first_line(exc)}); check "
                                   f"the wiring and `i2cdetect -y {port}`, and that I2C is on "
                                   "(sudo raspi-config nonint do_i2c 0)") from None
         self.device = device

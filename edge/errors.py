@@ -6,6 +6,12 @@ was wrong and what to do. The CLI prints ``str(error)`` on one line and exits no
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message on one line (its first), or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class TeachcamError(Exception):
     """Root of every error teachcam reports to a user."""
 

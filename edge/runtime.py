@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from teachcam.edge.errors import ModelError, RuntimeNotFoundError
+from teachcam.edge.errors import ModelError, RuntimeNotFoundError, first_line
 from teachcam.edge.stdio import captured_stderr
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,7 @@ def load_interpreter(model_path: str | Path, *, num_threads: int | None = None,
         raise
     except (ValueError, RuntimeError, OSError) as exc:
         where = " on the Edge TPU" if edgetpu_device is not None else ""
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load model {model_path}{where}: {first_line}") from None
+        raise ModelError(f"cannot load model {model_path}{where}: {first_line(exc)}") from None
     kernels = kernels_of(interpreter, said, edgetpu=edgetpu_device is not None)
     if kernels == "reference":
         log.warning("%s runs on the runtime's reference kernels, not XNNPACK (several times slower); on a Raspberry "
@@ -228,7 +227,7 @@ def _probe_child(model_path: str, device: str) -> int:
         interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
         interpreter.invoke()
     except (ModelError, ValueError, RuntimeError) as exc:
-        print(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, flush=True)
+        print(first_line(exc), flush=True)
         return 3
     return 0
 
@@ -261,7 +260,7 @@ def load_delegate_quietly(runtime: InterpreterModule, library: str, options: dic
     try:
         return runtime.load_delegate(library, options or {})
     except (ValueError, RuntimeError, OSError) as exc:
-        failure = type(exc)(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        failure = type(exc)(first_line(exc))
     finally:
         gc.collect()  # with the failed call's traceback gone, the half-built Delegate is collected here
         sys.unraisablehook = previous
