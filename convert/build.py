@@ -16,8 +16,9 @@ import numpy as np
 
 from teachcam.convert import calibration
 from teachcam.convert.bundle_writer import BundleWriter, check_destination
+from teachcam.convert.quantize import DEFAULT_RECIPE, RECIPE_NOTES, output_fidelity
 from teachcam.edge.bundle import Bundle, load_bundle
-from teachcam.edge.errors import DatasetError
+from teachcam.edge.errors import DatasetError, TeachcamError
 from teachcam.edge.images import read_image
 from teachcam.edge.models import Embedder, Head
 from teachcam.edge.preprocess import Preprocessor
@@ -50,6 +51,12 @@ class ConvertOptions:
     calibration_samples: int = 128
     edgetpu: bool = False
     force: bool = False
+    quantization: str = DEFAULT_RECIPE
+
+
+# The int8 embedder's first convolution and first depthwise layer have the highest gain: their weights'
+# rounding is learned (convert/rounding.py); more layers measured no better on held-out photos.
+STEM_ROUNDING_LAYERS = 2
 
 
 def imagenet_head(backbone):
@@ -62,34 +69,62 @@ def imagenet_head(backbone):
     return model
 
 
-def agreement(bundle: Bundle, paths: list[Path]) -> dict:
-    """Float vs int8 on the device runtime: top-1 agreement and embedding cosine similarity."""
-    pre = Preprocessor.from_manifest(bundle.preprocessing)
+def agreement(bundle: Bundle, views: list[tuple[str, np.ndarray]], *, held_out: bool) -> dict:
+    """Float vs int8 on the device runtime, over model-ready ``views`` (name, pixels): ImageNet top-1
+    agreement and embedding cosine (mean and minimum)."""
     runners = {}
     head_name = "imagenet" if "imagenet" in bundle.heads else next(iter(bundle.heads))
     for precision in ("float32", "int8"):
         embedder = Embedder.create(bundle, precision)
         runners[precision] = (embedder, Head.create(bundle, head_name, embedder))
-    rows = []
-    for path in paths:
-        pixels = pre(read_image(path, min_side=pre.shorter_side))
-        row = {"image": path.name}
-        embeddings = {}
+    rows, embeddings, probabilities = [], {"float32": [], "int8": []}, {"float32": [], "int8": []}
+    for name, pixels in views:
+        row = {"image": name}
         for precision, (embedder, head) in runners.items():
-            embeddings[precision] = embedder.embed(pixels)
-            probs = head.probabilities(embeddings[precision])
+            embeddings[precision].append(embedder.embed(pixels))
+            probs = head.probabilities(embeddings[precision][-1])
+            probabilities[precision].append(probs)
             best = int(np.argmax(probs))
             row[precision] = {"top1": head.labels[best], "probability": round(float(probs[best]), 4)}
-        a, b = embeddings["float32"], embeddings["int8"]
+        a, b = embeddings["float32"][-1], embeddings["int8"][-1]
         row["cosine"] = round(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)), 5)
         rows.append(row)
+    embedding = output_fidelity(np.array(embeddings["float32"]), np.array(embeddings["int8"]))
     same = sum(r["float32"]["top1"] == r["int8"]["top1"] for r in rows)
     return {
-        "images": len(rows),
+        "images": len({r["image"].split("#")[0] for r in rows}),
+        "views": len(rows),
+        "held_out": held_out,
         "top1_agreement": round(same / max(1, len(rows)), 4),
-        "mean_embedding_cosine": round(float(np.mean([r["cosine"] for r in rows])) if rows else 0.0, 5),
+        "mean_embedding_cosine": embedding["mean_cosine"],
+        "min_embedding_cosine": embedding["min_cosine"],
+        "recipe": bundle.manifest.get("quantization", {}).get("recipe", "unknown"),
         "per_image": rows,
     }
+
+
+def split_photos(photos: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(calibrate, held out): every third photo only measures the int8 models; with fewer than three
+    photos there is nothing to hold out and every photo calibrates."""
+    if len(photos) < 3:
+        return photos, []
+    return [p for i, p in enumerate(photos) if i % 3 != 2], photos[2::3]
+
+
+def evaluation_views(photos: list[Path], pre: Preprocessor, per_image: int = 4, seed: int = 7,
+                     on_skip=None) -> list[tuple[str, np.ndarray]]:
+    """Each photo's centre view and ``per_image - 1`` random crops/mirrors, model-ready, named ``photo#k``."""
+    rng = np.random.default_rng(seed)
+    views = []
+    for path in photos:
+        try:
+            frames = calibration.variants(read_image(path, min_side=pre.shorter_side), pre, per_image, rng)
+        except TeachcamError as exc:
+            if on_skip:
+                on_skip(path, exc)
+            continue
+        views += [(f"{path.name}#{k}", frame) for k, frame in enumerate(frames)]
+    return views
 
 
 def calibration_images(options: ConvertOptions) -> tuple[list[Path], str]:
@@ -110,7 +145,7 @@ def calibration_images(options: ConvertOptions) -> tuple[list[Path], str]:
 
 
 def add_backbone(writer: BundleWriter, backbone, samples: list[np.ndarray], progress, *, source: str, images: int,
-                 int8_embedder: bytes | None = None) -> np.ndarray:
+                 int8_embedder: tuple[bytes, dict] | None = None, recipe: str = DEFAULT_RECIPE) -> np.ndarray:
     """The float32 and int8 embedders (int8 calibrated on ``samples``, unless ``int8_embedder`` is given,
     already quantized) and the backbone, preprocessing, embedding and calibration sections. Returns the
     float embeddings of ``samples``, which calibrate the heads."""
@@ -119,17 +154,12 @@ def add_backbone(writer: BundleWriter, backbone, samples: list[np.ndarray], prog
     progress.advance()
     if int8_embedder is not None:  # training quantized it already, on the same calibration set
         int8_path = writer.folder / "embedder_int8.tflite"
-        int8_path.write_bytes(int8_embedder)
+        int8_path.write_bytes(int8_embedder[0])
+        details = int8_embedder[1]
     else:
-        progress.step("quantizing int8 embedder", total=len(samples))
-
-        def representative():
-            for sample in samples:
-                progress.advance()
-                yield sample.astype(np.float32)
-
-        int8_path = writer.export(backbone.embedder, "embedder_int8.tflite", int8=True, representative=representative)
-    writer.add_model(int8_path, role="embedder", precision="int8")
+        int8_path, details = quantize_embedder(writer, backbone, samples, progress, recipe)
+    writer.add_model(int8_path, role="embedder", precision="int8", quantization=details)
+    writer.manifest["quantization"] = {"recipe": details["recipe"], "description": RECIPE_NOTES[details["recipe"]]}
     writer.add_model(float_path, role="embedder", precision="float32")
     writer.manifest.update({
         "backbone": backbone.manifest_backbone(),
@@ -144,31 +174,57 @@ def add_backbone(writer: BundleWriter, backbone, samples: list[np.ndarray], prog
                            for i in range(0, len(batch), 32)])
 
 
+def quantize_embedder(writer: BundleWriter, backbone, samples: list[np.ndarray], progress,
+                      recipe: str) -> tuple[Path, dict]:
+    """The int8 embedder in the bundle, by ``recipe``; returns its path and what the recipe did."""
+    progress.step(f"quantizing the int8 embedder ({recipe} ranges"
+                  + (", learned stem rounding)" if recipe == "clipped" else ")"), total=len(samples))
+
+    def representative():
+        for sample in samples:
+            progress.advance()
+            yield sample.astype(np.float32)
+
+    details: dict = {}
+    path = writer.export(backbone.embedder, "embedder_int8.tflite", int8=True, representative=representative,
+                         recipe=recipe, rounding_layers=STEM_ROUNDING_LAYERS if recipe == "clipped" else 0,
+                         details=details)
+    return path, details
+
+
 def add_head(writer: BundleWriter, name: str, model, labels: list[str], embeddings: np.ndarray, progress, *,
-             kind: str) -> None:
+             kind: str, recipe: str = DEFAULT_RECIPE) -> None:
     """A head on the embedding (Keras: embedding -> logits), float32 and int8 (calibrated on ``embeddings``)."""
     progress.step(f"exporting head {name!r} (float32 and int8)", total=2)
     float_path = writer.export(model, f"{name}_head_float32.tflite", int8=False)
     progress.advance()
-    int8_path = writer.export(model, f"{name}_head_int8.tflite", int8=True, representative=lambda: iter(embeddings))
+    details: dict = {}
+    int8_path = writer.export(model, f"{name}_head_int8.tflite", int8=True, representative=lambda: iter(embeddings),
+                              recipe=recipe, details=details)
     progress.advance()
-    writer.add_model(int8_path, role="head", precision="int8", head=name, output="logits")
+    writer.add_model(int8_path, role="head", precision="int8", head=name, output="logits", quantization=details)
     writer.add_model(float_path, role="head", precision="float32", head=name, output="logits")
     writer.add_labels(name, labels, kind=kind, output="logits")
 
 
-def add_imagenet_head(writer: BundleWriter, backbone, embeddings: np.ndarray, progress) -> None:
+def add_imagenet_head(writer: BundleWriter, backbone, embeddings: np.ndarray, progress,
+                      recipe: str = DEFAULT_RECIPE) -> None:
     """The backbone's own 1000-class ImageNet classifier, unless fine-tuning made it unfit."""
     if backbone.classifier_kernel is None:
         return
     labels = LABELS_FILE.read_text(encoding="utf-8").splitlines()
-    add_head(writer, "imagenet", imagenet_head(backbone), labels, embeddings, progress, kind="imagenet_classifier")
+    add_head(writer, "imagenet", imagenet_head(backbone), labels, embeddings, progress, kind="imagenet_classifier",
+             recipe=recipe)
 
 
-def add_agreement(writer: BundleWriter, photos: list[Path], progress) -> None:
-    """How far int8 agrees with float32 on ``photos``, measured on the device runtime."""
-    progress.step("measuring float32 vs int8 agreement", total=1)
-    writer.manifest["evaluation"] = {"float_vs_int8": agreement(writer.draft(), photos)}
+def add_agreement(writer: BundleWriter, photos: list[Path], progress, *, held_out: bool) -> None:
+    """How far int8 agrees with float32 on ``photos`` (centre views and crops), on the device runtime.
+    ``held_out``: none of these photos calibrated the int8 models."""
+    pre = Preprocessor.from_manifest(writer.manifest["preprocessing"])
+    views = evaluation_views(photos, pre, on_skip=lambda path, exc: progress.note(f"skipped {path.name}: {exc}"))
+    progress.step(f"measuring float32 vs int8 on {len(views)} views of {len(photos)} "
+                  + ("held-out " if held_out else "") + "photos", total=1)
+    writer.manifest["evaluation"] = {"float_vs_int8": agreement(writer.draft(), views, held_out=held_out)}
     progress.advance()
 
 
@@ -186,6 +242,7 @@ def convert_bundle(options: ConvertOptions, progress=None) -> Bundle:
     check_destination(Path(options.out), options.force)
     check_family(options.family, options.alpha, options.input_size, options.weights)
     photos, source = calibration_images(options)
+    photos, held_out = split_photos(photos)
     progress.step("loading the backbone weights")
     backbone = load_backbone(options.weights, options.input_size, options.alpha, options.family)
     progress.advance()
@@ -196,11 +253,13 @@ def convert_bundle(options: ConvertOptions, progress=None) -> Bundle:
         on_image=lambda _: progress.advance(),
         on_skip=lambda path, exc: progress.note(f"skipped calibration image {path.name}: {exc}"))
     with BundleWriter(options.out, force=options.force) as writer:
-        embeddings = add_backbone(writer, backbone, samples, progress, source=source, images=len(photos))
-        add_imagenet_head(writer, backbone, embeddings, progress)
+        embeddings = add_backbone(writer, backbone, samples, progress, source=source, images=len(photos),
+                                  recipe=options.quantization)
+        writer.manifest["calibration"]["held_out_images"] = [p.name for p in held_out]
+        add_imagenet_head(writer, backbone, embeddings, progress, recipe=options.quantization)
         if options.edgetpu:
             progress.step("compiling for the Edge TPU")
             writer.compile_edgetpu(writer.folder / "embedder_int8.tflite", progress, role="embedder")
             progress.advance()
-        add_agreement(writer, photos, progress)
+        add_agreement(writer, held_out or photos, progress, held_out=bool(held_out))
     return load_bundle(options.out)

@@ -133,12 +133,12 @@ class BundleWriter:
                 raise
         return bool(self._stage.__exit__(exc_type, exc, traceback))
 
-    def export(self, model, name: str, *, int8: bool, representative=None) -> Path:
+    def export(self, model, name: str, *, int8: bool, representative=None, **recipe) -> Path:
         """Convert a Keras model to ``name`` in the bundle (float32, or full-integer int8 calibrated on
-        ``representative``: a callable yielding samples)."""
+        ``representative``: a callable yielding samples; ``recipe``: to_tflite's int8 options)."""
         from teachcam.convert.export import write_tflite
 
-        return write_tflite(model, self.folder / name, int8=int8, representative=representative)
+        return write_tflite(model, self.folder / name, int8=int8, representative=representative, **recipe)
 
     def add_model(self, path: Path, *, role: str, precision: str, head: str | None = None, **extra) -> dict:
         """List a model file of the bundle in the manifest (tensors read from the file)."""

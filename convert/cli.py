@@ -75,7 +75,7 @@ def run_convert(args) -> int:
     options = ConvertOptions(out=args.out, weights=args.weights, input_size=args.input_size, alpha=args.alpha,
                              family=args.backbone,
                              calibration=args.calibration, calibration_samples=args.calibration_samples,
-                             edgetpu=args.edgetpu, force=args.force)
+                             edgetpu=args.edgetpu, force=args.force, quantization=args.quantization)
     started = time.monotonic()
     with RichProgress() as progress:
         bundle = convert_bundle(options, progress)
@@ -87,6 +87,10 @@ def run_convert(args) -> int:
         "models": {m.file: m.raw["bytes"] for m in bundle.models},
         "float_vs_int8_top1_agreement": evaluation["top1_agreement"],
         "mean_embedding_cosine": evaluation["mean_embedding_cosine"],
+        "min_embedding_cosine": evaluation["min_embedding_cosine"],
+        "evaluation_views": evaluation["views"],
+        "held_out": evaluation["held_out"],
+        "quantization": bundle.manifest["quantization"]["recipe"],
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -94,8 +98,11 @@ def run_convert(args) -> int:
         print(f"wrote {bundle.path} in {elapsed:.0f} s")
         for name, size in summary["models"].items():
             print(f"  {name:<32} {size / 1e6:6.2f} MB")
-        print(f"int8 vs float32 over {evaluation['images']} sample photos: top-1 agreement "
-              f"{evaluation['top1_agreement'] * 100:.1f}%, mean embedding cosine {evaluation['mean_embedding_cosine']:.4f}")
+        what = "held-out photos, never used for calibration" if evaluation["held_out"] else "photos"
+        print(f"int8 ({summary['quantization']} recipe) vs float32 over {evaluation['views']} views of "
+              f"{evaluation['images']} {what}: embedding cosine mean {evaluation['mean_embedding_cosine']:.4f}, "
+              f"min {evaluation['min_embedding_cosine']:.4f}; ImageNet top-1 agreement "
+              f"{evaluation['top1_agreement'] * 100:.1f}%")
         print(f"next: teachcam classify --bundle {bundle.path} IMAGE")
     return 0
 
@@ -118,7 +125,8 @@ def run_train(args) -> int:
                            learning_rate=args.learning_rate or defaults[1],
                            unfreeze=args.unfreeze, patience=defaults[2], input_size=args.input_size,
                            max_int8_drop=args.max_int8_drop,
-                           weights=args.weights, edgetpu=args.edgetpu, force=args.force)
+                           weights=args.weights, edgetpu=args.edgetpu, force=args.force,
+                           quantization=args.quantization)
     started = time.monotonic()
     failure = None
     with RichProgress() as progress:
@@ -137,6 +145,9 @@ def run_train(args) -> int:
         print(f"wrote {bundle.path} in {time.monotonic() - started:.0f} s; {metrics['evaluated_on']} accuracy "
               f"({metrics['evaluation_images']} images) on the device runtime: "
               f"float32 {acc['float32']:.3f}, int8 {acc['int8']:.3f} (int8 drop {acc['int8_drop_points']:+.2f} points)")
+        fid = metrics["int8_vs_float32"]
+        print(f"int8 ({fid['recipe']} recipe) vs float32 class scores on those images: cosine mean "
+              f"{fid['mean_cosine']:.4f}, min {fid['min_cosine']:.4f}; same top-1 {fid['argmax_agreement'] * 100:.1f}%")
         print(f"report: {bundle.path / 'report'} (curves.png, confusion_*.png, samples_int8.png, metrics.json)")
         print(f"on the Pi: teachcam run --bundle BUNDLE --mode head  (head {args.name!r}, {len(metrics['classes'])} classes"
               + ("; a standalone classifier: it cannot be taught by example)" if args.head == "cnn" else ")"))

@@ -20,6 +20,7 @@ import numpy as np
 from teachcam.convert.bundle_writer import BundleWriter
 from teachcam.convert.calibration import full_range_sample
 from teachcam.convert.datasets import Dataset
+from teachcam.convert.quantize import RECIPE_NOTES
 from teachcam.convert.training import (
     KerasProgress,
     TrainOptions,
@@ -70,11 +71,11 @@ def build_cnn(keras, size: int, classes: int, dropout: float):
 
 
 def evaluate(bundle: Bundle, pixels: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Predicted class per image on the device runtime, float32 and int8."""
+    """Class scores (logits) per image on the device runtime, float32 and int8."""
     out = {}
     for precision in ("float32", "int8"):
         classifier = Classifier.create(bundle, precision)
-        out[precision] = np.array([int(np.argmax(classifier.embed(p))) for p in pixels])
+        out[precision] = np.array([classifier.embed(p) for p in pixels])
     return out
 
 
@@ -108,10 +109,13 @@ def train_cnn(options: TrainOptions, data: Dataset, train_set: Dataset, val_set:
         progress.step("exporting the classifier (float32 and int8)", total=2)
         float_path = writer.export(model, f"{name}_classifier_float32.tflite", int8=False)
         progress.advance()
+        details: dict = {}
         int8_path = writer.export(model, f"{name}_classifier_int8.tflite", int8=True,
-                                  representative=lambda: (c.astype(np.float32) for c in calibration))
+                                  representative=lambda: (c.astype(np.float32) for c in calibration),
+                                  recipe=options.quantization, details=details)
         progress.advance()
-        writer.add_model(int8_path, role="classifier", precision="int8", head=name, output="logits")
+        writer.add_model(int8_path, role="classifier", precision="int8", head=name, output="logits",
+                         quantization=details)
         writer.add_model(float_path, role="classifier", precision="float32", head=name, output="logits")
         writer.add_labels(name, list(data.classes), kind="cnn_classifier", output="logits", input="pixels")
         if options.edgetpu:
@@ -125,6 +129,7 @@ def train_cnn(options: TrainOptions, data: Dataset, train_set: Dataset, val_set:
             "preprocessing": section,
             "calibration": {"source": "the user's own training images", "samples": len(calibration),
                             "note": "first sample is a 0..255 gradient so the uint8 input keeps scale 1, zero point 0"},
+            "quantization": {"recipe": options.quantization, "description": RECIPE_NOTES[options.quantization]},
         })
         progress.step(f"classifying {len(held_pixels)} {held_name} images on the device runtime (float32 and int8)")
         predicted = evaluate(writer.draft(), held_pixels)

@@ -45,19 +45,24 @@ from teachcam.edge.samples import sample_photos
 log = logging.getLogger(__name__)
 
 
-def quantize_embedder(backbone, calibration: list[np.ndarray], progress) -> bytes:
+def quantize_embedder(backbone, calibration: list[np.ndarray], progress, recipe: str) -> tuple[bytes, dict]:
+    """The int8 embedder calibrated on the user's images: (flatbuffer, what the recipe did)."""
+    from teachcam.convert.build import STEM_ROUNDING_LAYERS
     from teachcam.convert.calibration import full_range_sample
     from teachcam.convert.export import to_tflite
 
     samples = [full_range_sample(*calibration[0].shape[:2]), *calibration]
-    progress.step("quantizing the int8 embedder on your images", total=len(samples))
+    progress.step(f"quantizing the int8 embedder on your images ({recipe} ranges)", total=len(samples))
 
     def representative():
         for sample in samples:
             progress.advance()
             yield sample.astype(np.float32)
 
-    return to_tflite(backbone.embedder, int8=True, representative=representative)
+    details: dict = {}
+    blob = to_tflite(backbone.embedder, int8=True, representative=representative, recipe=recipe,
+                     rounding_layers=STEM_ROUNDING_LAYERS if recipe == "clipped" else 0, details=details)
+    return blob, details
 
 
 def embed_int8(blob: bytes, pixels: list[np.ndarray], progress, what: str) -> np.ndarray:
@@ -159,11 +164,13 @@ def load_data(options: TrainOptions, progress) -> tuple[Dataset, Dataset, Datase
 
 
 def int8_features(backbone, calibration: list[np.ndarray], train_pixels: list[np.ndarray],
-                  val_pixels: list[np.ndarray], progress) -> tuple[bytes, np.ndarray, np.ndarray]:
+                  val_pixels: list[np.ndarray], progress, recipe: str) -> tuple[tuple[bytes, dict], np.ndarray, np.ndarray]:
     """Quantize the embedder once on the user's images; its int8 outputs — what the device computes —
-    for the training and validation images. Returns (int8 model, training features, validation features)."""
-    blob = quantize_embedder(backbone, calibration, progress)
-    return blob, embed_int8(blob, train_pixels, progress, "training"), embed_int8(blob, val_pixels, progress, "validation")
+    for the training and validation images. Returns ((int8 model, recipe details), training features,
+    validation features)."""
+    blob, details = quantize_embedder(backbone, calibration, progress, recipe)
+    return ((blob, details), embed_int8(blob, train_pixels, progress, "training"),
+            embed_int8(blob, val_pixels, progress, "validation"))
 
 
 def train(options: TrainOptions, progress=None) -> Bundle:
@@ -196,7 +203,8 @@ def train(options: TrainOptions, progress=None) -> Bundle:
     if options.head == "dense":
         # The head learns from the embeddings the device will compute: those of the int8 embedder,
         # quantized here once (calibrated on the user's own images) and bundled as it is.
-        int8_blob, train_x, val_x = int8_features(backbone, calibration, train_pixels, val_pixels, progress)
+        int8_blob, train_x, val_x = int8_features(backbone, calibration, train_pixels, val_pixels, progress,
+                                                      options.quantization)
         model = build_dense_head(keras, train_x.shape[1], len(data.classes), options.hidden, options.dropout)
         head_model, fit_data, fit_val = model, (train_x, train_set.labels), (val_x, val_set.labels)
     else:
@@ -216,7 +224,8 @@ def train(options: TrainOptions, progress=None) -> Bundle:
         # As for dense: the tuned embedder is quantized once on the user's images and bundled as is, and the
         # head is refitted (from its fine-tuned weights) on that int8 embedder's outputs — what the device
         # computes. Without this step the head met int8 features it was never trained on.
-        int8_blob, train_x, val_x = int8_features(backbone, calibration, train_pixels, val_pixels, progress)
+        int8_blob, train_x, val_x = int8_features(backbone, calibration, train_pixels, val_pixels, progress,
+                                                      options.quantization)
         compile_for_logits(keras, head_model, 1e-3)
         refit = keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True)
         progress.step("refitting the head on the int8 embedder's outputs")
@@ -228,15 +237,15 @@ def train(options: TrainOptions, progress=None) -> Bundle:
     samples = [full_range_sample(pre.crop_height, pre.crop_width), *calibration][: ConvertOptions.calibration_samples + 1]
     with BundleWriter(options.out, force=options.force) as writer:
         embeddings = add_backbone(writer, backbone, samples, progress, source="the user's own training images",
-                                  images=0, int8_embedder=int8_blob)
-        add_imagenet_head(writer, backbone, embeddings, progress)
+                                  images=0, int8_embedder=int8_blob, recipe=options.quantization)
+        add_imagenet_head(writer, backbone, embeddings, progress, recipe=options.quantization)
         add_head(writer, options.head_name, model, list(data.classes), embeddings, progress,
-                 kind="trained_dense" if options.head == "dense" else "finetuned")
+                 kind="trained_dense" if options.head == "dense" else "finetuned", recipe=options.quantization)
         if options.edgetpu:
             progress.step("compiling for the Edge TPU")
             writer.compile_edgetpu(writer.folder / "embedder_int8.tflite", progress, role="embedder")
             progress.advance()
-        add_agreement(writer, sample_photos(), progress)
+        add_agreement(writer, sample_photos(), progress, held_out=True)  # the embedder calibrated on the user's images
         progress.step(f"classifying {len(held_pixels)} {held_name} images on the device runtime (float32 and int8)")
         predicted = evaluate(writer.draft(), options.head_name, held_pixels, held_out.labels)
         progress.advance()

@@ -15,6 +15,7 @@ import numpy as np
 
 from teachcam.convert import report
 from teachcam.convert.datasets import Dataset
+from teachcam.convert.quantize import output_fidelity
 from teachcam.edge.bundle import Bundle
 from teachcam.edge.errors import QuantizationDropError
 from teachcam.edge.models import Embedder, Head
@@ -46,6 +47,7 @@ class TrainOptions:
     edgetpu: bool = False
     force: bool = False
     seed: int = 0
+    quantization: str = "clipped"  # the int8 recipe (convert/quantize.py)
 
 
 def preprocess_dataset(pre: Preprocessor, dataset: Dataset, progress) -> list[np.ndarray]:
@@ -82,19 +84,20 @@ class KerasProgress:
 
 
 def evaluate(bundle: Bundle, head_name: str, pixels: list[np.ndarray], labels: np.ndarray) -> dict:
-    """Held-out accuracy on the device runtime, float32 end to end and int8 end to end."""
+    """Held-out class probabilities on the device runtime, float32 end to end and int8 end to end."""
     out = {}
     for precision in ("float32", "int8"):
         embedder = Embedder.create(bundle, precision)
         head = Head.create(bundle, head_name, embedder)
-        predicted = np.array([int(np.argmax(head.probabilities(embedder.embed(p)))) for p in pixels])
-        out[precision] = predicted
+        out[precision] = np.array([head.probabilities(embedder.embed(p)) for p in pixels])
     return out
 
 
 def write_report(folder: Path, options: TrainOptions, history: dict, pixels: list[np.ndarray], labels: np.ndarray,
-                 predicted: dict[str, np.ndarray], classes: list[str], facts: dict) -> dict:
-    """The report folder (curves, confusion matrices, sample predictions, metrics.json); returns the metrics."""
+                 outputs: dict[str, np.ndarray], classes: list[str], facts: dict) -> dict:
+    """The report folder (curves, confusion matrices, sample predictions, metrics.json); returns the metrics.
+    ``outputs``: per precision, one row of class scores per held-out image."""
+    predicted = {p: np.argmax(rows, axis=1) for p, rows in outputs.items()}
     folder.mkdir()
     missing = report.missing_glyphs(classes)
     if missing:
@@ -115,6 +118,8 @@ def write_report(folder: Path, options: TrainOptions, history: dict, pixels: lis
         "epochs_run": len(history.get("loss", [])),
         "accuracy": {"float32": round(accuracy["float32"], 4), "int8": round(accuracy["int8"], 4),
                      "int8_drop_points": round(drop, 2)},
+        # how closely the int8 model's class scores follow float32's on the same images (the recipe's fidelity)
+        "int8_vs_float32": {**output_fidelity(outputs["float32"], outputs["int8"]), "recipe": options.quantization},
         "per_class_int8": report.per_class(matrices["int8"], classes),
         "per_class_float32": report.per_class(matrices["float32"], classes),
         "max_int8_drop": options.max_int8_drop, "quantization_check": "failed" if failed else "passed",

@@ -26,6 +26,10 @@ def register(sub) -> None:
     p.add_argument("--calibration", type=Path, default=None,
                    help="folder of your own images for int8 calibration (default: sample photos)")
     p.add_argument("--calibration-samples", type=int, default=128, help="calibration samples (default 128)")
+    p.add_argument("--quantization", default="clipped", choices=("clipped", "minmax"),
+                   help="int8 recipe: clipped (default: activation ranges clipped to each tensor's calibration "
+                        "histogram, learned rounding of the embedder's stem) or minmax (TensorFlow's own min/max "
+                        "ranges, for comparison)")
     p.add_argument("--edgetpu", action="store_true", help="also compile for the Edge TPU when edgetpu_compiler is on PATH")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--json", action="store_true", help="print the manifest summary as JSON when done")
@@ -60,6 +64,10 @@ def register(sub) -> None:
     p.add_argument("--max-int8-drop", type=float, default=None, metavar="POINTS",
                    help="fail (exit 3; the bundle is still written, and marked) if int8 loses more accuracy than this")
     p.add_argument("--weights", default="offline", help="backbone weights, as for convert")
+    p.add_argument("--quantization", default="clipped", choices=("clipped", "minmax"),
+                   help="int8 recipe: clipped (default: activation ranges clipped to each tensor's calibration "
+                        "histogram, learned rounding of the embedder's stem) or minmax (TensorFlow's own min/max "
+                        "ranges, for comparison)")
     p.add_argument("--edgetpu", action="store_true", help="also compile for the Edge TPU when edgetpu_compiler is on PATH")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--json", action="store_true", help="print metrics.json when done")
@@ -156,9 +164,16 @@ def cmd_info(args) -> int:
         count = len(bundle.labels(name)) if (args.bundle / head["labels"]).is_file() else "?"
         print(f"head        {name}: {count} labels ({head.get('kind', 'classifier')})")
     evaluation = manifest.get("evaluation", {}).get("float_vs_int8")
+    recipe = manifest.get("quantization", {}).get("recipe")
+    if recipe:
+        print(f"int8 recipe {recipe}: {manifest['quantization'].get('description', '')}")
     if evaluation:
-        print(f"int8 check  top-1 agreement with float32 {evaluation['top1_agreement'] * 100:.1f}% over "
-              f"{evaluation['images']} images, mean embedding cosine {evaluation['mean_embedding_cosine']:.4f}")
+        where = (f"{evaluation.get('views', evaluation['images'])} views of {evaluation['images']} "
+                 + ("held-out photos (never used for calibration)" if evaluation.get("held_out") else "photos"))
+        low = evaluation.get("min_embedding_cosine")
+        print(f"int8 check  over {where}: embedding cosine mean {evaluation['mean_embedding_cosine']:.4f}"
+              + (f", min {low:.4f}" if low is not None else "")
+              + f"; ImageNet top-1 agreement with float32 {evaluation['top1_agreement'] * 100:.1f}%")
     bad = [name for name, good in checks if not good]
     print(f"sha256      {'all ' + str(len(checks)) + ' files OK' if ok else 'MISMATCH: ' + ', '.join(bad)}")
     if not ok:
