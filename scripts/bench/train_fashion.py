@@ -41,6 +41,8 @@ def main() -> int:
     parser.add_argument("--train", type=int, default=2000)
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=None, help="passed to teachcam train")
+    parser.add_argument("--quantization", default="clipped", choices=("clipped", "minmax"),
+                        help="the int8 recipe, passed to teachcam train")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -56,6 +58,7 @@ def main() -> int:
         # Early stopping watches a 20% validation split of the 2,000; the 1,000 test images are only scored.
         result = subprocess.run([sys.executable, "-m", "teachcam.edge.cli", "train", "--data", str(tmp / "train"), "--test",
                                  str(tmp / "test"), "--out", str(tmp / "bundle"), "--head", args.head, "--json",
+                                 "--quantization", args.quantization,
                                  *(["--epochs", str(args.epochs)] if args.epochs else [])],
                                 capture_output=True, text=True)
         elapsed = time.monotonic() - started
@@ -64,15 +67,19 @@ def main() -> int:
             return result.returncode
         metrics = json.loads(result.stdout)
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "head": args.head, "train": args.train,
-           "test": args.test, "seconds": round(elapsed, 1), **metrics["accuracy"]}
+           "test": args.test, "seconds": round(elapsed, 1), **metrics["accuracy"], "quantization": args.quantization,
+           "int8_vs_float32": metrics["int8_vs_float32"]}
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"teachcam train --head {args.head} on Fashion-MNIST ({args.train} train / {args.test} test, seed 0; "
+        print(f"teachcam train --head {args.head} --quantization {args.quantization} on Fashion-MNIST ({args.train} train / {args.test} test, seed 0; "
               f"{out['machine']})")
         print(f"  float32 accuracy {out['float32']:.3f}   int8 accuracy {out['int8']:.3f}   "
               f"drop {out['int8_drop_points']:+.2f} points   wall time {elapsed:.0f} s (embedding, training, both "
               "exports, evaluation, report)")
+        fid = out["int8_vs_float32"]
+        print(f"  int8 vs float32 class scores: cosine mean {fid['mean_cosine']:.4f}, min {fid['min_cosine']:.4f}, "
+              f"same top-1 {fid['argmax_agreement'] * 100:.1f}%")
     return 0
 
 
