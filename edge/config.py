@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -108,6 +109,29 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class MqttConfig:
+    """`teachcam mqtt` (teachcam.edge.mqtt): a separate process that bridges the control socket and a broker."""
+
+    enabled: bool = False  # install-pi enables teachcam-mqtt.service when true
+    host: str = "localhost"
+    port: int = 1883  # 8883 is the usual TLS port
+    tls: bool = False
+    ca_file: str = ""  # with tls: the CA that signed the broker's certificate ("": the system's CAs)
+    cert_file: str = ""  # with tls: a client certificate and its key, when the broker asks for one
+    key_file: str = ""
+    username: str = ""
+    password_file: str = ""  # the password, first line of this file (keep it 0600)
+    client_id: str = ""  # "": teachcam-<device id>
+    device_id: str = ""  # "": the hostname
+    base_topic: str = ""  # "": teachcam/<device id>
+    discovery: bool = True  # Home Assistant MQTT discovery
+    discovery_prefix: str = "homeassistant"
+    fleet_group: str = ""  # "": no fleet sync; else Pis with the same group share what they are taught
+    state_interval: float = 30.0  # seconds between state heartbeats
+    web_url: str = ""  # the web page's URL, for Home Assistant's "visit device"
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     bundle: str = DEFAULT_BUNDLE
     # A verified copy of the last bundle that started; used (with an error in the journal) when `bundle`
@@ -127,6 +151,7 @@ class DaemonConfig:
     knn: KnnConfigSection = field(default_factory=KnnConfigSection)
     output: OutputConfig = field(default_factory=OutputConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
 
     def validate(self) -> DaemonConfig:
         if self.mode not in MODES:
@@ -147,6 +172,7 @@ class DaemonConfig:
             raise ConfigError(f"knn.threshold = {self.knn.threshold}: a similarity lies between -1 and 1 (default 0.86)")
         if not 16 <= self.control.preview_max_size <= 4096 or not 0 < self.control.preview_max_fps <= 60:
             raise ConfigError("control.preview_max_size must be 16-4096 pixels and control.preview_max_fps 0-60")
+        _check_mqtt(self.mqtt)
         for key in ("terminal", "json"):
             if getattr(self.output, key) not in ("auto", "on", "off"):
                 raise ConfigError(f"output.{key} = {getattr(self.output, key)!r}: use auto, on or off")
@@ -211,6 +237,26 @@ def _check_type(value, annotation, key: str):
     if not isinstance(value, annotation):
         raise ConfigError(f"{key} must be {annotation.__name__}, not {type(value).__name__} ({value!r})")
     return value
+
+
+TOPIC_WORD = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _check_mqtt(mqtt: MqttConfig) -> None:
+    if not 1 <= mqtt.port <= 65535:
+        raise ConfigError(f"mqtt.port = {mqtt.port}: a TCP port is 1-65535")
+    for key in ("device_id", "fleet_group"):
+        value = getattr(mqtt, key)
+        if value and not TOPIC_WORD.match(value):
+            raise ConfigError(f"mqtt.{key} = {value!r}: use letters, digits, '-' and '_' (at most 64)")
+    for key in ("base_topic", "discovery_prefix"):
+        value = getattr(mqtt, key)
+        if any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/") or "//" in value:
+            raise ConfigError(f"mqtt.{key} = {value!r}: a topic without wildcards (+ #) or empty levels")
+    if mqtt.state_interval < 1:
+        raise ConfigError("mqtt.state_interval must be at least 1 second")
+    if (mqtt.cert_file == "") != (mqtt.key_file == ""):
+        raise ConfigError("mqtt.cert_file and mqtt.key_file go together (a client certificate and its key)")
 
 
 def _build(cls, data: dict, prefix: str = ""):

@@ -62,7 +62,9 @@ log = logging.getLogger(__name__)
 MAX_LINE = 8 * 1024 * 1024
 MAX_BACKLOG = 1000
 REPLY_TIMEOUT = 60.0
-_TEXT_FIELDS = {"label", "old", "new", "thumb", "name", "via"}
+_TEXT_FIELDS = {"label", "old", "new", "thumb", "name", "via", "example", "fingerprint", "source"}
+MAX_EMBEDDING = 16384  # floats in an embedding a client may send (MobileNetV2's is 1280)
+MAX_LIST = 100_000  # ids or sources in one remove_examples
 
 
 def server_socket_path(configured: str | None = None) -> Path:
@@ -400,7 +402,12 @@ class ControlServer(Port):
             if key in ("id", "op"):
                 continue
             if key == "image" and "pixels" in fields:
-                values["pixels"] = await asyncio.get_running_loop().run_in_executor(None, self._decode_image, value)
+                exact = command_type is m.EnrollEmbedding  # a thumbnail: already the model input, when it fits
+                values["pixels"] = await asyncio.get_running_loop().run_in_executor(None, self._decode_image, value,
+                                                                                    exact)
+                continue
+            if key == "embedding" and "embedding" in fields:
+                values["embedding"] = _decode_embedding(value)
                 continue
             if key not in fields or key == "pixels":
                 raise ControlError(f"{command_type.op}: unknown field {key!r}")
@@ -415,17 +422,26 @@ class ControlServer(Port):
             elif key == "unique":
                 if not isinstance(value, bool):
                     raise ControlError(f"{command_type.op}: unique must be true or false")
+            elif key == "max_size":
+                if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 8192:
+                    raise ControlError(f"{command_type.op}: max_size must be 0 (full size) to 8192 pixels")
+            elif key in ("examples", "sources"):
+                if (not isinstance(value, list) or len(value) > MAX_LIST
+                        or not all(isinstance(v, str) and 0 < len(v) <= 256 for v in value)):
+                    raise ControlError(f"{command_type.op}: {key} must be a list of strings")
+                value = tuple(value)
             values[key] = value
         if "pixels" in fields and "pixels" not in values:
             raise ControlError(f"{command_type.op}: image (base64 JPEG or PNG) is required")
-        for required in ("label", "old", "new", "thumb"):
+        for required in ("label", "old", "new", "thumb", "example", "source"):
             if required in fields and fields[required].default == "" and required not in values:
                 raise ControlError(f"{command_type.op}: {required} is required")
         if command_type is m.Enroll and "label" not in values and "index" not in values:
             raise ControlError("enroll: label (a class name) is required")
         return command_type(**values)
 
-    def _decode_image(self, value) -> np.ndarray:
+    def _decode_image(self, value, exact: bool = False) -> np.ndarray:
+        """base64 JPEG/PNG → the model's input pixels (``exact``: taken as is when already that size)."""
         from teachcam.edge.images import read_image_bytes
 
         if not isinstance(value, str):
@@ -435,7 +451,10 @@ class ControlServer(Port):
         except (binascii.Error, ValueError):
             raise ControlError("image is not valid base64") from None
         preprocess = self.preprocess()
-        return preprocess(read_image_bytes(data, name="the uploaded image", min_side=preprocess.shorter_side))
+        image = read_image_bytes(data, name="the uploaded image", min_side=preprocess.shorter_side)
+        if exact and image.shape[:2] == (preprocess.crop_height, preprocess.crop_width):
+            return np.ascontiguousarray(image[..., :3])
+        return preprocess(image)
 
     async def _ask(self, command: m.Command):
         loop = asyncio.get_running_loop()
@@ -456,11 +475,29 @@ class ControlServer(Port):
     def _serializable(self, result) -> dict:
         result = dict(result or {})
         if isinstance(result.get("frame"), np.ndarray):
-            jpeg, width, height = _jpeg(result.pop("frame"))
+            jpeg, width, height = _jpeg(result.pop("frame"), result.pop("max_size", 0) or None)
             result.update(jpeg=base64.b64encode(jpeg).decode(), width=width, height=height)
         if isinstance(result.get("png"), bytes):
             result["png"] = base64.b64encode(result["png"]).decode()
+        if isinstance(result.get("embedding"), np.ndarray):
+            result["embedding"] = base64.b64encode(result["embedding"].astype("<f4").tobytes()).decode()
         return result
+
+
+def _decode_embedding(value) -> np.ndarray:
+    """base64 of little-endian float32 values → a finite vector (at most MAX_EMBEDDING values)."""
+    if not isinstance(value, str) or len(value) > MAX_EMBEDDING * 6:
+        raise ControlError("embedding must be base64 of little-endian float32 values")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ControlError("embedding is not valid base64") from None
+    if not raw or len(raw) % 4:
+        raise ControlError(f"embedding has {len(raw)} bytes: not a whole number of float32 values")
+    vector = np.frombuffer(raw, "<f4").astype(np.float32)
+    if not np.all(np.isfinite(vector)):
+        raise ControlError("embedding holds NaN or infinite values")
+    return vector
 
 
 def is_answering(path: Path, timeout: float = 1.0) -> bool:

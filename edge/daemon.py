@@ -509,10 +509,10 @@ class Daemon:
                 self._event(m.Paused(paused=self.paused, via=via))
             case m.Reload():
                 self.request_reload()
-            case m.Snapshot():
+            case m.Snapshot(max_size=max_size):
                 if self.last_frame is None:
                     raise TeachcamError("no camera frame yet")
-                return {"frame": self.last_frame}
+                return {"frame": self.last_frame, "max_size": max_size}
             case m.ListClasses():
                 return self._classes()
             case m.Thumbnail(thumb=thumb):
@@ -565,16 +565,50 @@ class Daemon:
                 if example is None:
                     return {"undone": None}
                 count = self.teacher.counts().get(example.label, 0)
-                self._event(m.Undone(label=example.label, count=count, via=via))
+                self._event(m.Undone(label=example.label, count=count, example=example.id, via=via))
                 return {"undone": example.label, "count": count}
             case m.Clear():
                 count = self._teacher(command).clear()
                 self.smoother.reset()
                 self._event(m.Cleared(count=count, via=via))
                 return {"count": count}
+            case m.ExampleData(example=example_id):
+                teacher = self._teacher(command)
+                example, embedding = teacher.example(example_id)
+                return {"id": example.id, "label": example.label, "thumb": example.thumb, "source": example.source,
+                        "added": round(example.added, 3), "fingerprint": teacher.store.fingerprint,
+                        "embedding": embedding, "png": teacher.store.thumbnail_bytes(example.thumb)}
+            case m.EnrollEmbedding():
+                return self._enroll_embedding(command)
+            case m.RemoveExamples(examples=ids, sources=sources):
+                ids, sources = set(ids), set(sources)
+                gone = self._teacher(command).remove_examples(lambda e: e.id in ids or (e.source in sources))
+                if gone:
+                    self._event(m.ExamplesRemoved(count=len(gone), labels=tuple(sorted({e.label for e in gone})),
+                                                  via=via))
+                return {"count": len(gone)}
             case _:
                 raise TeachcamError(f"unknown command {command!r}")
         return {}
+
+    def _enroll_embedding(self, command: m.EnrollEmbedding) -> dict:
+        """An example taught elsewhere: its embedding as is when it came from our embedder, else re-embedded."""
+        teacher = self._teacher(command)
+        label = teacher.resolve_name(command.label, create=True)
+        if not command.source:
+            raise TeachcamError("enroll_embedding: source (who taught it) is required")
+        known = [e for e in teacher.snapshot.examples if e.source == command.source]
+        if known and all(e.label == label for e in known):
+            return {"label": label, "skipped": "known", "example": known[0].id}
+        if known:  # relabelled where it was taught: move it
+            teacher.remove_examples(lambda e: e.source == command.source)
+        vector = command.embedding
+        size = teacher.snapshot.embedding_size or int(np.prod(self.embedder.model.output.shape[1:]))
+        reuse = vector is not None and command.fingerprint == self.embedder.fingerprint and vector.size == size
+        if not reuse:
+            vector = self.embedder.embed(command.pixels)
+        result = self._enrolled(teacher.add(label, vector, command.pixels, source=command.source), command.via)
+        return {**result, "reembedded": not reuse}
 
     def _enrolled(self, example, via: str) -> dict:
         """The acknowledgement of an enrollment (durable when this runs): the event, and the reply."""

@@ -65,6 +65,37 @@ class PredictImage(Command):
 
 
 @dataclass(frozen=True)
+class ExampleData(Command):
+    """One enrolled example in full — label, source, stored embedding, thumbnail: what a fleet bridge shares."""
+
+    op: ClassVar[str] = "example"
+    example: str = ""
+
+
+@dataclass(frozen=True)
+class EnrollEmbedding(Command):
+    """Add an example taught elsewhere (a fleet peer). Its embedding is used as is when ``fingerprint`` is this
+    daemon's embedder's; otherwise the example is re-embedded from its picture (``pixels``, the model input).
+    ``source`` names it: the same source again updates its label instead of adding a copy."""
+
+    op: ClassVar[str] = "enroll_embedding"
+    label: str = ""
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
+    fingerprint: str = ""
+    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class RemoveExamples(Command):
+    """Remove examples by id and/or by source (a fleet peer withdrew them); classes stay."""
+
+    op: ClassVar[str] = "remove_examples"
+    examples: tuple = ()
+    sources: tuple = ()
+
+
+@dataclass(frozen=True)
 class AddClass(Command):
     op: ClassVar[str] = "add_class"
     label: str = ""
@@ -110,9 +141,10 @@ class Reload(Command):
 
 @dataclass(frozen=True)
 class Snapshot(Command):
-    """The current camera frame as a JPEG."""
+    """The current camera frame as a JPEG (at most ``max_size`` px on its longer side; 0: full size)."""
 
     op: ClassVar[str] = "snapshot"
+    max_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,7 +175,7 @@ class Quit(Command):
 # Commands a control-socket client may send, by op (Quit stays local: keys and signals only).
 SOCKET_COMMANDS: dict[str, type[Command]] = {c.op: c for c in (
     Enroll, EnrollImage, PredictImage, AddClass, RenameClass, RemoveClass, Undo, Clear, Pause, Resume, Reload,
-    Snapshot, Status, ListClasses, Thumbnail)}
+    Snapshot, Status, ListClasses, Thumbnail, ExampleData, EnrollEmbedding, RemoveExamples)}
 
 
 # -- events: what the daemon has to say ---------------------------------------------------------------
@@ -189,6 +221,15 @@ class Undone(Event):
     kind: ClassVar[str] = "undone"
     label: str = ""
     count: int = 0
+    example: str = ""  # the id of the example that went
+    via: str = ""
+
+
+@dataclass(frozen=True)
+class ExamplesRemoved(Event):
+    kind: ClassVar[str] = "examples_removed"
+    count: int = 0
+    labels: tuple = ()
     via: str = ""
 
 

@@ -201,6 +201,28 @@ class Teacher:
         self._commit([snap.examples[i] for i in keep], snap.embeddings[keep], list(snap.classes))
         return snap.examples[last]
 
+    def remove_examples(self, chosen: Callable[[Example], bool]) -> list[Example]:
+        """Remove every example for which ``chosen(example)`` is true (classes stay). Returns them."""
+        snap = self.snapshot
+        keep = [i for i, e in enumerate(snap.examples) if not chosen(e)]
+        if len(keep) == len(snap.examples):
+            return []
+        gone = [e for i, e in enumerate(snap.examples) if i not in set(keep)]
+        self._commit([snap.examples[i] for i in keep], snap.embeddings[keep], list(snap.classes))
+        return gone
+
+    def example(self, example_id: str) -> tuple[Example, np.ndarray]:
+        """One example and its stored (normalized) embedding, by id.
+
+        Raises:
+            StoreError: no such example.
+        """
+        snap = self.snapshot
+        for i, e in enumerate(snap.examples):
+            if e.id == example_id:
+                return e, snap.embeddings[i]
+        raise StoreError(f"no example {example_id!r} in the store")
+
     def remove_class(self, label: str) -> int:
         name = self.resolve_name(label, create=False)
         snap = self.snapshot

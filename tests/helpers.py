@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -17,8 +18,9 @@ from PIL import Image, ImageEnhance
 
 from teachcam.edge.camera import ArraySource, Source
 from teachcam.edge.config import load_config
+from teachcam.edge.control import ControlClient
 from teachcam.edge.daemon import Daemon
-from teachcam.edge.errors import CameraError
+from teachcam.edge.errors import CameraError, ControlError
 from teachcam.edge.images import read_image
 from teachcam.edge.samples import sample_photos
 
@@ -134,6 +136,7 @@ DRIVER = textwrap.dedent("""
     import io, sys, threading, time
     from gpiozero.pins.mock import MockFactory, MockPWMPin
     from teachcam.edge.config import load_config
+from teachcam.edge.control import ControlClient
     from teachcam.edge.daemon import Daemon
     from teachcam.edge.ports import Port
     from teachcam.edge.camera import DemoSource
@@ -163,3 +166,55 @@ DRIVER = textwrap.dedent("""
     sys.exit(code)
 """)
 
+
+
+def save_views(folder: Path, photo: str, count: int, seed: int) -> list[Path]:
+    """``count`` augmented views of a sample photo as JPEG files in ``folder`` (a camera's images: source)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, view in enumerate(augmented_views(photo, count, seed)):
+        paths.append(folder / f"{Path(photo).stem}-{seed}-{i}.jpg")
+        Image.fromarray(view).save(paths[-1], quality=92)
+    return paths
+
+
+class RunningDaemon:
+    """`teachcam run` in its own process, on an images: source, with its own store and socket
+    (``socket``: default $TEACHCAM_SOCKET, the test's own)."""
+
+    def __init__(self, bundle: Path, tmp: Path, camera: Path, *extra: str, socket: Path | None = None,
+                 name: str = "daemon"):
+        self.socket = Path(socket or os.environ["TEACHCAM_SOCKET"])
+        self.store, self.log = tmp / f"{name}-store", tmp / f"{name}.log"
+        if name == "daemon":
+            self.store = tmp / "store"
+        self.args = [sys.executable, "-m", "teachcam.edge.cli", "run", "--bundle", str(bundle), "--store",
+                     str(self.store), "--source", f"images:{camera}", "--no-gpio", "--fps", "20", "--json", *extra]
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=open(self.log, "a"),
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "TEACHCAM_SOCKET": str(self.socket)})
+        assert wait_for(self.answers, timeout=60), self.log.read_text()
+
+    def answers(self) -> bool:
+        try:
+            with ControlClient(self.socket):
+                return True
+        except ControlError:
+            assert self.proc.poll() is None, self.log.read_text()
+            return False
+
+    def request(self, op: str, **fields) -> dict:
+        with ControlClient(self.socket) as client:
+            return client.request(op, **fields)
+
+    def status(self) -> dict:
+        return self.request("status")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        return self.log.read_text()

@@ -23,47 +23,7 @@ from PIL import Image
 from teachcam.edge.config import DEFAULT_STORE, DaemonConfig, load_config
 from teachcam.edge.control import ControlClient
 from teachcam.edge.errors import ControlError
-from tests.helpers import augmented_views, run_teachcam, wait_for
-
-
-def save_views(folder: Path, photo: str, count: int, seed: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, view in enumerate(augmented_views(photo, count, seed)):
-        paths.append(folder / f"{Path(photo).stem}-{seed}-{i}.jpg")
-        Image.fromarray(view).save(paths[-1], quality=92)
-    return paths
-
-
-class RunningDaemon:
-    """`teachcam run` in its own process, on an images: source, with its own store and socket."""
-
-    def __init__(self, bundle: Path, tmp: Path, camera: Path, *extra: str):
-        self.socket, self.store = Path(os.environ["TEACHCAM_SOCKET"]), tmp / "store"
-        self.log = tmp / "daemon.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "teachcam.edge.cli", "run", "--bundle", str(bundle), "--store", str(self.store),
-             "--source", f"images:{camera}", "--no-gpio", "--fps", "20", "--json", *extra],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        assert wait_for(self.answers, timeout=60), self.log.read_text()
-
-    def answers(self) -> bool:
-        try:
-            with ControlClient(self.socket):
-                return True
-        except ControlError:
-            assert self.proc.poll() is None, self.log.read_text()
-            return False
-
-    def status(self) -> dict:
-        with ControlClient(self.socket) as client:
-            return client.request("status")
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
-        return self.log.read_text()
+from tests.helpers import RunningDaemon, augmented_views, run_teachcam, save_views, wait_for
 
 
 @pytest.fixture

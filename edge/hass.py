@@ -1,0 +1,72 @@
+"""Home Assistant MQTT discovery: one device-based discovery message for a teachcam device.
+
+Published retained on ``<prefix>/device/<device id>/config`` (Home Assistant 2024.11 and later
+read device-based discovery), again whenever Home Assistant announces ``online`` on
+``<prefix>/status``, and whenever the classes change. What appears in Home Assistant:
+
+* sensor **Label** (state: the class in view; attributes: every class's score; unavailable
+  when no state arrived for ``expire_after`` seconds) and sensor **Confidence** (%);
+* event **Class seen** — its event types are the class names: automations trigger on one;
+* image **Snapshot** — a small JPEG published on each class change;
+* select **Class to teach** and button **Capture example** — teach from Home Assistant;
+* switch **Paused**;
+* diagnostic sensors **Frames per second**, **Inference time**, **Examples stored**.
+
+Classes appear as options of the select and types of the event, never as entities of their
+own: removing a class republishes discovery without it and leaves no orphan entity behind.
+"""
+
+from __future__ import annotations
+
+import json
+
+from teachcam.edge import __version__
+
+NO_CLASS = "(no classes yet)"
+
+
+def discovery_topic(prefix: str, device_id: str) -> str:
+    return f"{prefix}/device/{device_id}/config"
+
+
+def discovery_payload(*, device_id: str, base: str, classes: list[str], expire_after: int, web_url: str = "",
+                      name: str = "") -> bytes:
+    """The discovery JSON for one device (abbreviated keys, as Home Assistant documents them)."""
+    options = list(classes) or [NO_CLASS]
+    uid = f"teachcam_{device_id}"
+    device = {"ids": [uid], "name": name or f"teachcam {device_id}", "mf": "teachcam",
+              "mdl": "teachcam (teach a camera by example)", "sw": __version__}
+    if web_url:
+        device["cu"] = web_url
+    state = f"{base}/state"
+    stats = f"{base}/stats"
+    components = {
+        "label": {"p": "sensor", "name": "Label", "uniq_id": f"{uid}_label", "stat_t": state,
+                  "val_tpl": "{{ value_json.label }}", "json_attr_t": state,
+                  "json_attr_tpl": "{{ value_json.scores | tojson }}", "exp_aft": expire_after, "ic": "mdi:eye"},
+        "confidence": {"p": "sensor", "name": "Confidence", "uniq_id": f"{uid}_confidence", "stat_t": state,
+                       "val_tpl": "{{ (value_json.confidence * 100) | round(1) }}", "unit_of_meas": "%",
+                       "stat_cla": "measurement", "exp_aft": expire_after},
+        "class_seen": {"p": "event", "name": "Class seen", "uniq_id": f"{uid}_class_seen",
+                       "stat_t": f"{base}/event/class", "evt_typ": options},
+        "snapshot": {"p": "image", "name": "Snapshot", "uniq_id": f"{uid}_snapshot", "img_t": f"{base}/snapshot",
+                     "cont_type": "image/jpeg"},
+        "teach_class": {"p": "select", "name": "Class to teach", "uniq_id": f"{uid}_teach_class",
+                        "cmd_t": f"{base}/set/teach_class", "stat_t": f"{base}/teach_class", "ops": options,
+                        "ic": "mdi:school"},
+        "capture": {"p": "button", "name": "Capture example", "uniq_id": f"{uid}_capture",
+                    "cmd_t": f"{base}/set/capture", "ic": "mdi:camera-plus"},
+        "paused": {"p": "switch", "name": "Paused", "uniq_id": f"{uid}_paused", "cmd_t": f"{base}/set/paused",
+                   "stat_t": f"{base}/paused", "pl_on": "ON", "pl_off": "OFF", "ic": "mdi:pause"},
+        "fps": {"p": "sensor", "name": "Frames per second", "uniq_id": f"{uid}_fps", "stat_t": stats,
+                "val_tpl": "{{ value_json.fps }}", "unit_of_meas": "fps", "ent_cat": "diagnostic",
+                "stat_cla": "measurement"},
+        "inference_ms": {"p": "sensor", "name": "Inference time", "uniq_id": f"{uid}_inference_ms", "stat_t": stats,
+                         "val_tpl": "{{ value_json.inference_ms }}", "unit_of_meas": "ms", "dev_cla": "duration",
+                         "ent_cat": "diagnostic", "stat_cla": "measurement"},
+        "examples": {"p": "sensor", "name": "Examples stored", "uniq_id": f"{uid}_examples", "stat_t": stats,
+                     "val_tpl": "{{ value_json.examples }}", "ent_cat": "diagnostic", "stat_cla": "measurement"},
+    }
+    payload = {"dev": device, "o": {"name": "teachcam", "sw": __version__}, "cmps": components,
+               "avty_t": f"{base}/availability", "qos": 1}
+    return json.dumps(payload, separators=(",", ":")).encode()

@@ -1,0 +1,554 @@
+"""``teachcam mqtt``: the bridge between the daemon's control socket and an MQTT broker.
+
+A process of its own (the daemon never opens a network socket): one connection to the control
+socket for events, one for requests, and a paho-mqtt client. All work happens on one worker
+thread, in order: daemon events, broker messages and the clock's ticks are queued for it, so
+neither side ever waits for the other (a slow broker never slows the camera; the daemon drops
+a client that stops reading, and this bridge reads all the time).
+
+Topics, under ``<base>`` = ``teachcam/<device id>`` unless configured:
+
+=============================  ============================================================
+``<base>/availability``        ``online`` / ``offline`` (retained; ``offline`` is also the will)
+``<base>/state``               retained JSON: label, confidence, scores, counts, time, bundle fingerprint
+``<base>/event``               every daemon event (class changes, enrollments, camera trouble, …)
+``<base>/event/class``         ``{"event_type": LABEL}`` on each class change (Home Assistant's event)
+``<base>/snapshot``            a small JPEG on each class change (retained)
+``<base>/classes``             retained JSON: classes and example counts
+``<base>/stats``               JSON every 60 s: fps, inference ms, uptime, examples, camera
+``<base>/request/<op>``        commands → ``<base>/response/<op>``: ``{"id", "status", "data", "error"}``
+``teachcam/all/request/<op>``  the same for every device; each answers on its own response topic
+``<base>/set/…``, ``<base>/teach_class``, ``<base>/paused``  Home Assistant's select, button and switch
+``teachcam/fleet/<group>/…``   fleet sync (:mod:`teachcam.edge.fleet`)
+=============================  ============================================================
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import queue
+import socket
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from teachcam.edge import fleet, hass
+from teachcam.edge.config import DaemonConfig
+from teachcam.edge.control import ControlClient
+from teachcam.edge.errors import ControlError, TeachcamError
+
+log = logging.getLogger(__name__)
+
+REQUEST_OPS = {"enroll", "add_class", "rename_class", "remove_class", "undo", "clear", "pause", "resume", "snapshot",
+               "status", "classes"}
+MAX_REQUEST = 64 * 1024
+MAX_PENDING = 1000  # messages kept while the broker is away (newest win; per topic, the last one)
+STATE_MIN_INTERVAL = 0.25  # at most 4 state messages a second
+STATS_INTERVAL = 60.0
+SNAPSHOT_SIZE = 320
+CATCH_UP_QUIET = 2.0  # seconds without a retained fleet message: the broker's replay is over
+EVENT_KINDS = {"prediction", "enrolled", "undone", "class_added", "removed", "renamed", "cleared", "paused",
+               "camera_trouble", "camera_back", "examples_removed", "error", "reloaded"}
+CHANGES = {"enrolled", "undone", "class_added", "removed", "renamed", "cleared", "examples_removed", "reloaded"}
+
+
+def device_id(configured: str) -> str:
+    if configured:
+        return configured
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:64]
+    return name or "teachcam"
+
+
+class Bridge:
+    """Run with :meth:`run` (blocks until :meth:`stop`)."""
+
+    def __init__(self, config: DaemonConfig, *, socket_path: str | Path | None = None):
+        self.config = config.mqtt
+        self.device = device_id(self.config.device_id)
+        self.base = self.config.base_topic or f"teachcam/{self.device}"
+        self.group = self.config.fleet_group
+        self.socket_path = socket_path
+        self.work: queue.Queue = queue.Queue(maxsize=20_000)
+        self.pending: OrderedDict[str, tuple[bytes, bool, int]] = OrderedDict()
+        self.connected = False
+        self.daemon_up = False
+        self.stopping = threading.Event()
+        self.requests: ControlClient | None = None
+        self.events_client: ControlClient | None = None
+        self.classes: dict[str, int] = {}
+        self.teach_class = ""
+        self.paused = False
+        self.prediction: dict = {}
+        self.fingerprint = ""
+        self.own: dict[str, str] = {}  # own example id -> label as published
+        self.fleet_seen: set[str] = set()
+        self.own_replayed: set[str] = set()  # own example ids the broker replayed while catching up
+        self.last_retained = 0.0
+        self.catching_up = False
+        self.last_state = 0.0
+        self.state_due = False
+        self.last_stats = 0.0
+        self.last_snapshot_label = None
+        self.dropped_events = 0
+        self.refused_reason = ""
+        self.published = 0
+        self.client = self._make_client()
+
+    # -- the MQTT client -----------------------------------------------------------------------------
+    def _make_client(self):
+        import paho.mqtt.client as paho
+
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.config.client_id or f"teachcam-{self.device}",
+                             clean_session=True, protocol=paho.MQTTv311)
+        client.will_set(f"{self.base}/availability", "offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        if self.config.username:
+            password = None
+            if self.config.password_file:
+                try:
+                    password = Path(self.config.password_file).read_text(encoding="utf-8").splitlines()[0].strip()
+                except (OSError, IndexError) as exc:
+                    raise TeachcamError(f"mqtt.password_file {self.config.password_file}: cannot read it ({exc})") \
+                        from None
+            client.username_pw_set(self.config.username, password)
+        if self.config.tls:
+            import ssl
+
+            try:
+                client.tls_set(ca_certs=self.config.ca_file or None, certfile=self.config.cert_file or None,
+                               keyfile=self.config.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise TeachcamError(f"mqtt TLS: {exc} (mqtt.ca_file / cert_file / key_file)") from None
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            reason = str(reason_code)
+            if reason != self.refused_reason:  # one line per new reason, not one per retry
+                log.error("the MQTT broker %s:%d refused the connection: %s (check mqtt.username / "
+                          "password_file and the broker's ACL); retrying with backoff", self.config.host,
+                          self.config.port, reason)
+                self.refused_reason = reason
+            return
+        self.refused_reason = ""
+        self._put(("connected",))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self._put(("disconnected", str(reason_code)))
+
+    def _on_message(self, client, userdata, message):
+        if message.retain and message.topic.startswith("teachcam/fleet/"):
+            self.last_retained = time.monotonic()
+        self._put(("message", message.topic, bytes(message.payload), bool(message.retain)))
+
+    def _put(self, item) -> None:
+        try:
+            self.work.put_nowait(item)
+        except queue.Full:
+            self.dropped_events += 1
+
+    def publish(self, topic: str, payload, *, retain: bool = False, qos: int = 0) -> None:
+        """Publish now, or keep it (the newest per topic, at most MAX_PENDING) until the broker is back."""
+        data = payload if isinstance(payload, bytes) else (
+            payload.encode() if isinstance(payload, str) else json.dumps(payload, separators=(",", ":")).encode())
+        if self.connected:
+            info = self.client.publish(topic, data, qos=qos, retain=retain)
+            if info.rc == 0:
+                self.published += 1
+                return
+        self.pending.pop(topic, None)
+        self.pending[topic] = (data, retain, qos)
+        while len(self.pending) > MAX_PENDING:
+            self.pending.popitem(last=False)
+
+    # -- the daemon ----------------------------------------------------------------------------------
+    def _connect_daemon(self) -> bool:
+        try:
+            self.requests = ControlClient(self.socket_path, timeout=30.0).connect()
+            self.events_client = ControlClient(self.socket_path, timeout=None).connect()
+            self.events_client.request("subscribe", events=True, frames=False)
+        except (ControlError, OSError) as exc:
+            self._close_daemon()
+            log.debug("daemon not reachable: %s", exc)
+            return False
+        threading.Thread(target=self._read_events, args=(self.events_client,), name="mqtt-events",
+                         daemon=True).start()
+        self.daemon_up = True
+        log.info("connected to the daemon on %s", self.requests.path)
+        return True
+
+    def _close_daemon(self) -> None:
+        for client in (self.requests, self.events_client):
+            if client is not None:
+                client.close()
+        self.requests = self.events_client = None
+        self.daemon_up = False
+
+    def _read_events(self, client: ControlClient) -> None:
+        try:
+            for message in client.messages():
+                if "event" in message:
+                    self._put(("event", message))
+        except (ControlError, OSError, ValueError):
+            pass
+        self._put(("daemon_lost", client))
+
+    def ask(self, op: str, **fields) -> dict:
+        """One control-socket request (raises ControlError with the daemon's one-line reason)."""
+        if self.requests is None:
+            raise ControlError("the daemon is not reachable")
+        try:
+            return self.requests.request(op, **fields)
+        except OSError as exc:
+            raise ControlError(f"the daemon went away ({exc})") from None
+
+    # -- running -------------------------------------------------------------------------------------
+    def run(self) -> None:
+        log.info("teachcam mqtt: device %s, base topic %s, broker %s:%d%s%s", self.device, self.base,
+                 self.config.host, self.config.port, " (TLS)" if self.config.tls else "",
+                 f", fleet group {self.group}" if self.group else "")
+        self.client.connect_async(self.config.host, self.config.port, keepalive=30)
+        self.client.loop_start()
+        retry_daemon = 0.0
+        try:
+            while not self.stopping.is_set():
+                now = time.monotonic()
+                if not self.daemon_up and now >= retry_daemon:
+                    if self._connect_daemon():
+                        self._daemon_ready()
+                    else:
+                        retry_daemon = now + 2.0
+                try:
+                    item = self.work.get(timeout=0.25)
+                except queue.Empty:
+                    item = None
+                try:
+                    if item is not None:
+                        self._handle(item)
+                    self._tick()
+                except ControlError as exc:
+                    log.warning("%s", exc)
+                except Exception as exc:  # one bad message must not stop the bridge
+                    log.error("internal error: %s: %s (please report it); carrying on", type(exc).__name__, exc)
+                    log.debug("internal error", exc_info=True)
+        finally:
+            if self.connected:
+                self.client.publish(f"{self.base}/availability", "offline", qos=1, retain=True).wait_for_publish(2)
+            self.client.disconnect()
+            self.client.loop_stop()
+            self._close_daemon()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _handle(self, item) -> None:
+        kind = item[0]
+        if kind == "connected":
+            self._on_broker_up()
+        elif kind == "disconnected":
+            if self.connected:
+                log.warning("lost the MQTT broker (%s); reconnecting with backoff", item[1])
+            self.connected = False
+        elif kind == "message":
+            self._on_broker_message(*item[1:])
+        elif kind == "event":
+            self._on_event(item[1])
+        elif kind == "daemon_lost":
+            if item[1] is self.events_client:
+                log.warning("lost the daemon's control socket; retrying every 2 s")
+                self._close_daemon()
+                self.publish(f"{self.base}/availability", "offline", retain=True, qos=1)
+        elif kind == "catch_up_done":
+            self._finish_catch_up()
+
+    def _on_broker_up(self) -> None:
+        self.connected = True
+        log.info("connected to the MQTT broker %s:%d", self.config.host, self.config.port)
+        subscriptions = [(f"{self.base}/request/+", 1), ("teachcam/all/request/+", 1), (f"{self.base}/set/+", 1)]
+        if self.config.discovery:
+            subscriptions.append((f"{self.config.discovery_prefix}/status", 1))
+        if self.group:
+            subscriptions += [(fleet.examples_filter(self.group), 1), (fleet.op_topic(self.group), 1)]
+            self.fleet_seen.clear()
+            self.catching_up = True
+            self.last_retained = time.monotonic()
+        self.client.subscribe(subscriptions)
+        pending, self.pending = self.pending, OrderedDict()
+        if self.daemon_up:
+            self._announce()
+            if self.group:  # every own example again (retained: idempotent), in case the broker lost them
+                self.own.clear()
+                self._sync_own()
+        for topic, (data, retain, qos) in pending.items():
+            if topic != f"{self.base}/availability":
+                self.publish(topic, data, retain=retain, qos=qos)
+
+    def _daemon_ready(self) -> None:
+        status = self.ask("status")
+        self.fingerprint = status.get("fingerprint", "")
+        self.paused = bool(status.get("paused"))
+        self.classes = dict(status.get("classes") or {})
+        if self.prediction.get("label") is None and status.get("shown"):
+            self.prediction = {"label": status["shown"], "confidence": 0.0, "confidences": {}}
+        self._announce()
+        if self.group and self.connected:
+            self._sync_own()
+
+    def _announce(self) -> None:
+        """Availability, discovery and every retained topic, as after a (re)connect."""
+        if not self.daemon_up:
+            return
+        self.publish(f"{self.base}/availability", "online", retain=True, qos=1)
+        self._publish_discovery()
+        self._publish_classes()
+        self._publish_state()
+        self.publish(f"{self.base}/paused", "ON" if self.paused else "OFF", retain=True)
+        self.publish(f"{self.base}/teach_class", self.teach_class or hass.NO_CLASS, retain=True)
+        self._publish_stats()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self.state_due and now - self.last_state >= STATE_MIN_INTERVAL:
+            self._publish_state()
+        if self.daemon_up and now - self.last_state >= self.config.state_interval:
+            self._publish_state()
+        if self.daemon_up and now - self.last_stats >= STATS_INTERVAL:
+            self._publish_stats()
+        if self.catching_up and self.connected and self.daemon_up and now - self.last_retained > CATCH_UP_QUIET:
+            self.catching_up = False
+            self._put(("catch_up_done",))  # after every fleet message already queued
+
+    # -- what goes out -------------------------------------------------------------------------------
+    def _publish_state(self) -> None:
+        if not self.daemon_up:
+            return
+        p = self.prediction
+        self.publish(f"{self.base}/state", {
+            "label": p.get("label"), "confidence": round(float(p.get("confidence") or 0.0), 4),
+            "scores": p.get("confidences") or {}, "counts": self.classes, "time": round(time.time(), 3),
+            "bundle_fingerprint": self.fingerprint, "paused": self.paused}, retain=True)
+        self.last_state, self.state_due = time.monotonic(), False
+
+    def _publish_stats(self) -> None:
+        self.last_stats = time.monotonic()
+        try:
+            status = self.ask("status")
+        except ControlError:
+            return
+        keep = ("fps", "inference_ms", "uptime_s", "examples", "frames", "camera", "camera_ok", "model", "kernels",
+                "temperature_c", "throttled", "paused")
+        self.publish(f"{self.base}/stats", {k: status.get(k) for k in keep})
+
+    def _publish_classes(self) -> None:
+        self.publish(f"{self.base}/classes", {"classes": self.classes, "examples": sum(self.classes.values())},
+                     retain=True)
+
+    def _publish_discovery(self) -> None:
+        if not self.config.discovery:
+            return
+        payload = hass.discovery_payload(device_id=self.device, base=self.base, classes=list(self.classes),
+                                         expire_after=int(self.config.state_interval * 3), web_url=self.config.web_url)
+        self.publish(hass.discovery_topic(self.config.discovery_prefix, self.device), payload, retain=True, qos=1)
+
+    def _publish_snapshot(self) -> None:
+        try:
+            shot = self.ask("snapshot", max_size=SNAPSHOT_SIZE)
+        except ControlError as exc:
+            log.debug("no snapshot: %s", exc)
+            return
+        self.publish(f"{self.base}/snapshot", base64.b64decode(shot["jpeg"]), retain=True)
+
+    # -- daemon events -------------------------------------------------------------------------------
+    def _on_event(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind in EVENT_KINDS:
+            self.publish(f"{self.base}/event", event)
+        if kind == "prediction":
+            changed = event.get("label") != self.prediction.get("label")
+            self.prediction = event
+            self.classes = dict(event.get("counts") or self.classes)
+            self.state_due = True
+            if changed:
+                self.publish(f"{self.base}/event/class", {"event_type": event.get("label") or "unknown"})
+                self._publish_snapshot()
+        elif kind == "paused":
+            self.paused = bool(event.get("paused"))
+            self.publish(f"{self.base}/paused", "ON" if self.paused else "OFF", retain=True)
+            self.state_due = True
+        if kind in CHANGES:
+            before = list(self.classes)
+            self.classes = self._counts()
+            self._publish_classes()
+            self.state_due = True
+            if list(self.classes) != before:
+                self._publish_discovery()
+            if self.group:
+                self._fleet_after_change(event)
+
+    def _counts(self) -> dict[str, int]:
+        try:
+            return {c["label"]: c["count"] for c in self.ask("classes")["classes"]}
+        except (ControlError, KeyError, TypeError):
+            return self.classes
+
+    # -- requests from the broker --------------------------------------------------------------------
+    def _on_broker_message(self, topic: str, payload: bytes, retain: bool) -> None:
+        if self.group and topic.startswith("teachcam/fleet/"):
+            self._on_fleet_message(topic, payload, retain)
+        elif topic == f"{self.config.discovery_prefix}/status":
+            if payload.strip().lower() == b"online":
+                log.info("Home Assistant came online: discovery and state again")
+                self._announce()
+        elif topic.startswith(f"{self.base}/set/"):
+            self._on_set(topic.rsplit("/", 1)[1], payload)
+        elif "/request/" in topic:
+            self._on_request(topic.rsplit("/", 1)[1], payload)
+
+    def _on_request(self, op: str, payload: bytes) -> None:
+        response_topic = f"{self.base}/response/{op}"
+        request_id = None
+        try:
+            if len(payload) > MAX_REQUEST:
+                raise ControlError(f"{op}: the request has {len(payload)} bytes; at most {MAX_REQUEST}")
+            try:
+                fields = json.loads(payload) if payload.strip() else {}
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise ControlError(f"{op}: the payload is not JSON") from None
+            if not isinstance(fields, dict):
+                raise ControlError(f"{op}: the payload must be a JSON object")
+            request_id = fields.pop("id", fields.pop("transaction", None))
+            if op not in REQUEST_OPS:
+                raise ControlError(f"unknown op {op!r} (known: {', '.join(sorted(REQUEST_OPS))})")
+            fields.pop("via", None)
+            if op == "snapshot":
+                fields.setdefault("max_size", SNAPSHOT_SIZE)
+            data = self.ask(op, via="mqtt", **fields)
+            self.publish(response_topic, {"id": request_id, "status": "ok", "data": data, "error": None})
+        except ControlError as exc:
+            log.warning("mqtt request %s refused: %s", op, exc)
+            self.publish(response_topic, {"id": request_id, "status": "error", "data": None, "error": str(exc)})
+
+    def _on_set(self, what: str, payload: bytes) -> None:
+        text = payload.decode("utf-8", "replace").strip()[:256]
+        try:
+            if what == "teach_class":
+                if text in self.classes:
+                    self.teach_class = text
+                self.publish(f"{self.base}/teach_class", self.teach_class or hass.NO_CLASS, retain=True)
+            elif what == "capture":
+                if not self.teach_class:
+                    raise ControlError("capture: choose a class to teach first")
+                self.ask("enroll", label=self.teach_class, via="mqtt")
+            elif what == "paused":
+                self.ask("pause" if text.upper() == "ON" else "resume", via="mqtt")
+        except ControlError as exc:
+            log.warning("%s", exc)
+
+    # -- fleet ---------------------------------------------------------------------------------------
+    def _on_fleet_message(self, topic: str, payload: bytes, retain: bool) -> None:
+        if topic == fleet.op_topic(self.group):
+            try:
+                op = fleet.decode_op(payload, self.group)
+            except fleet.FleetError as exc:
+                log.warning("%s", exc)
+                return
+            if op["device"] == self.device:
+                return
+            fields = {k: op[k] for k in ("old", "new", "label") if k in op}
+            try:
+                self.ask(op["op"], via="fleet", **fields)
+            except ControlError as exc:
+                log.info("fleet %s from %s not applied here: %s", op["op"], op["device"], exc)
+            return
+        try:
+            device, example_id = fleet.parse_topic(topic, self.group)
+        except fleet.FleetError as exc:
+            log.warning("%s", exc)
+            return
+        source = fleet.source_of(device, example_id)
+        if device == self.device:  # our own, replayed: withdraw what no longer exists here
+            if payload and example_id not in self.own and not self.catching_up:
+                self.publish(topic, b"", retain=True, qos=1)
+            elif payload and self.catching_up:
+                self.own_replayed.add(example_id)
+            return
+        if not payload:
+            self.fleet_seen.discard(source)
+            self.ask("remove_examples", sources=[source], via="fleet")
+            return
+        try:
+            example = fleet.decode(topic, payload, self.group)
+        except fleet.FleetError as exc:
+            log.warning("fleet example refused: %s", exc)
+            return
+        if retain:
+            self.fleet_seen.add(source)
+        try:
+            self.ask("enroll_embedding", label=example.label, embedding=example.embedding,
+                     fingerprint=example.fingerprint, image=example.jpeg, source=source, via="fleet")
+        except ControlError as exc:
+            log.warning("fleet example %s/%s (%r) not enrolled: %s", device, example_id, example.label, exc)
+
+    def _finish_catch_up(self) -> None:
+        """The broker's retained replay is over: drop fleet examples it no longer has; withdraw stale own ones."""
+        try:
+            listing = self.ask("classes")["classes"]
+        except (ControlError, KeyError):
+            return
+        held = {e["source"] for c in listing for e in c["examples"] if fleet.is_from_fleet(e["source"])}
+        stale = sorted(held - self.fleet_seen)
+        if stale:
+            log.info("fleet: %d example(s) were withdrawn while this device was away; removing them", len(stale))
+            self.ask("remove_examples", sources=stale, via="fleet")
+        for example_id in sorted(self.own_replayed - set(self.own)):
+            self.publish(fleet.example_topic(self.group, self.device, example_id), b"", retain=True, qos=1)
+        self.own_replayed = set()
+
+    def _fleet_after_change(self, event: dict) -> None:
+        kind, via = event.get("event"), event.get("via")
+        if via != "fleet" and kind in ("renamed", "removed", "cleared"):
+            op = {"renamed": "rename_class", "removed": "remove_class", "cleared": "clear"}[kind]
+            fields = {"renamed": {"old": event.get("old"), "new": event.get("new")},
+                      "removed": {"label": event.get("label")}, "cleared": {}}[kind]
+            self.publish(fleet.op_topic(self.group), fleet.op_payload(self.group, self.device, op, **fields), qos=1)
+        self._sync_own()
+
+    def _sync_own(self) -> None:
+        """Publish this device's own examples that are new or relabelled; withdraw the ones that went.
+        While the broker is away nothing is queued: the next connection publishes them all."""
+        if not self.connected:
+            return
+        try:
+            listing = self.ask("classes")["classes"]
+        except (ControlError, KeyError):
+            return
+        current = {e["id"]: c["label"] for c in listing for e in c["examples"]
+                   if not fleet.is_from_fleet(e.get("source", ""))}
+        for example_id in sorted(set(self.own) - set(current)):
+            self.publish(fleet.example_topic(self.group, self.device, example_id), b"", retain=True, qos=1)
+            del self.own[example_id]
+        for example_id, label in current.items():
+            if self.own.get(example_id) == label:
+                continue
+            try:
+                data = self.ask("example", example=example_id)
+            except ControlError as exc:
+                log.debug("example %s: %s", example_id, exc)
+                continue
+            from PIL import Image
+
+            with Image.open(io.BytesIO(base64.b64decode(data["png"]))) as image:
+                out = io.BytesIO()
+                image.convert("RGB").save(out, "JPEG", quality=90)
+            shared = fleet.FleetExample(self.group, self.device, example_id, data["label"], data["fingerprint"],
+                                        data["embedding"], base64.b64encode(out.getvalue()).decode(), data["added"])
+            self.publish(fleet.example_topic(self.group, self.device, example_id), shared.payload(), retain=True,
+                         qos=1)
+            self.own[example_id] = label

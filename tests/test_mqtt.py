@@ -1,0 +1,413 @@
+"""`teachcam mqtt` against a real Mosquitto broker (started per test, loopback, free port, persistence in a temp
+folder) and real daemons: state, commands, Home Assistant discovery, fleet sync, outages, passwords, ACL, TLS."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import RunningDaemon, save_views, wait_for
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
+                                 reason="needs Debian's mosquitto (.ci/run installs it)")]
+paho = pytest.importorskip("paho.mqtt.client")
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+# Started as root, mosquitto drops to the "mosquitto" user, which cannot write the test's temp folder.
+USER_LINE = "user root\n" if os.geteuid() == 0 else ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """Our own mosquitto: generated config, persistence in a temp folder, stopped by the test."""
+
+    def __init__(self, folder: Path, *, extra: str = "", anonymous: bool = True, port: int | None = None):
+        self.folder, self.port = folder, port or free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous {'true' if anonymous else 'false'}\n"
+                             f"persistence true\npersistence_location {folder}/\nautosave_interval 1\n"
+                             f"{USER_LINE}"
+                             f"log_dest file {folder}/mosquitto.log\n{extra}")
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        assert wait_for(self._listening, timeout=10), self.proc.stderr.read().decode() if self.proc.poll() else ""
+
+    def _listening(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+class Watcher:
+    """A subscriber that records every message (as Home Assistant or a script would see them)."""
+
+    def __init__(self, port: int, topics=("#",), **tls):
+        self.messages: list[tuple[str, bytes, bool, float]] = []
+        self.lock = threading.Lock()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"watcher-{time.monotonic_ns()}")
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message):
+        with self.lock:
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain), time.monotonic()))
+
+    def on(self, topic: str) -> list[bytes]:
+        with self.lock:
+            return [payload for t, payload, _, _ in self.messages if t == topic]
+
+    def last_json(self, topic: str):
+        payloads = [p for p in self.on(topic) if p]
+        return json.loads(payloads[-1]) if payloads else None
+
+    def wait(self, condition, timeout: float = 15.0) -> bool:
+        return wait_for(condition, timeout=timeout, interval=0.02)
+
+    def publish(self, topic: str, payload, retain: bool = False) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.client.publish(topic, data, qos=1, retain=retain).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class BridgeProcess:
+    def __init__(self, tmp: Path, name: str, socket_path: Path, port: int, *extra: str, config: Path | None = None):
+        self.log = tmp / f"bridge-{name}.log"
+        self.args = [sys.executable, "-m", "teachcam.edge.cli", "mqtt", "--port", str(port), "--device-id", name,
+                     "--socket", str(socket_path), *(["--config", str(config)] if config else []), *extra]
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=open(self.log, "a"),
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=20)
+
+
+@pytest.fixture
+def broker(tmp_path):
+    running = Broker(tmp_path / "broker")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def cleanup():
+    things = []
+    yield things.append
+    for thing in reversed(things):
+        thing.stop() if hasattr(thing, "stop") else thing.close()
+
+
+def start_daemon(bundle_path, tmp_path, name: str, photo: str, seed: int, cleanup) -> RunningDaemon:
+    camera = tmp_path / f"camera-{name}"
+    save_views(camera, photo, 3, seed=seed)
+    daemon = RunningDaemon(bundle_path, tmp_path, camera, socket=tmp_path / f"{name}.sock", name=name)
+    cleanup(daemon)
+    return daemon
+
+
+def store_sources(daemon: RunningDaemon) -> dict[str, str]:
+    return {e["source"]: c["label"] for c in daemon.request("classes")["classes"] for e in c["examples"]}
+
+
+def test_state_commands_and_home_assistant_discovery(bundle_path, tmp_path, broker, cleanup):
+    daemon = start_daemon(bundle_path, tmp_path, "pi1", "chelsea.png", 50, cleanup)
+    watcher = Watcher(broker.port)
+    cleanup(watcher)
+    bridge = BridgeProcess(tmp_path, "pi1", daemon.socket, broker.port)
+    cleanup(bridge)
+    base = "teachcam/pi1"
+    assert watcher.wait(lambda: watcher.on(f"{base}/availability")[-1:] == [b"online"]), bridge.text()
+    discovery_topic = "homeassistant/device/pi1/config"
+    assert watcher.wait(lambda: watcher.on(discovery_topic))
+    config = json.loads(watcher.on(discovery_topic)[-1])
+    assert config["dev"]["ids"] == ["teachcam_pi1"] and config["dev"]["mf"] == "teachcam" and config["dev"]["sw"]
+    assert config["o"]["name"] == "teachcam" and config["avty_t"] == f"{base}/availability"
+    platforms = {key: c["p"] for key, c in config["cmps"].items()}
+    assert platforms == {"label": "sensor", "confidence": "sensor", "class_seen": "event", "snapshot": "image",
+                         "teach_class": "select", "capture": "button", "paused": "switch", "fps": "sensor",
+                         "inference_ms": "sensor", "examples": "sensor"}
+    assert all(c["uniq_id"].startswith("teachcam_pi1_") for c in config["cmps"].values())
+    assert config["cmps"]["label"]["stat_t"] == f"{base}/state" and config["cmps"]["label"]["exp_aft"] > 0
+    assert config["cmps"]["fps"]["ent_cat"] == "diagnostic"
+
+    # a command with a transaction id: enroll the current frame into "cat"
+    watcher.publish(f"{base}/request/enroll", {"id": "t-1", "label": "cat"})
+    assert watcher.wait(lambda: watcher.last_json(f"{base}/response/enroll"))
+    response = watcher.last_json(f"{base}/response/enroll")
+    assert response["id"] == "t-1" and response["status"] == "ok" and response["data"]["label"] == "cat"
+    assert daemon.status()["classes"] == {"cat": 1}
+    assert watcher.wait(lambda: (watcher.last_json(f"{base}/state") or {}).get("label") == "cat")
+    state = watcher.last_json(f"{base}/state")
+    assert set(state) >= {"label", "confidence", "scores", "counts", "time", "bundle_fingerprint"}
+    assert state["counts"] == {"cat": 1} and len(state["bundle_fingerprint"]) == 64
+    assert watcher.wait(lambda: watcher.last_json(f"{base}/classes") == {"classes": {"cat": 1}, "examples": 1})
+    assert watcher.wait(lambda: {"event_type": "cat"} in [json.loads(p) for p in watcher.on(f"{base}/event/class")])
+    assert watcher.wait(lambda: watcher.on(f"{base}/snapshot"))
+    snapshot = Image.open(io.BytesIO(watcher.on(f"{base}/snapshot")[-1]))
+    assert snapshot.format == "JPEG" and max(snapshot.size) <= 320
+    events = [json.loads(p)["event"] for p in watcher.on(f"{base}/event")]
+    assert "enrolled" in events and "prediction" in events
+    assert watcher.wait(lambda: "cat" in json.loads(watcher.on(discovery_topic)[-1])["cmps"]["class_seen"]["evt_typ"])
+
+    # Home Assistant restarts: discovery and state again
+    before = len(watcher.on(discovery_topic))
+    watcher.publish("homeassistant/status", b"online")
+    assert watcher.wait(lambda: len(watcher.on(discovery_topic)) > before)
+
+    # teach from Home Assistant: select a class, press the button; pause with the switch
+    watcher.publish(f"{base}/request/add_class", {"label": "dog"})
+    assert watcher.wait(lambda: "dog" in json.loads(watcher.on(discovery_topic)[-1])["cmps"]["teach_class"]["ops"])
+    watcher.publish(f"{base}/set/teach_class", b"dog")
+    assert watcher.wait(lambda: watcher.on(f"{base}/teach_class")[-1:] == [b"dog"])
+    watcher.publish(f"{base}/set/capture", b"PRESS")
+    assert watcher.wait(lambda: daemon.status()["classes"].get("dog") == 1)
+    watcher.publish(f"{base}/set/paused", b"ON")
+    assert watcher.wait(lambda: daemon.status()["paused"] is True)
+    assert watcher.wait(lambda: watcher.on(f"{base}/paused")[-1:] == [b"ON"])
+    watcher.publish(f"{base}/set/paused", b"OFF")
+    assert watcher.wait(lambda: daemon.status()["paused"] is False)
+
+    # a removed class leaves discovery: no ghost options or event types
+    watcher.publish("teachcam/all/request/remove_class", {"label": "dog", "id": 7})
+    assert watcher.wait(lambda: (watcher.last_json(f"{base}/response/remove_class") or {}).get("id") == 7)
+    assert watcher.wait(lambda: "dog" not in json.loads(watcher.on(discovery_topic)[-1])["cmps"]["teach_class"]["ops"])
+    assert "dog" not in json.loads(watcher.on(discovery_topic)[-1])["cmps"]["class_seen"]["evt_typ"]
+
+    # a bridge that dies: the broker says offline (its last will); back: online
+    bridge.stop(signal.SIGKILL)
+    assert watcher.wait(lambda: watcher.on(f"{base}/availability")[-1:] == [b"offline"])
+    bridge.start()
+    assert watcher.wait(lambda: watcher.on(f"{base}/availability")[-1:] == [b"online"])
+
+
+def test_bad_input_on_every_command_topic_gets_an_error_and_changes_nothing(bundle_path, tmp_path, broker, cleanup):
+    daemon = start_daemon(bundle_path, tmp_path, "pi1", "chelsea.png", 51, cleanup)
+    watcher = Watcher(broker.port)
+    cleanup(watcher)
+    bridge = BridgeProcess(tmp_path, "pi1", daemon.socket, broker.port, "--fleet-group", "shop")
+    cleanup(bridge)
+    base = "teachcam/pi1"
+    assert watcher.wait(lambda: watcher.on(f"{base}/availability")[-1:] == [b"online"]), bridge.text()
+    cases = [("enroll", b"{not json", "not JSON"), ("enroll", b"[1, 2]", "JSON object"),
+             ("enroll", {"label": 5}, "label must be a non-empty string"),
+             ("enroll", {"label": "a" * 300}, "label must be"), ("enroll", {"label": "x\ny"}, ""),
+             ("rename_class", {"old": "nothing", "new": "x"}, "no class"),
+             ("frobnicate", {}, "unknown op"), ("example", {"example": "x"}, "unknown op"),
+             ("enroll", b"x" * (5 * 1024 * 1024), "at most")]
+    for i, (op, payload, message) in enumerate(cases):
+        body = payload if isinstance(payload, bytes) else json.dumps({**payload, "id": i}).encode()
+        before = len(watcher.on(f"{base}/response/{op}"))
+        watcher.publish(f"{base}/request/{op}", body)
+        assert watcher.wait(lambda op=op, n=before: len(watcher.on(f"{base}/response/{op}")) > n), (op, bridge.text())
+        response = json.loads(watcher.on(f"{base}/response/{op}")[-1])
+        assert response["status"] == "error" and response["data"] is None and message in response["error"], response
+        assert response["id"] == (i if not isinstance(payload, bytes) else None)
+
+    # fleet examples that must not be enrolled: wrong embedding, not an image, another group, lies about origin
+    good = {"v": 1, "group": "shop", "device": "pi9", "id": "e1", "label": "cat", "fingerprint": "f" * 64,
+            "embedding": base64.b64encode(np.ones(1280, "<f4").tobytes()).decode(),
+            "jpeg": base64.b64encode(b"not an image").decode(), "time": 1}
+    bad = [("teachcam/fleet/shop/example/pi9/e1", {**good}),  # thumbnail is not an image (and a foreign fingerprint)
+           ("teachcam/fleet/shop/example/pi9/e2", {**good, "id": "e2",
+                                                   "embedding": base64.b64encode(b"\x00" * 7).decode()}),
+           ("teachcam/fleet/shop/example/pi9/e3", {**good, "id": "e3", "group": "other"}),
+           ("teachcam/fleet/shop/example/pi9/e4", {**good, "id": "e4", "device": "pi1"}),
+           ("teachcam/fleet/shop/example/pi9/e5", b"\xff\xfe"),
+           ("teachcam/fleet/shop/example/pi9/e6", {**good, "id": "e6", "label": "a/b"}),
+           ("teachcam/fleet/shop/op", {"v": 1, "group": "shop", "device": "pi9", "op": "format_disk"})]
+    for topic, payload in bad:
+        watcher.publish(topic, payload, retain="/example/" in topic)
+    assert watcher.wait(lambda: bridge.text().count("fleet example refused") >= 4, timeout=20), bridge.text()
+    assert watcher.wait(lambda: "not enrolled" in bridge.text())
+    assert "does not travel" in bridge.text()
+    time.sleep(1.0)
+    assert daemon.status()["classes"] == {} and bridge.alive() and daemon.proc.poll() is None
+    assert "Traceback" not in bridge.text()
+    watcher.publish(f"{base}/request/status", {"id": "still"})  # and it still answers
+    assert watcher.wait(lambda: any(json.loads(p).get("id") == "still" for p in watcher.on(f"{base}/response/status")))
+
+
+def test_a_fleet_shares_what_one_pi_was_taught(bundle_path, tmp_path, broker, cleanup):
+    """Teach on A → B enrolls it and predicts it; rename and remove travel; B catches up after being away."""
+    a = start_daemon(bundle_path, tmp_path, "pia", "chelsea.png", 60, cleanup)
+    b = start_daemon(bundle_path, tmp_path, "pib", "chelsea.png", 61, cleanup)  # B sees the same cat, other views
+    watcher = Watcher(broker.port, topics=("teachcam/#",))
+    cleanup(watcher)
+    bridges = {name: BridgeProcess(tmp_path, name, d.socket, broker.port, "--fleet-group", "shop")
+               for name, d in (("pia", a), ("pib", b))}
+    for bridge in bridges.values():
+        cleanup(bridge)
+    assert watcher.wait(lambda: all(watcher.on(f"teachcam/{n}/availability")[-1:] == [b"online"] for n in bridges))
+
+    delays = []
+    for _ in range(3):
+        started = time.monotonic()
+        example = a.request("enroll", label="cat")["example"]
+        assert wait_for(lambda ex=example: f"fleet:pia:{ex}" in store_sources(b), timeout=10), bridges["pib"].text()
+        delays.append(time.monotonic() - started)
+    assert max(delays) <= 2.0, delays
+    assert b.status()["classes"] == {"cat": 3}
+    assert wait_for(lambda: b.status()["shown"] == "cat", timeout=20)  # B's own camera now says cat
+    assert a.status()["classes"] == {"cat": 3}  # no echo back to A
+
+    a.request("rename_class", old="cat", new="kitty")
+    assert wait_for(lambda: b.status()["classes"] == {"kitty": 3}, timeout=10), bridges["pib"].text()
+
+    bridges["pib"].stop()  # B's bridge away while A is taught and changes its mind
+    a.request("enroll", label="kitty")
+    undone = a.request("enroll", label="kitty")["example"]
+    a.request("undo")
+    bridges["pib"].start()
+    assert wait_for(lambda: b.status()["classes"] == {"kitty": 4}, timeout=15), bridges["pib"].text()
+    assert f"fleet:pia:{undone}" not in store_sources(b)
+
+    a.request("remove_class", label="kitty")
+    assert wait_for(lambda: "kitty" not in b.status()["classes"], timeout=10), bridges["pib"].text()
+    retained = [t for t, p, r, _ in watcher.messages if t.startswith("teachcam/fleet/shop/example/")]
+    assert retained  # one retained message per example went out
+    size = max(len(p) for t, p, _, _ in watcher.messages if t.startswith("teachcam/fleet/shop/example/") and p)
+    assert size < 64 * 1024
+
+
+def test_broker_outage_and_restart_lose_nothing(bundle_path, tmp_path, broker, cleanup):
+    a = start_daemon(bundle_path, tmp_path, "pia", "chelsea.png", 62, cleanup)
+    b = start_daemon(bundle_path, tmp_path, "pib", "coffee.png", 63, cleanup)
+    for name, daemon in (("pia", a), ("pib", b)):
+        cleanup(BridgeProcess(tmp_path, name, daemon.socket, broker.port, "--fleet-group", "shop"))
+    watcher = Watcher(broker.port)
+    assert watcher.wait(lambda: all(watcher.on(f"teachcam/{n}/availability")[-1:] == [b"online"]
+                                    for n in ("pia", "pib")))
+    a.request("enroll", label="cat")
+    assert wait_for(lambda: b.status()["classes"] == {"cat": 1}, timeout=10)
+    watcher.close()
+    time.sleep(1.5)  # the broker's autosave (1 s) has the retained messages
+    broker.kill()
+    a.request("enroll", label="cat")  # taught while the broker is down
+    time.sleep(1.0)
+    broker.start()
+    watcher = Watcher(broker.port)
+    cleanup(watcher)
+    assert watcher.wait(lambda: all(watcher.on(f"teachcam/{n}/availability")[-1:] == [b"online"]
+                                    for n in ("pia", "pib")), timeout=60)
+    assert wait_for(lambda: b.status()["classes"] == {"cat": 2}, timeout=30)
+    assert a.status()["classes"] == {"cat": 2}
+    assert watcher.wait(lambda: len([p for t, p, r, _ in watcher.messages
+                                     if t.startswith("teachcam/fleet/shop/example/pia/") and p]) >= 2)
+    assert watcher.wait(lambda: (watcher.last_json("teachcam/pia/state") or {}).get("counts") == {"cat": 2})
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, with the openssl command."""
+    folder.mkdir(parents=True, exist_ok=True)
+    run = lambda *args: subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=teachcam test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "server.crt", "-days", "2", "-extfile", "ext.cnf")
+    return {name: folder / name for name in ("ca.crt", "server.crt", "server.key")}
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_passwords_an_acl_and_tls(bundle_path, tmp_path, cleanup):
+    daemon = start_daemon(bundle_path, tmp_path, "pi1", "chelsea.png", 64, cleanup)
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "pi1", "right horse"], check=True,
+                   capture_output=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "ha", "ha pass"], check=True, capture_output=True)
+    acl = tmp_path / "acl"
+    acl.write_text("user pi1\ntopic readwrite teachcam/pi1/#\ntopic write homeassistant/#\ntopic read "
+                   "homeassistant/status\ntopic read teachcam/all/#\n\nuser ha\ntopic readwrite #\n")
+    os.chmod(passwords, 0o600)
+    os.chmod(acl, 0o600)
+    certs = make_certificates(tmp_path / "certs")
+    tls_port = free_port()
+    broker = Broker(tmp_path / "broker", anonymous=False,
+                    extra=f"password_file {passwords}\nacl_file {acl}\n"
+                          f"listener {tls_port} 127.0.0.1\ncafile {certs['ca.crt']}\ncertfile {certs['server.crt']}\n"
+                          f"keyfile {certs['server.key']}\n")
+    cleanup(broker)
+    watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="ha")
+    watcher.username_pw_set("ha", "ha pass")
+    seen: list[tuple[str, bytes]] = []
+    watcher.on_message = lambda c, u, m: seen.append((m.topic, bytes(m.payload)))
+    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("teachcam/#")
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.loop_start()
+    cleanup(type("Stop", (), {"stop": lambda self: (watcher.loop_stop(), watcher.disconnect())})())
+
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("wrong\n")
+    config = tmp_path / "teachcam.toml"
+    config.write_text(f'[mqtt]\nusername = "pi1"\npassword_file = "{secret}"\n')
+    wrong = BridgeProcess(tmp_path, "pi1", daemon.socket, broker.port, config=config)
+    cleanup(wrong)
+    assert wait_for(lambda: "refused the connection" in wrong.text(), timeout=20), wrong.text()
+    time.sleep(4)  # it retries with backoff and says so once, not once per retry
+    assert wrong.alive() and wrong.text().count("refused the connection") == 1, wrong.text()
+    assert not any(t == "teachcam/pi1/availability" for t, _ in seen)
+    wrong.stop()
+
+    secret.write_text("right horse\n")
+    right = BridgeProcess(tmp_path, "pi1", daemon.socket, broker.port, config=config)
+    cleanup(right)
+    assert wait_for(lambda: ("teachcam/pi1/availability", b"online") in seen, timeout=20), right.text()
+    right.stop()
+
+    # TLS: the broker's certificate checked against the CA the test made
+    config.write_text(f'[mqtt]\nusername = "pi1"\npassword_file = "{secret}"\ntls = true\n'
+                      f'ca_file = "{certs["ca.crt"]}"\n')
+    seen.clear()
+    tls = BridgeProcess(tmp_path, "pi1", daemon.socket, tls_port, config=config)
+    cleanup(tls)
+    assert wait_for(lambda: ("teachcam/pi1/availability", b"online") in seen, timeout=20), tls.text()
+    assert wait_for(lambda: any(t == "teachcam/pi1/state" for t, _ in seen), timeout=10)
