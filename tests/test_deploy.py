@@ -118,6 +118,10 @@ def test_deploy_installs_and_a_second_deploy_changes_nothing(stand_in_pi, os_pic
     assert "gpio         not a Raspberry Pi" in first.stdout
     unit = (scratch / "systemd" / "teachcam.service").read_text()
     assert f"ExecStart={scratch / 'opt'}/venv/bin/teachcam run --config {scratch / 'etc'}/teachcam.toml" in unit
+    # the MQTT bridge's unit is installed too, and left disabled: the example config has no [mqtt] enabled
+    bridge = (scratch / "systemd" / "teachcam-mqtt.service").read_text()
+    assert f"ExecStart={scratch / 'opt'}/venv/bin/teachcam mqtt --config {scratch / 'etc'}/teachcam.toml" in bridge
+    assert "installing paho-mqtt" not in first.stdout
     venv_python = scratch / "opt" / "venv" / "bin" / "python"
     probe = subprocess.run([str(venv_python), "-c", "import edge, importlib.util as u; "
                             "print(u.find_spec('tensorflow') is None, u.find_spec('ai_edge_litert') is not None)"],

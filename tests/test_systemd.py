@@ -57,12 +57,12 @@ def test_unit_options():
     assert "AF_UNIX" in families and not {"AF_INET", "AF_INET6", "AF_PACKET"} & set(families)
 
 
-def _unit_with_stub_binary(tmp_path) -> Path:
+def _unit_with_stub_binary(tmp_path, source: Path = UNIT) -> Path:
     stub = tmp_path / "teachcam"
     stub.write_text("#!/bin/sh\n")
     stub.chmod(0o755)
-    unit = tmp_path / "teachcam.service"
-    unit.write_text(UNIT.read_text().replace("/opt/teachcam/venv/bin/teachcam", str(stub)))
+    unit = tmp_path / source.name
+    unit.write_text(source.read_text().replace("/opt/teachcam/venv/bin/teachcam", str(stub)))
     return unit
 
 
@@ -87,3 +87,34 @@ def test_example_config_loads():
     config = load_config(ROOT / "systemd" / "teachcam.toml")
     assert config.camera.source == "picamera2" and config.store == "/var/lib/teachcam/store"
     assert len(config.buttons.pins) == len(config.classes) == len(config.leds.pins)
+
+
+MQTT_UNIT = ROOT / "systemd" / "teachcam-mqtt.service"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_the_mqtt_bridge_unit_verifies_and_is_exposed_little(tmp_path):
+    unit = _unit_with_stub_binary(tmp_path, MQTT_UNIT)
+    # teachcam.service is referenced (Wants=/After=): verify it next to it
+    _unit_with_stub_binary(tmp_path, UNIT)
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True,
+                            text=True)
+    line = next(x for x in result.stdout.splitlines() if "Overall exposure level" in x)
+    assert float(line.split(":")[1].split()[0]) <= 2.0, line
+
+
+def test_the_mqtt_bridge_unit_has_the_network_and_nothing_else():
+    text = MQTT_UNIT.read_text()
+    options = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            options.setdefault(key, []).append(value)
+    families = " ".join(options["RestrictAddressFamilies"]).split()
+    assert {"AF_UNIX", "AF_INET", "AF_INET6"} == set(families)  # the broker, and the control socket
+    assert options["PrivateDevices"] == ["yes"] and "DeviceAllow" not in options  # no camera, GPIO or I2C
+    assert options["InaccessiblePaths"] == ["-/var/lib/teachcam"]  # the store is not even readable
+    assert options["SupplementaryGroups"] == ["teachcam"] and options["DynamicUser"] == ["yes"]
+    assert "teachcam mqtt" in options["ExecStart"][0]
