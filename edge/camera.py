@@ -402,6 +402,7 @@ class FrameGrabber:
         self._taken.set()
         self.max_backoff = max_backoff
         self._lock = threading.Condition()
+        self._woken = False
         self._frame: Frame | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -492,12 +493,14 @@ class FrameGrabber:
             log.debug("closing %s failed: %s", self.source.name, exc)
 
     def latest(self, after: int = 0, timeout: float = 1.0) -> Frame | None:
-        """The newest frame with a number greater than ``after``, waiting up to ``timeout`` seconds."""
+        """The newest frame with a number greater than ``after``, waiting up to ``timeout`` seconds
+        (or until :meth:`wake`: then None)."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while (self._frame is None or self._frame.number <= after) and not self.ended:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._woken:
+                    self._woken = False
                     return None
                 self._lock.wait(remaining)
             frame = self._frame
@@ -505,6 +508,12 @@ class FrameGrabber:
                 self._taken.set()
                 return frame
             return None
+
+    def wake(self) -> None:
+        """Make a waiting :meth:`latest` return now (the main loop has a command to apply)."""
+        with self._lock:
+            self._woken = True
+            self._lock.notify_all()
 
     def wait_for_first(self, timeout: float) -> bool:
         """True once a frame has been captured (or the source ended); False after ``timeout`` seconds."""

@@ -146,6 +146,10 @@ class Daemon:
         """Ask the main loop to apply ``command`` (any thread). ``reply(result)`` is called from the main loop
         with a dict, or with the :class:`TeachcamError` that refused the command."""
         self.commands.put((command, reply))
+        if not isinstance(command, m.Enroll) and self.grabber is not None:
+            # Applied now rather than at the next frame (a slow or gated camera would delay every socket
+            # reply by a frame period); an enrollment waits for the next frame, which it uses.
+            self.grabber.wake()
 
     # -- building ------------------------------------------------------------------------------------
     def start(self) -> Daemon:

@@ -50,6 +50,7 @@ MAX_PENDING = 1000  # messages kept while the broker is away (newest win; per to
 STATE_MIN_INTERVAL = 0.25  # at most 4 state messages a second
 STATS_INTERVAL = 60.0
 SNAPSHOT_SIZE = 320
+SNAPSHOT_MIN_INTERVAL = 1.0  # a JPEG is encoded in the daemon: at most one a second, of the newest class
 CATCH_UP_QUIET = 2.0  # seconds without a retained fleet message: the broker's replay is over
 EVENT_KINDS = {"prediction", "enrolled", "undone", "class_added", "removed", "renamed", "cleared", "paused",
                "camera_trouble", "camera_back", "examples_removed", "error", "reloaded"}
@@ -92,7 +93,8 @@ class Bridge:
         self.last_state = 0.0
         self.state_due = False
         self.last_stats = 0.0
-        self.last_snapshot_label = None
+        self.last_snapshot = 0.0
+        self.snapshot_due = False
         self.dropped_events = 0
         self.refused_reason = ""
         self.published = 0
@@ -221,10 +223,13 @@ class Bridge:
             while not self.stopping.is_set():
                 now = time.monotonic()
                 if not self.daemon_up and now >= retry_daemon:
-                    if self._connect_daemon():
-                        self._daemon_ready()
-                    else:
-                        retry_daemon = now + 2.0
+                    retry_daemon = now + 2.0
+                    try:
+                        if self._connect_daemon():
+                            self._daemon_ready()
+                    except ControlError as exc:  # e.g. a daemon still starting: its loop does not answer yet
+                        log.warning("the daemon does not answer yet (%s); retrying", exc)
+                        self._close_daemon()
                 try:
                     item = self.work.get(timeout=0.25)
                 except queue.Empty:
@@ -319,6 +324,8 @@ class Bridge:
             self._publish_state()
         if self.daemon_up and now - self.last_state >= self.config.state_interval:
             self._publish_state()
+        if self.snapshot_due and self.daemon_up and now - self.last_snapshot >= SNAPSHOT_MIN_INTERVAL:
+            self._publish_snapshot()
         if self.daemon_up and now - self.last_stats >= STATS_INTERVAL:
             self._publish_stats()
         if self.catching_up and self.connected and self.daemon_up and now - self.last_retained > CATCH_UP_QUIET:
@@ -358,6 +365,7 @@ class Bridge:
         self.publish(hass.discovery_topic(self.config.discovery_prefix, self.device), payload, retain=True, qos=1)
 
     def _publish_snapshot(self) -> None:
+        self.snapshot_due, self.last_snapshot = False, time.monotonic()
         try:
             shot = self.ask("snapshot", max_size=SNAPSHOT_SIZE)
         except ControlError as exc:
@@ -377,7 +385,7 @@ class Bridge:
             self.state_due = True
             if changed:
                 self.publish(f"{self.base}/event/class", {"event_type": event.get("label") or "unknown"})
-                self._publish_snapshot()
+                self.snapshot_due = True
         elif kind == "paused":
             self.paused = bool(event.get("paused"))
             self.publish(f"{self.base}/paused", "ON" if self.paused else "OFF", retain=True)
@@ -488,8 +496,7 @@ class Bridge:
         except fleet.FleetError as exc:
             log.warning("fleet example refused: %s", exc)
             return
-        if retain:
-            self.fleet_seen.add(source)
+        self.fleet_seen.add(source)  # retained or live, the broker holds it (peers publish retained)
         try:
             self.ask("enroll_embedding", label=example.label, embedding=example.embedding,
                      fingerprint=example.fingerprint, image=example.jpeg, source=source, via="fleet")

@@ -136,7 +136,6 @@ DRIVER = textwrap.dedent("""
     import io, sys, threading, time
     from gpiozero.pins.mock import MockFactory, MockPWMPin
     from teachcam.edge.config import load_config
-from teachcam.edge.control import ControlClient
     from teachcam.edge.daemon import Daemon
     from teachcam.edge.ports import Port
     from teachcam.edge.camera import DemoSource
@@ -165,7 +164,6 @@ from teachcam.edge.control import ControlClient
     print("EXIT", code, flush=True)
     sys.exit(code)
 """)
-
 
 
 def save_views(folder: Path, photo: str, count: int, seed: int) -> list[Path]:

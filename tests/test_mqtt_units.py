@@ -1,0 +1,76 @@
+"""The MQTT bridge's pieces without a broker: the bounded outgoing queue, fleet messages, discovery, config."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from teachcam.edge import fleet, hass
+from teachcam.edge.config import load_config
+from teachcam.edge.errors import ConfigError
+
+pytest.importorskip("paho.mqtt.client")
+
+
+def test_while_the_broker_is_away_the_queue_is_bounded_and_keeps_the_newest():
+    from teachcam.edge.mqtt import MAX_PENDING, Bridge
+
+    bridge = Bridge(load_config(None, {"mqtt.device_id": "pi1"}))
+    assert not bridge.connected
+    for i in range(3 * MAX_PENDING):
+        bridge.publish("teachcam/pi1/state", {"n": i}, retain=True)  # one topic: only the newest state waits
+        bridge.publish(f"teachcam/pi1/event/{i}", {"n": i})
+    assert len(bridge.pending) == MAX_PENDING
+    assert json.loads(bridge.pending["teachcam/pi1/state"][0]) == {"n": 3 * MAX_PENDING - 1}
+    assert f"teachcam/pi1/event/{3 * MAX_PENDING - 1}" in bridge.pending
+    assert "teachcam/pi1/event/0" not in bridge.pending  # the oldest went first
+
+
+def example(**changes) -> bytes:
+    data = {"v": 1, "group": "g", "device": "pi2", "id": "e1", "label": "cat", "fingerprint": "f" * 64,
+            "embedding": base64.b64encode(np.ones(1280, "<f4").tobytes()).decode(),
+            "jpeg": base64.b64encode(b"\xff\xd8jpeg").decode(), "time": 1.0, **changes}
+    return json.dumps(data).encode()
+
+
+def test_fleet_examples_are_checked_field_by_field():
+    topic = fleet.example_topic("g", "pi2", "e1")
+    parsed = fleet.decode(topic, example(), "g")
+    assert parsed.label == "cat" and parsed.source == "fleet:pi2:e1"
+    refused = {
+        "group": (example(group="h"), "claims group"),
+        "device": (example(device="pi3"), "claims to be"),
+        "embedding": (example(embedding=base64.b64encode(b"\x00" * 6).decode()), "float32 vector"),
+        "base64": (example(jpeg="%%%"), "base64"),
+        "type": (example(label=5), "label must be"),
+        "version": (example(v=2), "format"),
+        "json": (b"{", "not JSON"),
+        "size": (b" " * (fleet.MAX_PAYLOAD + 1), "more than"),
+    }
+    for _name, (payload, message) in refused.items():
+        with pytest.raises(fleet.FleetError, match=message):
+            fleet.decode(topic, payload, "g")
+    with pytest.raises(fleet.FleetError, match="group 'other'"):
+        fleet.decode(fleet.example_topic("other", "pi2", "e1"), example(), "g")
+    with pytest.raises(fleet.FleetError, match="does not travel"):
+        fleet.decode_op(fleet.op_payload("g", "pi2", "format_disk"), "g")
+    assert fleet.decode_op(fleet.op_payload("g", "pi2", "rename_class", old="a", new="b"), "g")["new"] == "b"
+
+
+def test_discovery_names_every_class_and_never_an_empty_option_list():
+    payload = json.loads(hass.discovery_payload(device_id="pi1", base="teachcam/pi1", classes=[], expire_after=90))
+    assert payload["cmps"]["teach_class"]["ops"] == [hass.NO_CLASS]
+    payload = json.loads(hass.discovery_payload(device_id="pi1", base="teachcam/pi1", classes=["cat", "dog"],
+                                                expire_after=90, web_url="http://pi1:8080/"))
+    assert payload["cmps"]["class_seen"]["evt_typ"] == ["cat", "dog"] and payload["dev"]["cu"] == "http://pi1:8080/"
+
+
+def test_mqtt_config_is_checked():
+    for overrides, message in (({"mqtt.port": 0}, "port"), ({"mqtt.device_id": "a/b"}, "device_id"),
+                               ({"mqtt.base_topic": "x/#"}, "wildcards"), ({"mqtt.cert_file": "c"}, "go together"),
+                               ({"mqtt.fleet_group": "a b"}, "fleet_group")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, overrides)
