@@ -132,6 +132,21 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """`teachcam web` (teachcam.edge.web): the page, a separate process that reaches the daemon through the socket."""
+
+    enabled: bool = False  # install-pi enables teachcam-web.service when true
+    host: str = "0.0.0.0"  # all interfaces; "127.0.0.1": this machine only
+    port: int = 8080
+    auth: bool = True  # false only when asked for explicitly: anyone who reaches the port can teach
+    token_file: str = ""  # "": $STATE_DIRECTORY/web-token under systemd, else ~/.local/share/teachcam/web-token
+    hosts: tuple[str, ...] = ()  # extra names the page may be reached by (IP addresses always work)
+    max_upload_mb: int = 64
+    hold_rate: float = 5.0  # hold to add: at most this many examples a second per class
+    skip_similar: float = 0.97  # hold to add: skip a frame this similar to an example the class has
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     bundle: str = DEFAULT_BUNDLE
     # A verified copy of the last bundle that started; used (with an error in the journal) when `bundle`
@@ -152,6 +167,7 @@ class DaemonConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     def validate(self) -> DaemonConfig:
         if self.mode not in MODES:
@@ -173,6 +189,10 @@ class DaemonConfig:
         if not 16 <= self.control.preview_max_size <= 4096 or not 0 < self.control.preview_max_fps <= 60:
             raise ConfigError("control.preview_max_size must be 16-4096 pixels and control.preview_max_fps 0-60")
         _check_mqtt(self.mqtt)
+        if not 1 <= self.web.port <= 65535 or not 1 <= self.web.max_upload_mb <= 4096:
+            raise ConfigError("web.port must be 1-65535 and web.max_upload_mb 1-4096")
+        if not 0 < self.web.hold_rate <= 30 or not 0 <= self.web.skip_similar <= 1:
+            raise ConfigError("web.hold_rate must be 0-30 a second and web.skip_similar 0-1 (0: off)")
         for key in ("terminal", "json"):
             if getattr(self.output, key) not in ("auto", "on", "off"):
                 raise ConfigError(f"output.{key} = {getattr(self.output, key)!r}: use auto, on or off")

@@ -22,7 +22,7 @@ Protocol (version 1): newline-delimited JSON, UTF-8, one object per line, at mos
   ids), ``thumbnail`` (``thumb`` → data ``png``: base64), ``subscribe`` (``events``: bool,
   ``frames``: bool), ``unsubscribe``, ``ping``. ``via`` (optional) names the client in events.
 * Pushed to subscribers: events ``{"event": KIND, ...}`` and preview frames
-  ``{"frame": N, "width": W, "height": H, "jpeg": BASE64}`` — JPEG, at most
+  ``{"frame": N, "width": W, "height": H, "label", "confidence", "confidences", "jpeg": BASE64}`` — JPEG, at most
   ``preview_max_size`` px on the longer side and ``preview_max_fps`` a second, encoded once per
   frame for all subscribers and never while nobody subscribes. A client that stops reading
   loses frames (only the newest waits); one whose backlog passes 1,000 messages is disconnected.
@@ -247,6 +247,8 @@ class ControlServer(Port):
         jpeg, width, height = _jpeg(frame, self.preview_size)  # once per frame, for every subscriber
         self.jpeg_encodes += 1
         line = _encode({"frame": view.frame, "width": width, "height": height,
+                        "label": view.label, "confidence": round(view.confidence, 4),
+                        "confidences": {k: round(v, 4) for k, v in view.confidences.items()},
                         "jpeg": base64.b64encode(jpeg).decode()})
         self.loop.call_soon_threadsafe(self._fan_out_frame, line)
 
@@ -422,6 +424,13 @@ class ControlServer(Port):
             elif key == "unique":
                 if not isinstance(value, bool):
                     raise ControlError(f"{command_type.op}: unique must be true or false")
+            elif key == "skip_similar":
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+                    raise ControlError(f"{command_type.op}: skip_similar must be a similarity from 0 (off) to 1")
+                value = float(value)
+            elif key == "nearest":
+                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 24:
+                    raise ControlError(f"{command_type.op}: nearest must be 1 to 24")
             elif key == "max_size":
                 if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 8192:
                     raise ControlError(f"{command_type.op}: max_size must be 0 (full size) to 8192 pixels")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from teachcam.edge import insight
 from teachcam.edge import messages as m
 from teachcam.edge.bundle import load_bundle
 from teachcam.edge.camera import FrameGrabber, make_source
@@ -133,6 +134,8 @@ class Daemon:
         self.mailboxes: list[Mailbox] = []
         self._kept: list[Mailbox] = []  # the mailboxes a reload keeps (control socket, ports handed in)
         self.buttons = self.leds = self.keys = self.grabber = self.teacher = self.head = self.control = None
+        self.last_embedding = None
+        self._insight_cache: tuple = (None, [])
         self.source = None
         self.control_mode = "none"
         self.last_frame: np.ndarray | None = None
@@ -416,7 +419,7 @@ class Daemon:
         t1 = time.perf_counter()
         embedding = self.embedder.embed(pixels)
         t2 = time.perf_counter()
-        self.last_frame = image
+        self.last_frame, self.last_embedding = image, embedding
         self._apply_commands((embedding, pixels))
         label, score, confidence, confidences = self._predict(embedding)
         t3 = time.perf_counter()
@@ -521,7 +524,7 @@ class Daemon:
                 return self._classes()
             case m.Thumbnail(thumb=thumb):
                 return {"png": self._teacher(command).store.thumbnail_bytes(thumb)}
-            case m.Enroll(label=label, index=index):
+            case m.Enroll(label=label, index=index, skip_similar=skip_similar):
                 if label is None:
                     if index is None or not 0 <= index < len(self.config.classes):
                         raise TeachcamError(f"enroll: no class button {index}")
@@ -531,6 +534,13 @@ class Daemon:
                 if label in enrolled_this_frame:
                     return {"label": label, "count": teacher.counts().get(label, 0), "skipped": "same frame"}
                 embedding, pixels = self._frame_for_enrollment(current)
+                if skip_similar > 0:
+                    snap = teacher.snapshot
+                    rows = [i for i, e in enumerate(snap.examples) if e.label == label]
+                    sims = insight.similarities(embedding, snap.embeddings[rows], teacher.config.power)
+                    if len(sims) and float(sims.max()) >= skip_similar:
+                        return {"label": label, "count": len(rows), "skipped": "similar",
+                                "similarity": round(float(sims.max()), 4)}
                 enrolled_this_frame.add(label)
                 return self._enrolled(teacher.add(label, embedding, pixels, source=via), via)
             case m.EnrollImage(label=label, pixels=pixels, name=name):
@@ -584,6 +594,8 @@ class Daemon:
                         "embedding": embedding, "png": teacher.store.thumbnail_bytes(example.thumb)}
             case m.EnrollEmbedding():
                 return self._enroll_embedding(command)
+            case m.Explain(nearest=count):
+                return self._explain(count)
             case m.RemoveExamples(examples=ids, sources=sources):
                 ids, sources = set(ids), set(sources)
                 gone = self._teacher(command).remove_examples(lambda e: e.id in ids or (e.source in sources))
@@ -623,12 +635,40 @@ class Daemon:
 
     def _classes(self) -> dict:
         teacher = self._teacher(m.ListClasses())
+        snap = teacher.snapshot
         examples: dict[str, list] = {label: [] for label in teacher.classes}
-        for example in teacher.snapshot.examples:
+        rows: dict[str, list[int]] = {label: [] for label in teacher.classes}
+        for i, example in enumerate(snap.examples):
             examples.setdefault(example.label, []).append({"id": example.id, "thumb": example.thumb,
                                                            "source": example.source, "added": round(example.added, 3)})
-        return {"classes": [{"label": label, "count": len(items), "examples": items}
+            rows.setdefault(example.label, []).append(i)
+        return {"classes": [{"label": label, "count": len(items), "examples": items,
+                             "variety": insight.variety(snap.embeddings[rows[label]], teacher.config.power)}
                             for label, items in examples.items()]}
+
+    def _explain(self, count: int) -> dict:
+        """The examples nearest to the current frame; the examples a leave-one-out vote puts in another class."""
+        teacher = self._teacher(m.Explain())
+        snap = teacher.snapshot
+        nearest = []
+        if self.last_embedding is not None and snap.examples:
+            sims = insight.similarities(self.last_embedding, snap.embeddings, teacher.config.power)
+            for i in np.argsort(-sims)[: max(1, min(count, 24))]:
+                e = snap.examples[int(i)]
+                nearest.append({"id": e.id, "label": e.label, "thumb": e.thumb, "similarity": round(float(sims[i]), 4)})
+        if self._insight_cache[0] is not snap:  # quadratic: once per store generation
+            confused = insight.leave_one_out(snap.embeddings, [e.label for e in snap.examples], teacher.config.power)
+            self._insight_cache = (snap, confused)
+        confused = self._insight_cache[1]
+
+        def brief(i: int) -> dict:
+            e = snap.examples[i]
+            return {"id": e.id, "label": e.label, "thumb": e.thumb}
+
+        return {"shown": self._shown, "nearest": nearest, "pairs": insight.confused_pairs(confused),
+                "confused": [{**brief(c["index"]), "looks_like": c["looks_like"], "neighbor": brief(c["neighbor"]),
+                              "similarity": c["similarity"]} for c in confused[:50]],
+                "examples": len(snap.examples)}
 
     def _stats_fields(self) -> dict:
         invoke = self.stats.stages.get("invoke") or [0.0]

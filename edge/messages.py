@@ -42,6 +42,9 @@ class Enroll(Command):
     op: ClassVar[str] = "enroll"
     label: str | None = None
     index: int | None = None
+    # > 0: skip the frame when it is at least this similar (KNN space) to an example the class already has
+    # (hold-to-add on the web page: holding still on one object does not fill the class with copies)
+    skip_similar: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,14 @@ class PredictImage(Command):
     op: ClassVar[str] = "predict_image"
     pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
     name: str = ""
+
+
+@dataclass(frozen=True)
+class Explain(Command):
+    """Why it thinks so: the examples nearest to the current frame, and which classes' examples are confused."""
+
+    op: ClassVar[str] = "explain"
+    nearest: int = 6
 
 
 @dataclass(frozen=True)
@@ -175,7 +186,7 @@ class Quit(Command):
 # Commands a control-socket client may send, by op (Quit stays local: keys and signals only).
 SOCKET_COMMANDS: dict[str, type[Command]] = {c.op: c for c in (
     Enroll, EnrollImage, PredictImage, AddClass, RenameClass, RemoveClass, Undo, Clear, Pause, Resume, Reload,
-    Snapshot, Status, ListClasses, Thumbnail, ExampleData, EnrollEmbedding, RemoveExamples)}
+    Snapshot, Status, ListClasses, Thumbnail, ExampleData, EnrollEmbedding, RemoveExamples, Explain)}
 
 
 # -- events: what the daemon has to say ---------------------------------------------------------------

@@ -305,18 +305,42 @@ class Teacher:
         return len(self.snapshot.examples)
 
 
-def read_archive(archive: Path) -> list[tuple[str, bytes]]:
-    """(label, image bytes) for every image in a teachcam export (or any zip with one folder per class)."""
+ARCHIVE_MAX_ENTRIES = 20_000
+ARCHIVE_MAX_ENTRY = 32 * 1024 * 1024  # bytes, uncompressed, one image
+ARCHIVE_MAX_TOTAL = 1024 * 1024 * 1024  # bytes, uncompressed, the whole archive
+ARCHIVE_MAX_RATIO = 200  # uncompressed / compressed for one entry above 1 MB: a zip bomb
+
+
+def read_archive(archive: Path | bytes) -> list[tuple[str, bytes]]:
+    """(label, image bytes) for every image in a teachcam export (or any zip with one folder per class):
+    a path, or the archive's bytes (an upload).
+
+    Raises:
+        StoreError: not a readable zip, or one that would expand past the limits (a zip bomb).
+    """
+    name = "the archive" if isinstance(archive, (bytes, bytearray)) else str(archive)
     try:
-        with zipfile.ZipFile(archive) as zf:
-            out = []
-            for info in zf.infolist():
-                parts = info.filename.split("/")
-                if info.is_dir() or len(parts) < 2 or not parts[-1].lower().endswith(IMAGE_SUFFIXES):
-                    continue
-                out.append((parts[-2], zf.read(info)))
+        with zipfile.ZipFile(io.BytesIO(archive) if isinstance(archive, (bytes, bytearray)) else archive) as zf:
+            entries = [i for i in zf.infolist() if not i.is_dir() and len(i.filename.split("/")) >= 2
+                       and i.filename.lower().endswith(IMAGE_SUFFIXES)]
+            if len(entries) > ARCHIVE_MAX_ENTRIES:
+                raise StoreError(f"{name} has {len(entries)} images; at most {ARCHIVE_MAX_ENTRIES} at a time")
+            total, out = 0, []
+            for info in entries:
+                if info.file_size > ARCHIVE_MAX_ENTRY or (
+                        info.file_size > 1024 * 1024 and info.file_size > ARCHIVE_MAX_RATIO * max(1, info.compress_size)):
+                    raise StoreError(f"{name}: {info.filename} would expand to {info.file_size:,} bytes — refused "
+                                     "(a zip bomb, or an image far larger than a camera's)")
+                with zf.open(info) as member:  # the header's size may lie: read no more than the limit
+                    data = member.read(ARCHIVE_MAX_ENTRY + 1)
+                if len(data) > ARCHIVE_MAX_ENTRY:
+                    raise StoreError(f"{name}: {info.filename} expands past {ARCHIVE_MAX_ENTRY:,} bytes — refused")
+                total += len(data)
+                if total > ARCHIVE_MAX_TOTAL:
+                    raise StoreError(f"{name} expands past {ARCHIVE_MAX_TOTAL:,} bytes — refused")
+                out.append((info.filename.split("/")[-2], data))
             return out
     except FileNotFoundError:
         raise StoreError(f"archive not found: {archive}") from None
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise StoreError(f"{archive} is not a readable zip archive ({exc})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise StoreError(f"{name} is not a readable zip archive ({exc})") from None

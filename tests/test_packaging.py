@@ -47,8 +47,9 @@ def test_the_device_install_from_the_wheel_runs_without_tensorflow_or_opencv(whe
     target = tmp_path / "venv"
     venv.create(target, with_pip=True)
     python = target / "bin" / "python"
+    # with the network processes' extras (the page, the MQTT bridge): they must not pull TensorFlow or OpenCV either
     install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                              str(wheel)], capture_output=True, text=True, timeout=900)
+                              f"{wheel}[web,mqtt]"], capture_output=True, text=True, timeout=900)
     assert install.returncode == 0, install.stderr[-2000:]
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True).stdout.strip())

@@ -72,7 +72,8 @@ def main() -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"teachcam train --head {args.head} --quantization {args.quantization} on Fashion-MNIST ({args.train} train / {args.test} test, seed 0; "
+        print(f"teachcam train --head {args.head} --quantization {args.quantization} "
+              f"on Fashion-MNIST ({args.train} train / {args.test} test, seed 0; "
               f"{out['machine']})")
         print(f"  float32 accuracy {out['float32']:.3f}   int8 accuracy {out['int8']:.3f}   "
               f"drop {out['int8_drop_points']:+.2f} points   wall time {elapsed:.0f} s (embedding, training, both "

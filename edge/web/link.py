@@ -1,0 +1,146 @@
+"""The web server's one connection to the daemon's control socket (asyncio).
+
+Requests are matched to replies by id; events go to every listener; preview frames (subscribed only
+while someone watches the live view) are decoded once and kept as the newest frame, which every
+MJPEG stream sends — so one page or ten cost the daemon the same single JPEG encode per frame.
+When the daemon goes away the link says so to its listeners and reconnects every 2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from pathlib import Path
+
+from teachcam.edge.control import MAX_LINE, client_socket_path
+from teachcam.edge.errors import ControlError
+from teachcam.edge.messages import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+REPLY_TIMEOUT = 30.0
+
+
+class DaemonLink:
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else client_socket_path()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.up = asyncio.Event()
+        self.pending: dict[int, asyncio.Future] = {}
+        self.next_id = 0
+        self.listeners: list = []  # callables(message dict): events, and {"link": "up"/"down"}
+        self.frame: dict | None = None  # the newest preview frame: {"number", "jpeg" (bytes), "label", ...}
+        self.frame_changed = asyncio.Condition()
+        self.viewers = 0
+        self.frames_received = 0
+        self.task: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        """Connect, read, reconnect — until cancelled."""
+        while True:
+            try:
+                await self._session()
+            except (OSError, ControlError, asyncio.IncompleteReadError, ValueError) as exc:
+                if self.up.is_set():
+                    log.warning("lost the daemon's control socket (%s); reconnecting every 2 s", exc)
+            finally:
+                self._down()
+            await asyncio.sleep(2.0)
+
+    async def _session(self) -> None:
+        """One connection: hello, subscribe, then read until it ends."""
+        self.reader, self.writer = await asyncio.open_unix_connection(str(self.path), limit=MAX_LINE + 1)
+        hello = json.loads(await self.reader.readline())
+        if hello.get("hello") != "teachcam" or hello.get("protocol") != PROTOCOL_VERSION:
+            raise ControlError(f"{self.path} does not speak teachcam protocol {PROTOCOL_VERSION}")
+        self.up.set()
+        log.info("connected to the daemon on %s", self.path)
+        reading = asyncio.ensure_future(self._read())
+        try:
+            await self.request("subscribe", events=True, frames=self.viewers > 0)
+        except ControlError:
+            reading.cancel()
+            raise
+        self._tell({"link": "up"})
+        await reading
+
+    async def _read(self) -> None:
+        while True:
+            line = await self.reader.readline()
+            if not line:
+                raise ControlError("the daemon closed the connection")
+            message = json.loads(line)
+            if "ok" in message and "id" in message:
+                future = self.pending.pop(message["id"], None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+            elif "frame" in message:
+                self.frames_received += 1
+                message["jpeg"] = base64.b64decode(message["jpeg"])
+                self.frame = message
+                async with self.frame_changed:
+                    self.frame_changed.notify_all()
+                self._tell({"preview": {k: message.get(k) for k in ("frame", "label", "confidence", "confidences")}})
+            elif "event" in message:
+                self._tell(message)
+
+    def _down(self) -> None:
+        was_up = self.up.is_set()
+        self.up.clear()
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(ControlError("the daemon went away"))
+        self.pending.clear()
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+        if was_up:
+            self._tell({"link": "down"})
+
+    def _tell(self, message: dict) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(message)
+            except Exception as exc:  # a listener's bug must not stop the link
+                log.debug("listener failed: %r", exc)
+
+    async def request(self, op: str, **fields) -> dict:
+        """One request; the reply's data. Raises ControlError with the daemon's one-line reason."""
+        if self.writer is None:
+            raise ControlError("the teachcam daemon is not running (or not reachable on its control socket)")
+        self.next_id += 1
+        request_id = self.next_id
+        future = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = future
+        self.writer.write(json.dumps({"id": request_id, "op": op, "via": "web", **fields}).encode() + b"\n")
+        await self.writer.drain()
+        try:
+            reply = await asyncio.wait_for(future, REPLY_TIMEOUT)
+        except TimeoutError:
+            self.pending.pop(request_id, None)
+            raise ControlError(f"{op}: the daemon did not answer in {REPLY_TIMEOUT:.0f} s") from None
+        if not reply.get("ok"):
+            raise ControlError(reply.get("error") or f"{op} refused")
+        return reply.get("data") or {}
+
+    async def watch(self, delta: int) -> None:
+        """A live view opened (+1) or closed (−1): preview frames are subscribed only while someone watches."""
+        before = self.viewers
+        self.viewers = max(0, self.viewers + delta)
+        if (before == 0) != (self.viewers == 0) and self.up.is_set():
+            try:
+                await self.request("subscribe", events=True, frames=self.viewers > 0)
+            except ControlError as exc:
+                log.debug("subscribe: %s", exc)
+
+    async def next_frame(self, after: int, timeout: float = 5.0) -> dict | None:
+        """The newest frame with a number above ``after`` (None after ``timeout`` seconds)."""
+        async with self.frame_changed:
+            try:
+                await asyncio.wait_for(self.frame_changed.wait_for(
+                    lambda: self.frame is not None and self.frame["frame"] != after), timeout)
+            except TimeoutError:
+                return None
+        return self.frame

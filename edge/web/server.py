@@ -1,0 +1,523 @@
+"""The aiohttp application behind ``teachcam web``.
+
+Routes (JSON unless said; every state-changing one needs auth, the ``X-Teachcam`` header and, from a
+browser, this server's ``Origin``):
+
+==============================  =================================================================
+``GET /``, ``/static/…``        the page (no secrets in it: it asks ``/api/session`` and shows a login)
+``GET /healthz``                ``{"ok", "daemon"}`` — no auth; 503 while the daemon does not answer
+``GET /metrics``                Prometheus text format
+``GET /login?token=T``          the pairing link (QR code): sets the session cookie, back to ``/``
+``POST /api/login``             ``{"token"}`` → the session cookie; ``POST /api/logout``
+``GET /api/session``            ``{"authenticated", "auth"}`` — no auth
+``GET /api/status``             the daemon's status (camera, fps, inference ms, model, uptime, …)
+``GET /api/classes``            classes, counts, example and thumbnail ids, variety
+``GET /api/thumb/<id>``         one example's thumbnail (PNG)
+``GET /api/explain``            nearest examples to the current frame; confused examples (leave-one-out)
+``POST /api/enroll``            ``{"label", "hold"}`` — the current frame; ``hold``: rate-capped, near-copies skipped
+``POST /api/classes``           ``{"label"}`` add; ``POST /api/classes/rename`` ``{"old", "new"}``;
+                                ``POST /api/classes/remove`` ``{"label"}``
+``POST /api/undo``, ``/api/clear``, ``/api/examples/remove`` ``{"ids"}``
+``GET /api/export.zip``         every example, one folder per class (``teachcam train --data`` takes it)
+``POST /api/upload``            multipart: images (with a ``label`` field) and/or zips laid out like the export
+``GET /stream.mjpg``            the live view (MJPEG of the daemon's preview frames)
+``GET /ws``                     the live feed: prediction, events, status every 2 s
+==============================  =================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import WSMsgType, web
+
+from teachcam.edge import __version__
+from teachcam.edge.config import DaemonConfig
+from teachcam.edge.errors import ControlError, TeachcamError
+from teachcam.edge.images import IMAGE_SUFFIXES
+from teachcam.edge.web.auth import COOKIE, CSRF_HEADER, Guard
+from teachcam.edge.web.link import DaemonLink
+
+log = logging.getLogger(__name__)
+STATIC = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
+PUBLIC = {"/", "/healthz", "/login", "/api/login", "/api/session"}
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+STATUS_INTERVAL = 2.0
+WS_QUEUE = 200
+PREVIEW_MIN_INTERVAL = 0.2  # live bars: at most 5 updates a second per page
+
+
+def _static(name: str) -> bytes:
+    return resources.files("teachcam.edge.web").joinpath("static", name).read_bytes()
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class WebApp:
+    def __init__(self, config: DaemonConfig, link: DaemonLink, guard: Guard):
+        self.config, self.web, self.link, self.guard = config, config.web, link, guard
+        self.sockets: set[web.WebSocketResponse] = set()
+        self.queues: dict[web.WebSocketResponse, asyncio.Queue] = {}
+        self.last_hold: dict[str, float] = {}
+        self.counters = {"requests": 0, "enrolled": 0, "hold_skipped_rate": 0, "hold_skipped_similar": 0,
+                         "stream_frames": 0, "refused": 0}
+        self.status: dict = {}
+        self.link.listeners.append(self._from_daemon)
+        self.assets = {name: _static(name) for name in STATIC}
+
+    # -- the application ---------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=self.web.max_upload_mb * 1024 * 1024)
+        r = app.router
+        r.add_get("/", self.index)
+        r.add_get("/static/{name}", self.static)
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/login", self.login_link)
+        r.add_post("/api/login", self.login)
+        r.add_post("/api/logout", self.logout)
+        r.add_get("/api/session", self.session)
+        r.add_get("/api/status", self.api_status)
+        r.add_get("/api/classes", self.classes)
+        r.add_get("/api/thumb/{thumb}", self.thumb)
+        r.add_get("/api/explain", self.explain)
+        r.add_post("/api/enroll", self.enroll)
+        r.add_post("/api/classes", self.add_class)
+        r.add_post("/api/classes/rename", self.rename_class)
+        r.add_post("/api/classes/remove", self.remove_class)
+        r.add_post("/api/undo", self.undo)
+        r.add_post("/api/clear", self.clear)
+        r.add_post("/api/examples/remove", self.remove_examples)
+        r.add_get("/api/export.zip", self.export)
+        r.add_post("/api/upload", self.upload)
+        r.add_get("/stream.mjpg", self.stream)
+        r.add_get("/ws", self.websocket)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, app) -> None:
+        app["link"] = asyncio.ensure_future(self.link.run())
+        app["status"] = asyncio.ensure_future(self._status_loop())
+
+    async def _stop(self, app) -> None:
+        for key in ("link", "status"):
+            app[key].cancel()
+        for ws in list(self.sockets):
+            await ws.close()
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler):
+        self.counters["requests"] += 1
+        if not self.guard.host_ok(request.host):
+            self.counters["refused"] += 1
+            return _error(403, f"Host {request.host!r} is not a name of this device: open the page by its IP address, "
+                               "or add the name to [web] hosts")
+        path = request.path
+        public = path in PUBLIC or path.startswith("/static/")
+        if not public and not self.guard.authenticated(request.cookies.get(COOKIE),
+                                                       request.headers.get("Authorization")):
+            self.counters["refused"] += 1
+            return _error(401, "log in first: open the link `teachcam web` printed, or send Authorization: Bearer TOKEN")
+        origin = request.headers.get("Origin")
+        if request.method not in SAFE_METHODS or path == "/ws":
+            if not self.guard.origin_ok(origin, request.host, request.scheme):
+                self.counters["refused"] += 1
+                return _error(403, f"Origin {origin!r} is not this page's: cross-site requests are refused")
+            if request.method not in SAFE_METHODS and not request.headers.get(CSRF_HEADER):
+                self.counters["refused"] += 1
+                return _error(403, f"state-changing requests need the {CSRF_HEADER} header (the page sends it)")
+        try:
+            return await handler(request)
+        except ControlError as exc:
+            status = 503 if not self.link.up.is_set() else 409
+            return _error(status, str(exc))
+        except TeachcamError as exc:
+            return _error(400, str(exc))
+
+    async def _body(self, request: web.Request) -> dict:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            raise TeachcamError("the request body must be JSON") from None
+        if not isinstance(body, dict):
+            raise TeachcamError("the request body must be a JSON object")
+        return body
+
+    @staticmethod
+    def _text(body: dict, key: str) -> str:
+        value = body.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise TeachcamError(f"{key} must be a non-empty string")
+        return value
+
+    # -- pages and sessions --------------------------------------------------------------------------------
+    async def index(self, request):
+        return web.Response(body=self.assets["index.html"], content_type="text/html",
+                            headers={"Cache-Control": "no-cache", "X-Frame-Options": "DENY",
+                                     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                                                "connect-src 'self'; frame-ancestors 'none'",
+                                     "Referrer-Policy": "no-referrer"})
+
+    async def static(self, request):
+        name = request.match_info["name"]
+        if name not in STATIC or name == "index.html":
+            raise web.HTTPNotFound()
+        return web.Response(body=self.assets[name], content_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+
+    async def healthz(self, request):
+        up = self.link.up.is_set()
+        return web.json_response({"ok": up, "daemon": "up" if up else "down", "version": __version__},
+                                 status=200 if up else 503)
+
+    def _set_session(self, response: web.Response) -> None:
+        if self.guard.token:
+            response.set_cookie(COOKIE, self.guard.session, httponly=True, samesite="Strict", path="/",
+                                max_age=30 * 24 * 3600)
+
+    async def login_link(self, request):
+        address = request.remote or "?"
+        if not self.guard.login_allowed(address):
+            return _error(429, "too many failed logins from this address; wait a minute")
+        if not self.guard.check_token(request.query.get("token", "")):
+            self.guard.login_failed(address)
+            return _error(401, "that login link is not (or no longer) valid: ask the Pi for a new one")
+        response = web.HTTPFound("/")
+        self._set_session(response)
+        raise response
+
+    async def login(self, request):
+        address = request.remote or "?"
+        if not self.guard.login_allowed(address):
+            return _error(429, "too many failed logins from this address; wait a minute")
+        body = await self._body(request)
+        token = body.get("token")
+        if not isinstance(token, str) or not self.guard.check_token(token.strip()):
+            self.guard.login_failed(address)
+            return _error(401, "wrong token")
+        response = web.json_response({"authenticated": True})
+        self._set_session(response)
+        return response
+
+    async def logout(self, request):
+        response = web.json_response({"authenticated": False})
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    async def session(self, request):
+        ok = self.guard.authenticated(request.cookies.get(COOKIE), request.headers.get("Authorization"))
+        return web.json_response({"authenticated": ok, "auth": self.guard.token is not None, "version": __version__})
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    async def api_status(self, request):
+        status = await self.link.request("status")
+        return web.json_response({**status, "web": self._web_stats()})
+
+    def _web_stats(self) -> dict:
+        return {"pages": len(self.sockets), "viewers": self.link.viewers, **self.counters}
+
+    async def classes(self, request):
+        return web.json_response(await self.link.request("classes"))
+
+    async def thumb(self, request):
+        data = await self.link.request("thumbnail", thumb=request.match_info["thumb"])
+        return web.Response(body=base64.b64decode(data["png"]), content_type="image/png",
+                            headers={"Cache-Control": "private, max-age=31536000, immutable"})
+
+    async def explain(self, request):
+        return web.json_response(await self.link.request("explain", nearest=6))
+
+    async def metrics(self, request):
+        lines = ["# HELP teachcam_up 1 when the daemon answers on its control socket", "# TYPE teachcam_up gauge"]
+        status = {}
+        if self.link.up.is_set():
+            try:
+                status = await self.link.request("status")
+            except ControlError:
+                status = {}
+        lines.append(f"teachcam_up {1 if status else 0}")
+        gauges = [("frames_per_second", "fps", "gauge", "classified frames per second"),
+                  ("inference_milliseconds", "inference_ms", "gauge", "model invoke time"),
+                  ("frames_total", "frames", "counter", "frames classified since the daemon started"),
+                  ("uptime_seconds", "uptime_s", "gauge", "seconds since the daemon started"),
+                  ("examples", "examples", "gauge", "examples stored"),
+                  ("temperature_celsius", "temperature_c", "gauge", "the SoC's temperature")]
+        for name, key, kind, help_text in gauges:
+            if status.get(key) is not None:
+                lines += [f"# HELP teachcam_{name} {help_text}", f"# TYPE teachcam_{name} {kind}",
+                          f"teachcam_{name} {float(status[key]):g}"]
+        if status:
+            lines += ["# HELP teachcam_camera_ok 1 while the camera delivers frames", "# TYPE teachcam_camera_ok gauge",
+                      f"teachcam_camera_ok {1 if status.get('camera_ok') else 0}",
+                      "# HELP teachcam_class_examples examples stored per class", "# TYPE teachcam_class_examples gauge"]
+            for label, count in (status.get("classes") or {}).items():
+                escaped = label.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+                lines.append(f'teachcam_class_examples{{class="{escaped}"}} {count}')
+        lines += ["# HELP teachcam_web_pages pages with a live feed open", "# TYPE teachcam_web_pages gauge",
+                  f"teachcam_web_pages {len(self.sockets)}",
+                  "# HELP teachcam_web_stream_frames_total MJPEG frames sent", "# TYPE teachcam_web_stream_frames_total counter",
+                  f"teachcam_web_stream_frames_total {self.counters['stream_frames']}",
+                  "# HELP teachcam_web_refused_total requests refused (auth, origin, host)",
+                  "# TYPE teachcam_web_refused_total counter", f"teachcam_web_refused_total {self.counters['refused']}"]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    # -- changing --------------------------------------------------------------------------------------------
+    async def enroll(self, request):
+        body = await self._body(request)
+        label = self._text(body, "label")
+        fields = {"label": label}
+        if body.get("hold"):
+            now = time.monotonic()
+            if now - self.last_hold.get(label.casefold(), 0.0) < 1.0 / self.web.hold_rate:
+                self.counters["hold_skipped_rate"] += 1
+                return web.json_response({"label": label, "skipped": "rate"})
+            self.last_hold[label.casefold()] = now
+            if self.web.skip_similar > 0:
+                fields["skip_similar"] = self.web.skip_similar
+        result = await self.link.request("enroll", **fields)
+        if result.get("skipped") == "similar":
+            self.counters["hold_skipped_similar"] += 1
+        elif not result.get("skipped"):
+            self.counters["enrolled"] += 1
+        return web.json_response(result)
+
+    async def add_class(self, request):
+        body = await self._body(request)
+        return web.json_response(await self.link.request("add_class", label=self._text(body, "label")))
+
+    async def rename_class(self, request):
+        body = await self._body(request)
+        return web.json_response(await self.link.request("rename_class", old=self._text(body, "old"),
+                                                         new=self._text(body, "new")))
+
+    async def remove_class(self, request):
+        body = await self._body(request)
+        return web.json_response(await self.link.request("remove_class", label=self._text(body, "label")))
+
+    async def undo(self, request):
+        return web.json_response(await self.link.request("undo"))
+
+    async def clear(self, request):
+        return web.json_response(await self.link.request("clear"))
+
+    async def remove_examples(self, request):
+        body = await self._body(request)
+        ids = body.get("ids")
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            raise TeachcamError("ids must be a list of example ids")
+        return web.json_response(await self.link.request("remove_examples", examples=ids))
+
+    # -- files -----------------------------------------------------------------------------------------------
+    async def export(self, request):
+        """The store's examples as a zip, read from the store on disk (read-only; a generation is complete)."""
+        from teachcam.edge.teach import Teacher
+
+        def build(path: Path) -> int:
+            with Teacher.open(self.config.store, writable=False) as teacher:
+                return teacher.export(path)
+
+        with tempfile.TemporaryDirectory(prefix="teachcam-export-") as tmp:
+            path = Path(tmp) / "teachcam-examples.zip"
+            count = await asyncio.get_running_loop().run_in_executor(None, build, path)
+            data = path.read_bytes()
+        return web.Response(body=data, content_type="application/zip", headers={
+            "Content-Disposition": 'attachment; filename="teachcam-examples.zip"', "X-Examples": str(count)})
+
+    async def upload(self, request):
+        """Images (into the class named by the ``label`` field) and zips (one folder per class): each image
+        through the daemon (``enroll_image``; the same picture twice in a class is skipped)."""
+        from teachcam.edge.teach import read_archive
+
+        limit = self.web.max_upload_mb * 1024 * 1024
+        if request.content_length and request.content_length > limit:
+            return _error(413, f"the upload is {request.content_length / 1e6:.0f} MB; at most {self.web.max_upload_mb} MB")
+        try:
+            reader = await request.multipart()
+        except (AssertionError, ValueError):
+            raise TeachcamError("send the files as multipart/form-data") from None
+        label, files, total = None, [], 0
+        async for part in reader:
+            if part.name == "label" and not part.filename:
+                label = (await part.text()).strip()[:256] or None
+                continue
+            data = bytearray()
+            while chunk := await part.read_chunk(1 << 16):
+                total += len(chunk)
+                if total > limit:
+                    return _error(413, f"the upload is larger than {self.web.max_upload_mb} MB")
+                data += chunk
+            files.append((part.filename or "upload", bytes(data)))
+        if not files:
+            raise TeachcamError("no files in the upload")
+        enrolled, skipped, errors = 0, 0, []
+        for name, data in files:
+            if data[:4] == b"PK\x03\x04" or name.lower().endswith(".zip"):
+                try:
+                    items = await asyncio.get_running_loop().run_in_executor(None, read_archive, data)
+                except TeachcamError as exc:
+                    errors.append(f"{name}: {exc}")
+                    continue
+                if not items:
+                    errors.append(f"{name}: no images in folders (the layout is one folder per class)")
+            elif name.lower().endswith(IMAGE_SUFFIXES) or data[:3] in (b"\xff\xd8\xff", b"\x89PN"):
+                if not label:
+                    errors.append(f"{name}: choose the class to add single images to")
+                    continue
+                items = [(label, data)]
+            else:
+                errors.append(f"{name}: not an image (JPEG, PNG, …) or a zip")
+                continue
+            for item_label, image in items:
+                try:
+                    result = await self.link.request("enroll_image", label=item_label,
+                                                     image=base64.b64encode(image).decode(), name=name[:200],
+                                                     unique=True)
+                except ControlError as exc:
+                    if not self.link.up.is_set():
+                        raise
+                    errors.append(f"{name}: {exc}")
+                    continue
+                if result.get("skipped"):
+                    skipped += 1
+                else:
+                    enrolled += 1
+        return web.json_response({"enrolled": enrolled, "skipped": skipped, "errors": errors[:50],
+                                  "more_errors": max(0, len(errors) - 50)}, status=200 if enrolled or not errors else 400)
+
+    # -- live ------------------------------------------------------------------------------------------------
+    async def stream(self, request):
+        response = web.StreamResponse(headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame",
+                                               "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+        await response.prepare(request)
+        await self.link.watch(+1)
+        last = -1
+        try:
+            while True:
+                frame = await self.link.next_frame(last, timeout=5.0)
+                if frame is None:
+                    continue
+                last = frame["frame"]
+                jpeg = frame["jpeg"]
+                await response.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                     + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+                self.counters["stream_frames"] += 1
+        except (ConnectionResetError, asyncio.CancelledError, RuntimeError):
+            pass
+        finally:
+            await self.link.watch(-1)
+        return response
+
+    async def websocket(self, request):
+        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024)
+        await ws.prepare(request)
+        queue: asyncio.Queue = asyncio.Queue(WS_QUEUE)
+        self.sockets.add(ws)
+        self.queues[ws] = queue
+        sender = asyncio.ensure_future(self._send_loop(ws, queue))
+        try:
+            hello = {"type": "hello", "daemon": self.link.up.is_set(), "hold_rate": self.web.hold_rate}
+            if self.link.up.is_set():
+                try:
+                    hello["status"] = await self.link.request("status")
+                except ControlError:
+                    pass
+            self._offer(queue, hello)
+            async for message in ws:  # the page sends nothing it needs answered; read to notice closing
+                if message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+        finally:
+            sender.cancel()
+            self.sockets.discard(ws)
+            self.queues.pop(ws, None)
+        return ws
+
+    async def _send_loop(self, ws, queue: asyncio.Queue) -> None:
+        last_preview = 0.0
+        try:
+            while True:
+                message = await queue.get()
+                if message.get("type") == "preview":
+                    now = time.monotonic()
+                    if now - last_preview < PREVIEW_MIN_INTERVAL:
+                        continue
+                    last_preview = now
+                await ws.send_str(json.dumps(message))
+        except (ConnectionResetError, RuntimeError, asyncio.CancelledError):
+            pass
+
+    @staticmethod
+    def _offer(queue: asyncio.Queue, message: dict) -> None:
+        if queue.full():  # a page that does not keep up loses the oldest, never blocks the others
+            try:
+                queue.get_nowait()
+            except asyncio.QueueEmpty:
+                pass
+        queue.put_nowait(message)
+
+    def _from_daemon(self, message: dict) -> None:
+        if "preview" in message:
+            out = {"type": "preview", **message["preview"]}
+        elif "link" in message:
+            out = {"type": "daemon", "up": message["link"] == "up"}
+        else:
+            if message.get("event") == "stats":
+                return
+            out = {"type": "event", **message}
+        for queue in self.queues.values():
+            self._offer(queue, out)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            if not self.queues or not self.link.up.is_set():
+                continue
+            try:
+                status = await self.link.request("status")
+            except ControlError:
+                continue
+            out = {"type": "status", **status, "web": self._web_stats()}
+            for queue in self.queues.values():
+                self._offer(queue, out)
+
+
+def serve(config: DaemonConfig, *, host: str, port: int, token: str | None, socket_path=None, on_ready=None) -> None:
+    """Run the server until SIGTERM/SIGINT."""
+    link = DaemonLink(socket_path or config.control.socket or None)
+    guard = Guard(token, names=list(config.web.hosts))
+    app = WebApp(config, link, guard).app()
+
+    async def main() -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=True)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # noqa: SLF001
+        if on_ready:
+            on_ready(bound)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    import signal
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(main())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        pass
+    finally:
+        loop.close()
