@@ -1,0 +1,353 @@
+"""`teachcam web` for real: a daemon (mock pins, a cat in front of its camera) and the web server process, driven
+by Debian's Chromium through playwright; the security checks and bad input over plain HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.helpers import ROOT, augmented_views, make_daemon, press, wait_for
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.slow
+pytest.importorskip("aiohttp")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WebProcess:
+    def __init__(self, tmp: Path, socket_path: Path, store: Path, *extra: str):
+        self.port, self.token_file, self.log = free_port(), tmp / "web-token", tmp / "web.log"
+        self.args = [sys.executable, "-m", "teachcam.edge.cli", "web", "--host", "127.0.0.1", "--port", str(self.port),
+                     "--token-file", str(self.token_file), "--socket", str(socket_path), "--store", str(store), *extra]
+        self.start()
+
+    def start(self) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        self.proc = subprocess.Popen(self.args, stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert wait_for(lambda: "serving on" in self.log.read_text()[offset:] or self.proc.poll() is not None,
+                        timeout=30)
+        assert self.proc.poll() is None, self.log.read_text()
+
+    @property
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=20)
+
+
+def call(web: WebProcess, method: str, path: str, body=None, *, token: str | None = "", headers: dict | None = None,
+         raw: bytes | None = None) -> tuple[int, dict | bytes]:
+    """One HTTP request; (status, JSON or bytes). ``token=""``: the server's token; None: no credentials."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(web.base + path, data=data, method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token or web.token}")
+    for key, value in (headers or {}).items():
+        request.add_header(key, value)
+    if data is not None and raw is None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            payload, status, kind = response.read(), response.status, response.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as error:
+        payload, status, kind = error.read(), error.code, error.headers.get("Content-Type", "")
+    return status, json.loads(payload) if "json" in kind else payload
+
+
+CHANGE = {"X-Teachcam": "1"}
+
+
+@pytest.fixture
+def running(bundle_path, tmp_path, factory):
+    """The daemon in this process (mock GPIO: cat on pin 5), on a loop of cat pictures, and `teachcam web`."""
+    # 7 views at 30 frames/s: frames 200 ms apart (the hold rate) are different views, never the same picture
+    frames = augmented_views("chelsea.png", 7, seed=70)
+    daemon = make_daemon(bundle_path, tmp_path, factory, frames)
+    loop = threading.Thread(target=daemon.run, daemon=True)
+    loop.start()
+    web = WebProcess(tmp_path, Path(os.environ["TEACHCAM_SOCKET"]), tmp_path / "store")
+    assert wait_for(lambda: call(web, "GET", "/healthz", token=None)[0] == 200, timeout=20), web.log.read_text()
+    yield daemon, web
+    web.stop()
+    daemon.stop()
+    loop.join(timeout=10)
+    daemon.close()
+
+
+def mjpeg_frames(web: WebProcess, count: int) -> list[bytes]:
+    """The first ``count`` JPEG parts of /stream.mjpg."""
+    request = urllib.request.Request(web.base + "/stream.mjpg", headers={"Authorization": f"Bearer {web.token}"})
+    frames = []
+    with urllib.request.urlopen(request, timeout=20) as response:
+        assert response.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+        while len(frames) < count:
+            line = response.readline()
+            if line.lower().startswith(b"content-length:"):
+                size = int(line.split(b":")[1])
+                response.readline()
+                frames.append(response.read(size))
+    return frames
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_teaching_from_the_page_in_a_real_browser(running, tmp_path, factory):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    daemon, web = running
+    first, second, third = mjpeg_frames(web, 3)
+    images = [Image.open(io.BytesIO(f)) for f in (first, second, third)]
+    assert all(i.format == "JPEG" for i in images) and max(images[0].size) <= 480
+    assert len({first, second, third}) > 1  # the live view moves
+
+    shots = ROOT / "build" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        # bypass_csp: playwright evaluates its wait conditions with eval, which the page's CSP forbids
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+        page.on("dialog", lambda dialog: dialog.accept(page.dialog_answer) if dialog.type == "prompt"
+                else dialog.accept())
+        page.dialog_answer = ""
+        page.goto(f"{web.base}/login?token={web.token}")
+        page.wait_for_selector("#app:not([hidden])")
+        page.wait_for_function("document.getElementById('live').naturalWidth > 0")
+        page.wait_for_function("document.getElementById('label').textContent !== '…'")
+        assert page.text_content("#label") == "unknown"
+
+        page.fill("#new-class", "cat")
+        page.click("#add-form button")
+        card = page.locator(".card[data-label='cat']")
+        card.wait_for()
+        hold = card.locator("button.hold")
+        hold.hover()
+        page.mouse.down()
+        page.wait_for_timeout(1000)
+        page.mouse.up()
+        assert wait_for(lambda: daemon.teacher.counts().get("cat", 0) >= 2, timeout=10), (
+            page.text_content("#toast"), daemon.teacher.counts(), json.dumps(call(web, "GET", "/api/status")[1].get("web")))
+        time.sleep(0.6)  # a request already on its way when the button was let go still lands
+        held = daemon.teacher.counts()["cat"]
+        assert 2 <= held <= 7  # several, at most the rate cap (5/s) allows, fewer where near-copies were skipped
+        page.wait_for_function("document.getElementById('label').textContent === 'cat'", timeout=20000)
+        page.wait_for_function("document.querySelector(\".card[data-label='cat'] .count\").textContent"
+                               f".startsWith('{held} example')")
+        time.sleep(0.8)
+        assert daemon.teacher.counts()["cat"] == held  # letting go stopped it
+
+        press(factory, 5)  # the cat button on the Pi: the page shows it at once
+        page.wait_for_function(f"document.querySelector(\".card[data-label='cat'] .count\").textContent"
+                               f".startsWith('{held + 1} example')", timeout=5000)
+        assert "button: added to cat" in page.text_content("#toast")
+
+        page.click("#undo")
+        page.wait_for_function(f"document.querySelector(\".card[data-label='cat'] .count\").textContent"
+                               f".startsWith('{held} example')", timeout=5000)
+        page.wait_for_selector("#why-nearest figure")  # why it thinks so: the nearest examples, with similarity
+        assert "cat" in page.text_content("#why-nearest")
+
+        page.dialog_answer = "kitty"
+        card.locator("button.rename").click()
+        page.locator(".card[data-label='kitty']").wait_for()
+        assert daemon.teacher.counts() == {"kitty": held}
+
+        page.fill("#new-class", "mug")
+        page.click("#add-form button")
+        page.locator(".card[data-label='mug']").wait_for()
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.screenshot(path=str(shots / "web-desktop.png"), full_page=True)
+        phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                                 has_touch=True, bypass_csp=True)
+        phone.goto(f"{web.base}/login?token={web.token}")
+        phone.locator(".card[data-label='kitty']").wait_for()
+        phone.wait_for_function("document.getElementById('live').naturalWidth > 0")
+        width = phone.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the phone page scrolls sideways ({width} px)"
+        box = phone.locator(".card[data-label='kitty'] button.hold").bounding_box()
+        assert box["width"] >= 200 and box["height"] >= 44  # a thumb-sized target
+        phone.screenshot(path=str(shots / "web-phone.png"), full_page=False)
+        phone.close()
+
+        page.locator(".card[data-label='mug'] button.remove").click()  # confirm() is accepted
+        page.wait_for_selector(".card[data-label='mug']", state="detached")
+        page.click("#clear")
+        page.wait_for_selector(".card", state="detached")
+        assert daemon.teacher.counts() == {}
+        browser.close()
+    assert (shots / "web-phone.png").stat().st_size > 10_000 and (shots / "web-desktop.png").stat().st_size > 10_000
+
+
+def zip_of(classes: dict[str, list], bomb: bool = False) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for label, frames in classes.items():
+            for i, frame in enumerate(frames):
+                buffer = io.BytesIO()
+                Image.fromarray(frame).save(buffer, "JPEG", quality=90)
+                zf.writestr(f"{label}/{i}.jpg", buffer.getvalue())
+        if bomb:
+            zf.writestr("boom/zeros.jpg", b"\0" * (300 * 1024 * 1024))
+    return out.getvalue()
+
+
+def multipart(files: list[tuple[str, bytes]], label: str | None = None) -> tuple[bytes, str]:
+    boundary = "teachcamboundary7"
+    parts = []
+    if label:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="label"\r\n\r\n{label}\r\n'.encode())
+    for name, data in files:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_upload_enrolls_download_trains_and_bad_files_change_nothing(running, tmp_path):
+    daemon, web = running
+    body, kind = multipart([("set.zip", zip_of({"cat": augmented_views("chelsea.png", 6, seed=71),
+                                                 "coffee": augmented_views("coffee.png", 6, seed=72)}))])
+    status, result = call(web, "POST", "/api/upload", raw=body, headers={**CHANGE, "Content-Type": kind})
+    assert status == 200 and result["enrolled"] == 12 and not result["errors"], result
+    assert daemon.teacher.counts() == {"cat": 6, "coffee": 6}
+    status, again = call(web, "POST", "/api/upload", raw=body, headers={**CHANGE, "Content-Type": kind})
+    assert again["enrolled"] == 0 and again["skipped"] == 12  # the same pictures twice: not copies
+
+    bad = [("notes.txt", b"not an image at all", "not an image"),
+           ("photo.jpg", b"\xff\xd8\xff\xe0 truncated", "damaged or truncated"),
+           ("bomb.zip", zip_of({}, bomb=True), "zip bomb")]
+    for name, data, message in bad:
+        body, kind = multipart([(name, data)], label="cat")
+        status, result = call(web, "POST", "/api/upload", raw=body, headers={**CHANGE, "Content-Type": kind})
+        assert status == 400 and message in result["errors"][0], (name, result)
+    body, kind = multipart([("one.jpg", b"\xff\xd8\xff")])
+    status, result = call(web, "POST", "/api/upload", raw=body, headers={**CHANGE, "Content-Type": kind})
+    assert status == 400 and "choose the class" in result["errors"][0]
+    connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)  # 200 MB announced
+    connection.putrequest("POST", "/api/upload")
+    for key, value in {"Authorization": f"Bearer {web.token}", "X-Teachcam": "1", "Content-Length": str(200 * 10**6),
+                       "Content-Type": "multipart/form-data; boundary=x"}.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    connection.send(b"--x\r\n" + b"\0" * 65536)
+    response = connection.getresponse()
+    assert response.status == 413 and "at most 64 MB" in json.loads(response.read())["error"]
+    connection.close()
+    for name in ("a/b", "x" * 300, "   "):
+        status, result = call(web, "POST", "/api/classes", {"label": name}, headers=CHANGE)
+        assert status in (400, 409) and result["error"], (name, result)
+    status, result = call(web, "POST", "/api/classes/rename", {"old": "ghost", "new": "x"}, headers=CHANGE)
+    assert status == 409 and "no class 'ghost'" in result["error"]  # deleted a moment ago by another client
+    status, result = call(web, "POST", "/api/enroll", {"label": "Cat"}, headers=CHANGE)
+    assert status == 409 and "only in case" in result["error"]
+    assert daemon.teacher.counts() == {"cat": 6, "coffee": 6}  # nothing lost, nothing added
+
+    status, archive = call(web, "GET", "/api/export.zip")
+    assert status == 200 and isinstance(archive, bytes)
+    (tmp_path / "examples.zip").write_bytes(archive)
+    names = zipfile.ZipFile(tmp_path / "examples.zip").namelist()
+    assert sum(n.startswith("cat/") for n in names) == 6 and sum(n.startswith("coffee/") for n in names) == 6
+    train = subprocess.run([sys.executable, "-m", "teachcam.edge.cli", "train", "--data", str(tmp_path / "examples.zip"),
+                            "--out", str(tmp_path / "trained"), "--epochs", "3", "--json"],
+                           capture_output=True, text=True, timeout=900)
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert json.loads(train.stdout)["classes"] == ["cat", "coffee"]
+
+
+def test_security_auth_csrf_origin_host_websocket_and_token_rotation(running, tmp_path):
+    daemon, web = running
+    assert stat.S_IMODE(web.token_file.stat().st_mode) == 0o600
+    changing = [("POST", "/api/enroll", {"label": "cat"}), ("POST", "/api/classes", {"label": "x"}),
+                ("POST", "/api/classes/rename", {"old": "x", "new": "y"}), ("POST", "/api/classes/remove", {"label": "x"}),
+                ("POST", "/api/undo", {}), ("POST", "/api/clear", {}), ("POST", "/api/examples/remove", {"ids": ["x"]}),
+                ("POST", "/api/upload", {}), ("POST", "/api/logout", {})]
+    for method, path, body in changing:
+        assert call(web, method, path, body, token=None, headers=CHANGE)[0] == 401, path
+        status, result = call(web, method, path, body, headers={**CHANGE, "Origin": "http://evil.example"})
+        assert status == 403 and "Origin" in result["error"], path
+        assert call(web, method, path, body)[0] == 403, path  # no X-Teachcam header
+    for path in ("/api/status", "/api/classes", "/api/explain", "/api/export.zip", "/stream.mjpg", "/metrics"):
+        assert call(web, "GET", path, token=None)[0] == 401, path
+    assert call(web, "GET", "/healthz", token=None)[0] == 200  # minimal, no auth
+    status, result = call(web, "GET", "/api/status", headers={"Host": "evil.example:8080"})
+    assert status == 403 and "Host" in result["error"]  # DNS rebinding
+    assert call(web, "GET", "/api/status", headers={"Host": f"localhost:{web.port}"})[0] == 200
+    assert daemon.teacher.counts() == {}
+
+    import asyncio
+
+    import aiohttp
+
+    async def upgrade(origin: str, token: str) -> int:
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.ws_connect(f"{web.base}/ws", headers={"Origin": origin,
+                                                                        "Authorization": f"Bearer {token}"}) as ws:
+                    message = await ws.receive_json(timeout=10)
+                    return 101 if message["type"] == "hello" else 0
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+
+    assert asyncio.run(upgrade("http://evil.example", web.token)) == 403
+    assert asyncio.run(upgrade(web.base, web.token)) == 101
+
+    # the browser's way in: the cookie is HttpOnly and SameSite=Strict
+    raw = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+    raw.request("GET", f"/login?token={web.token}")
+    answer = raw.getresponse()
+    cookie = answer.headers.get("Set-Cookie")
+    assert answer.status == 302 and "HttpOnly" in cookie and "SameSite=Strict" in cookie, cookie
+    session = cookie.split(";")[0]
+    assert call(web, "GET", "/api/status", token=None, headers={"Cookie": session})[0] == 200
+
+    for _ in range(10):  # logins are rate-limited
+        call(web, "POST", "/api/login", {"token": "wrong"}, token=None, headers=CHANGE)
+    status, result = call(web, "POST", "/api/login", {"token": web.token}, token=None, headers=CHANGE)
+    assert status == 429
+
+    old = web.token
+    rotate = subprocess.run([sys.executable, "-m", "teachcam.edge.cli", "web", "--rotate-token", "--token-file",
+                             str(web.token_file)], capture_output=True, text=True)
+    assert rotate.returncode == 0 and "new token" in rotate.stdout
+    assert web.token != old and stat.S_IMODE(web.token_file.stat().st_mode) == 0o600
+    web.stop()
+    web.start()
+    assert call(web, "GET", "/api/status", token=old)[0] == 401
+    assert call(web, "GET", "/api/status", token=None, headers={"Cookie": session})[0] == 401  # old sessions end
+    assert call(web, "GET", "/api/status")[0] == 200
+
+
+def test_daemon_down_is_one_message_and_the_page_recovers(bundle_path, tmp_path):
+    web = WebProcess(tmp_path, tmp_path / "nobody.sock", tmp_path / "store")
+    try:
+        assert call(web, "GET", "/healthz", token=None)[0] == 503
+        status, result = call(web, "GET", "/api/classes")
+        assert status == 503 and "daemon is not running" in result["error"]
+    finally:
+        web.stop()
