@@ -147,3 +147,59 @@ def run_demo(config, *, stream=None) -> dict:
           f"({figures['embedder']}); the model ran on {figures['gate']['embedded']} frames, "
           f"{figures['gate']['gated']} showed an unchanged scene", file=stream, flush=True)
     return figures
+
+
+def run_web_demo(config, *, port: int = 8080, stream=None) -> int:
+    """The daemon on the demo camera (mock pins, a store of its own) and `teachcam web` on 127.0.0.1, until Ctrl-C.
+
+    Raises:
+        TeachcamError: the page cannot start (aiohttp missing, the port taken).
+    """
+    import os
+    import signal
+    import subprocess
+
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    from teachcam.edge.daemon import Daemon
+    from teachcam.edge.errors import TeachcamError
+
+    stream = stream or sys.stdout
+    classes = list(OBJECTS)
+    with tempfile.TemporaryDirectory(prefix="teachcam-web-demo-") as tmp:
+        socket_path = Path(tmp) / "control.sock"
+        store = config.store if config.store != DEFAULT_STORE else str(Path(tmp) / "store")
+        config = replace(config, classes=tuple(classes), store=store, mode="knn",
+                         buttons=replace(config.buttons, enabled=True, pins=(5, 6, 13)),
+                         leds=replace(config.leds, enabled=True, pins=(12, 16, 20)),
+                         output=replace(config.output, terminal="off", json="off"),
+                         control=replace(config.control, socket=str(socket_path)))
+        daemon = Daemon(config.validate(), pin_factory=MockFactory(pin_class=MockPWMPin),
+                        source=DemoSource(fps=config.camera.fps), keyboard=False, stdout=stream)
+        daemon.start()
+        web = subprocess.Popen([sys.executable, "-m", "teachcam.edge.cli", "web", "--host", "127.0.0.1", "--port",
+                                str(port), "--token-file", str(Path(tmp) / "web-token"), "--socket", str(socket_path),
+                                "--store", store], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        line = web.stdout.readline()
+        if web.poll() is not None or "serving on" not in line:
+            daemon.close()
+            raise TeachcamError("the page did not start (see above); is port "
+                                f"{port} taken? try `teachcam demo --web --port 8081`")
+        url = line.split("open ", 1)[1].strip()
+        print(f"demo: the demo camera films {', '.join(classes)} in turn. Open {url}\n"
+              "      add a class, hold its button while that object is in view, then watch the label. Ctrl-C stops.",
+              file=stream, flush=True)
+        previous = {signum: signal.signal(signum, lambda *_: daemon.stop()) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            daemon.run()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            web.send_signal(signal.SIGTERM)
+            try:
+                web.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                web.kill()
+            daemon.close()
+    return 0

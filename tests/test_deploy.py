@@ -122,6 +122,9 @@ def test_deploy_installs_and_a_second_deploy_changes_nothing(stand_in_pi, os_pic
     bridge = (scratch / "systemd" / "teachcam-mqtt.service").read_text()
     assert f"ExecStart={scratch / 'opt'}/venv/bin/teachcam mqtt --config {scratch / 'etc'}/teachcam.toml" in bridge
     assert "installing paho-mqtt" not in first.stdout
+    web_unit = (scratch / "systemd" / "teachcam-web.service").read_text()
+    assert f"ExecStart={scratch / 'opt'}/venv/bin/teachcam web --config {scratch / 'etc'}/teachcam.toml" in web_unit
+    assert "installing aiohttp" not in first.stdout
     venv_python = scratch / "opt" / "venv" / "bin" / "python"
     probe = subprocess.run([str(venv_python), "-c", "import edge, importlib.util as u; "
                             "print(u.find_spec('tensorflow') is None, u.find_spec('ai_edge_litert') is not None)"],

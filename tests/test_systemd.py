@@ -92,9 +92,13 @@ def test_example_config_loads():
 MQTT_UNIT = ROOT / "systemd" / "teachcam-mqtt.service"
 
 
+WEB_UNIT = ROOT / "systemd" / "teachcam-web.service"
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-def test_the_mqtt_bridge_unit_verifies_and_is_exposed_little(tmp_path):
-    unit = _unit_with_stub_binary(tmp_path, MQTT_UNIT)
+@pytest.mark.parametrize("source", [MQTT_UNIT, WEB_UNIT], ids=["mqtt", "web"])
+def test_the_network_units_verify_and_are_exposed_little(tmp_path, source):
+    unit = _unit_with_stub_binary(tmp_path, source)
     # teachcam.service is referenced (Wants=/After=): verify it next to it
     _unit_with_stub_binary(tmp_path, UNIT)
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
@@ -118,3 +122,16 @@ def test_the_mqtt_bridge_unit_has_the_network_and_nothing_else():
     assert options["InaccessiblePaths"] == ["-/var/lib/teachcam"]  # the store is not even readable
     assert options["SupplementaryGroups"] == ["teachcam"] and options["DynamicUser"] == ["yes"]
     assert "teachcam mqtt" in options["ExecStart"][0]
+
+
+def test_the_web_unit_has_the_network_a_read_only_store_and_no_devices():
+    options = {}
+    for line in WEB_UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            options.setdefault(key, []).append(value)
+    assert {"AF_UNIX", "AF_INET", "AF_INET6"} == set(" ".join(options["RestrictAddressFamilies"]).split())
+    assert options["PrivateDevices"] == ["yes"] and "DeviceAllow" not in options
+    assert "-/var/lib/teachcam" in options["ReadOnlyPaths"] and options["ProtectSystem"] == ["strict"]
+    assert options["StateDirectory"] == ["teachcam-web"]  # the pairing token, 0700
+    assert "teachcam web" in options["ExecStart"][0]

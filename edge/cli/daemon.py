@@ -99,8 +99,11 @@ def register(sub) -> None:
                        description="A synthetic camera films sample photos with jitter, lighting drift and noise; "
                                    "scripted presses on gpiozero mock pins teach three objects; the daemon then "
                                    "recognises them (and an untaught scene as unknown). Prints what a person would "
-                                   "see, then the accuracy and frame rate. Needs no hardware.")
+                                   "see, then the accuracy and frame rate. Needs no hardware. With --web: the "
+                                   "teaching page instead, on this machine, against the demo camera (prints its URL).")
     common(p)
+    p.add_argument("--web", action="store_true", help="serve the teaching page against the demo camera until Ctrl-C")
+    p.add_argument("--port", type=int, default=8080, help="with --web: the page's port on 127.0.0.1 (default 8080)")
 
     p = sub.add_parser("status", help="(device) what the running daemon is doing: camera, fps, classes, uptime",
                        description="Ask the running daemon, through its control socket ($TEACHCAM_SOCKET, "
@@ -150,6 +153,10 @@ def cmd_demo(args) -> int:
     if not (Path(config.bundle) / "manifest.json").is_file():
         raise TeachcamError(f"no bundle at {config.bundle}: run ./scripts/demo (it builds one), or "
                             f"`teachcam convert --out {config.bundle}`")
+    if args.web:
+        from teachcam.edge.demo import run_web_demo
+
+        return run_web_demo(config, port=args.port, stream=sys.stdout)
     figures = run_demo(config, stream=sys.stdout)
     return 0 if figures["frames"] > 0 else 1
 
