@@ -69,6 +69,8 @@ class Bridge:
 
     def __init__(self, config: DaemonConfig, *, socket_path: str | Path | None = None):
         self.config = config.mqtt
+        self.web_url = self.config.web_url or (
+            f"http://{socket.gethostname()}:{config.web.port}/" if config.web.enabled else "")
         self.device = device_id(self.config.device_id)
         self.base = self.config.base_topic or f"teachcam/{self.device}"
         self.group = self.config.fleet_group
@@ -361,7 +363,7 @@ class Bridge:
         if not self.config.discovery:
             return
         payload = hass.discovery_payload(device_id=self.device, base=self.base, classes=list(self.classes),
-                                         expire_after=int(self.config.state_interval * 3), web_url=self.config.web_url)
+                                         expire_after=int(self.config.state_interval * 3), web_url=self.web_url)
         self.publish(hass.discovery_topic(self.config.discovery_prefix, self.device), payload, retain=True, qos=1)
 
     def _publish_snapshot(self) -> None:
