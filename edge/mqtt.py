@@ -282,7 +282,10 @@ class Bridge:
         if self.config.discovery:
             subscriptions.append((f"{self.config.discovery_prefix}/status", 1))
         if self.group:
-            subscriptions += [(fleet.examples_filter(self.group), 1), (fleet.op_topic(self.group), 1)]
+            # QoS 0 for the examples: on subscribing, the broker replays every retained one at once, and at QoS 1
+            # Mosquitto drops what exceeds its per-client queue (max_queued_messages, 1000) — a catch-up of 1,050
+            # examples lost 30. A lost connection replays them all again anyway.
+            subscriptions += [(fleet.examples_filter(self.group), 0), (fleet.op_topic(self.group), 1)]
             self.fleet_seen.clear()
             self.catching_up = True
             self.last_retained = time.monotonic()

@@ -411,3 +411,34 @@ def test_passwords_an_acl_and_tls(bundle_path, tmp_path, cleanup):
     cleanup(tls)
     assert wait_for(lambda: ("teachcam/pi1/availability", b"online") in seen, timeout=20), tls.text()
     assert wait_for(lambda: any(t == "teachcam/pi1/state" for t, _ in seen), timeout=10)
+
+
+def test_a_pi_that_joins_late_catches_up_on_more_than_the_brokers_queue_holds(bundle_path, tmp_path, broker, cleanup):
+    """1,100 retained examples (more than Mosquitto's per-client queue of 1,000): every one arrives."""
+    from teachcam.edge import fleet
+
+    late = start_daemon(bundle_path, tmp_path, "pilate", "coffee.png", 65, cleanup)
+    fingerprint = late.status()["fingerprint"]
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((224, 224, 3), 128, np.uint8)).save(buffer, "JPEG")
+    jpeg = base64.b64encode(buffer.getvalue()).decode()
+    rng = np.random.default_rng(0)
+    publisher = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="teacher")
+    publisher.connect("127.0.0.1", broker.port)
+    publisher.loop_start()
+    infos = []
+    for i in range(1100):
+        vector = rng.random(1280, dtype=np.float32).astype("<f4")
+        example = fleet.FleetExample("shop", "piold", f"x{i:05d}", f"class{i % 11}", fingerprint,
+                                     base64.b64encode(vector.tobytes()).decode(), jpeg, time.time())
+        infos.append(publisher.publish(fleet.example_topic("shop", "piold", example.id), example.payload(), qos=1,
+                                       retain=True))
+    for info in infos:
+        info.wait_for_publish(30)
+    publisher.loop_stop()
+    publisher.disconnect()
+    bridge = BridgeProcess(tmp_path, "pilate", late.socket, broker.port, "--fleet-group", "shop")
+    cleanup(bridge)
+    assert wait_for(lambda: late.status()["examples"] == 1100, timeout=120), (late.status()["examples"], bridge.text())
+    time.sleep(3)  # past the catch-up's end: nothing removed
+    assert late.status()["examples"] == 1100
