@@ -35,7 +35,9 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `teachcam` itself does (edge/cli.py)
@@ -56,6 +58,29 @@ def demo_frames(n: int, size=(640, 480)) -> list[np.ndarray]:
     source = DemoSource(fps=30, size=size)
     source.open()
     return [source.read() for _ in range(n)]
+
+
+@contextmanager
+def background_daemon(bundle_path: str, store: Path, frames: list, threads: int, socket_path: Path, *,
+                      fps: float = 1000.0, unpaced: bool = True):
+    """The real Daemon on ``frames`` (looped) with its control socket, its loop in a thread; stopped on exit.
+    ``unpaced``: frames as fast as the loop takes them, no change gate (throughput); else paced at ``fps``."""
+    config = load_config(None, {"bundle": bundle_path, "store": str(store), "classes": ["cat", "coffee", "rocket"],
+                                "threads": threads, "camera": {"fps": fps, **({"gate": 0.0} if unpaced else {})},
+                                "buttons": {"enabled": False}, "leds": {"enabled": False},
+                                "output": {"terminal": "off", "json": "on"}, "control": {"socket": str(socket_path)}})
+    daemon = Daemon(config, source=ArraySource(frames, loop=True), keyboard=False, stdout=io.StringIO())
+    daemon.start()
+    if unpaced:
+        daemon.grabber.interval = 0.0
+    loop = threading.Thread(target=daemon.run, daemon=True)
+    loop.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        loop.join(timeout=10)
+        daemon.close()
 
 
 def enroll(store: Path, bundle_path: str, examples: int) -> None:

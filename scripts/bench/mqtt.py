@@ -35,12 +35,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon import demo_frames, enroll  # noqa: E402  (scripts/bench/daemon.py)
+from daemon import background_daemon, demo_frames, enroll  # noqa: E402  (scripts/bench/daemon.py)
 
-from teachcam.edge.camera import ArraySource  # noqa: E402
-from teachcam.edge.config import load_config  # noqa: E402
 from teachcam.edge.control import ControlClient  # noqa: E402
-from teachcam.edge.daemon import Daemon  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -114,40 +111,30 @@ def stop(proc: subprocess.Popen) -> None:
 def daemon_round(args, store: Path, frames: list, port: int, tmp: Path, with_bridge: bool, r: int) -> dict:
     """Frames/s of the daemon over ``args.seconds``, measured once the bridge (if any) is online."""
     socket_path = tmp / f"d{r}{int(with_bridge)}.sock"
-    config = load_config(None, {"bundle": args.bundle, "store": str(store), "classes": ["cat", "coffee", "rocket"],
-                                "threads": args.threads, "camera": {"fps": 1000.0, "gate": 0.0},
-                                "buttons": {"enabled": False}, "leds": {"enabled": False},
-                                "output": {"terminal": "off", "json": "on"}, "control": {"socket": str(socket_path)}})
-    daemon = Daemon(config, source=ArraySource(frames, loop=True), keyboard=False, stdout=io.StringIO())
-    daemon.start()
-    daemon.grabber.interval = 0.0
-    loop = threading.Thread(target=daemon.run, daemon=True)
-    loop.start()
-    proc = watcher = None
-    device = f"bench{r}"
-    if with_bridge:
-        watcher = Subscriber(port, [f"teachcam/{device}/#"])
-        proc = bridge(port, device, socket_path, tmp / "bridge.log")
-        if not watcher.wait(lambda: [p for p, _ in watcher.on(f"teachcam/{device}/availability")][-1:] == [b"online"]):
-            raise SystemExit("the bridge did not come online: " + (tmp / "bridge.log").read_text()[-2000:])
-    time.sleep(1.0)  # settle
-    frames0, started = daemon.stats.frames, time.perf_counter()
-    since = time.time()
-    time.sleep(args.seconds)
-    result = {"fps": (daemon.stats.frames - frames0) / (time.perf_counter() - started)}
-    if with_bridge:
-        time.sleep(0.5)
-        latencies = []
-        for payload, received in watcher.on(f"teachcam/{device}/event"):
-            event = json.loads(payload)
-            if event.get("event") == "prediction" and event["time"] >= since:
-                latencies.append(received - event["time"])
-        result["latencies_ms"] = [x * 1e3 for x in latencies]
-        stop(proc)
-        watcher.close()
-    daemon.stop()
-    loop.join(timeout=10)
-    daemon.close()
+    with background_daemon(args.bundle, store, frames, args.threads, socket_path) as daemon:
+        proc = watcher = None
+        device = f"bench{r}"
+        if with_bridge:
+            watcher = Subscriber(port, [f"teachcam/{device}/#"])
+            proc = bridge(port, device, socket_path, tmp / "bridge.log")
+            if not watcher.wait(lambda: [p for p, _ in watcher.on(f"teachcam/{device}/availability")][-1:]
+                                == [b"online"]):
+                raise SystemExit("the bridge did not come online: " + (tmp / "bridge.log").read_text()[-2000:])
+        time.sleep(1.0)  # settle
+        frames0, started = daemon.stats.frames, time.perf_counter()
+        since = time.time()
+        time.sleep(args.seconds)
+        result = {"fps": (daemon.stats.frames - frames0) / (time.perf_counter() - started)}
+        if with_bridge:
+            time.sleep(0.5)
+            latencies = []
+            for payload, received in watcher.on(f"teachcam/{device}/event"):
+                event = json.loads(payload)
+                if event.get("event") == "prediction" and event["time"] >= since:
+                    latencies.append(received - event["time"])
+            result["latencies_ms"] = [x * 1e3 for x in latencies]
+            stop(proc)
+            watcher.close()
     return result
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import platform
@@ -37,11 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon import demo_frames, enroll  # noqa: E402  (scripts/bench/daemon.py)
-
-from teachcam.edge.camera import ArraySource  # noqa: E402
-from teachcam.edge.config import load_config  # noqa: E402
-from teachcam.edge.daemon import Daemon  # noqa: E402
+from daemon import background_daemon, demo_frames, enroll  # noqa: E402  (scripts/bench/daemon.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,77 +122,57 @@ class Page(threading.Thread):
 
 def run_round(args, store: Path, frames: list, tmp: Path, pages: int, r: int) -> dict:
     socket_path = tmp / f"r{r}p{pages}.sock"
-    config = load_config(None, {"bundle": args.bundle, "store": str(store), "classes": ["cat", "coffee", "rocket"],
-                                "threads": args.threads, "camera": {"fps": 1000.0, "gate": 0.0},
-                                "buttons": {"enabled": False}, "leds": {"enabled": False},
-                                "output": {"terminal": "off", "json": "on"}, "control": {"socket": str(socket_path)}})
-    daemon = Daemon(config, source=ArraySource(frames, loop=True), keyboard=False, stdout=io.StringIO())
-    daemon.start()
-    daemon.grabber.interval = 0.0
-    loop = threading.Thread(target=daemon.run, daemon=True)
-    loop.start()
-    server = Server(tmp, socket_path, store) if pages else None
-    opened = [Page(server) for _ in range(pages)]
-    for page in opened:
-        page.start()
-    time.sleep(1.5)
-    frames0, encodes0, started = daemon.stats.frames, daemon.control.jpeg_encodes, time.perf_counter()
-    bytes0 = [p.stream_bytes for p in opened]
-    time.sleep(args.seconds)
-    elapsed = time.perf_counter() - started
-    result = {"fps": (daemon.stats.frames - frames0) / elapsed,
-              "jpeg_encodes_per_s": (daemon.control.jpeg_encodes - encodes0) / elapsed,
-              "stream_kbps": [(p.stream_bytes - b) * 8 / 1e3 / elapsed for p, b in zip(opened, bytes0, strict=True)],
-              "latencies_ms": [x for p in opened for x in p.latencies]}
-    for page in opened:
-        page.stop_event.set()
-    if server:
-        server.stop()
-    daemon.stop()
-    loop.join(timeout=10)
-    daemon.close()
+    with background_daemon(args.bundle, store, frames, args.threads, socket_path) as daemon:
+        server = Server(tmp, socket_path, store) if pages else None
+        opened = [Page(server) for _ in range(pages)]
+        for page in opened:
+            page.start()
+        time.sleep(1.5)
+        frames0, encodes0, started = daemon.stats.frames, daemon.control.jpeg_encodes, time.perf_counter()
+        bytes0 = [p.stream_bytes for p in opened]
+        time.sleep(args.seconds)
+        elapsed = time.perf_counter() - started
+        result = {"fps": (daemon.stats.frames - frames0) / elapsed,
+                  "jpeg_encodes_per_s": (daemon.control.jpeg_encodes - encodes0) / elapsed,
+                  "stream_kbps": [(p.stream_bytes - b) * 8 / 1e3 / elapsed
+                                  for p, b in zip(opened, bytes0, strict=True)],
+                  "latencies_ms": [x for p in opened for x in p.latencies]}
+        for page in opened:
+            page.stop_event.set()
+        if server:
+            server.stop()
     return result
 
 
 def answers(args, store: Path, tmp: Path) -> dict:
     """Add → durable, page weight and bandwidth at the defaults (camera paced at 30 frames/s)."""
     socket_path = tmp / "answers.sock"
-    config = load_config(None, {"bundle": args.bundle, "store": str(store), "classes": ["cat", "coffee", "rocket"],
-                                "threads": args.threads, "camera": {"fps": 30.0},
-                                "buttons": {"enabled": False}, "leds": {"enabled": False},
-                                "output": {"terminal": "off", "json": "on"}, "control": {"socket": str(socket_path)}})
-    daemon = Daemon(config, source=ArraySource(demo_frames(90, (640, 480)), loop=True), keyboard=False,
-                    stdout=io.StringIO())
-    daemon.start()
-    loop = threading.Thread(target=daemon.run, daemon=True)
-    loop.start()
-    server = Server(tmp, socket_path, store)
-    try:
-        weight = {path: len(server.get(path)) for path in ("/", "/static/app.js", "/static/style.css", "/api/session",
-                                                           "/api/classes", "/api/explain")}
-        adds = []
-        for i in range(args.adds):
-            started = time.perf_counter()
-            result = server.post("/api/enroll", {"label": ("cat", "coffee", "rocket")[i % 3]})
-            adds.append((time.perf_counter() - started) * 1e3)
-            assert "example" in result, result
-        page = Page(server)
-        page.start()
-        time.sleep(1.0)
-        before, started = page.stream_bytes, time.perf_counter()
-        frames_before = page.stream_frames
-        time.sleep(5.0)
-        elapsed = time.perf_counter() - started
-        page.stop_event.set()
-        return {"page_weight_bytes": sum(weight.values()), "page_weight": weight,
-                "add_ms": {"p50": float(np.percentile(adds, 50)), "p95": float(np.percentile(adds, 95)), "count": len(adds)},
-                "stream_kbps": (page.stream_bytes - before) * 8 / 1e3 / elapsed,
-                "stream_fps": (page.stream_frames - frames_before) / elapsed}
-    finally:
-        server.stop()
-        daemon.stop()
-        loop.join(timeout=10)
-        daemon.close()
+    with background_daemon(args.bundle, store, demo_frames(90, (640, 480)), args.threads, socket_path, fps=30.0,
+                           unpaced=False):
+        server = Server(tmp, socket_path, store)
+        try:
+            weight = {path: len(server.get(path)) for path in ("/", "/static/app.js", "/static/style.css",
+                                                               "/api/session", "/api/classes", "/api/explain")}
+            adds = []
+            for i in range(args.adds):
+                started = time.perf_counter()
+                result = server.post("/api/enroll", {"label": ("cat", "coffee", "rocket")[i % 3]})
+                adds.append((time.perf_counter() - started) * 1e3)
+                assert "example" in result, result
+            page = Page(server)
+            page.start()
+            time.sleep(1.0)
+            before, frames_before, started = page.stream_bytes, page.stream_frames, time.perf_counter()
+            time.sleep(5.0)
+            elapsed = time.perf_counter() - started
+            page.stop_event.set()
+            return {"page_weight_bytes": sum(weight.values()), "page_weight": weight,
+                    "add_ms": {"p50": float(np.percentile(adds, 50)), "p95": float(np.percentile(adds, 95)),
+                               "count": len(adds)},
+                    "stream_kbps": (page.stream_bytes - before) * 8 / 1e3 / elapsed,
+                    "stream_fps": (page.stream_frames - frames_before) / elapsed}
+        finally:
+            server.stop()
 
 
 def exposure() -> str:
