@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 MAX_LINE = 8 * 1024 * 1024
 MAX_BACKLOG = 1000
 REPLY_TIMEOUT = 60.0
-_TEXT_FIELDS = {"label", "old", "new", "thumb", "name", "via", "example", "fingerprint", "source"}
+_TEXT_FIELDS = {"label", "old", "new", "thumb", "name", "via", "example", "fingerprint", "source", "text"}
 MAX_EMBEDDING = 16384  # floats in an embedding a client may send (MobileNetV2's is 1280)
 MAX_LIST = 100_000  # ids or sources in one remove_examples
 
@@ -428,6 +428,10 @@ class ControlServer(Port):
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
                     raise ControlError(f"{command_type.op}: skip_similar must be a similarity from 0 (off) to 1")
                 value = float(value)
+            elif key == "seconds":
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not 1 <= value <= 600:
+                    raise ControlError(f"{command_type.op}: seconds must be 1 to 600")
+                value = float(value)
             elif key == "nearest":
                 if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 24:
                     raise ControlError(f"{command_type.op}: nearest must be 1 to 24")
@@ -442,7 +446,7 @@ class ControlServer(Port):
             values[key] = value
         if "pixels" in fields and "pixels" not in values:
             raise ControlError(f"{command_type.op}: image (base64 JPEG or PNG) is required")
-        for required in ("label", "old", "new", "thumb", "example", "source"):
+        for required in ("label", "old", "new", "thumb", "example", "source", "text"):
             if required in fields and fields[required].default == "" and required not in values:
                 raise ControlError(f"{command_type.op}: {required} is required")
         if command_type is m.Enroll and "label" not in values and "index" not in values:

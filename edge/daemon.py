@@ -596,6 +596,9 @@ class Daemon:
                 return self._enroll_embedding(command)
             case m.Explain(nearest=count):
                 return self._explain(count)
+            case m.Notice(text=text, seconds=seconds):
+                self._event(m.NoticeShown(text=text, seconds=seconds, via=via), log_it=False)  # may hold a secret
+                return {"shown": True}
             case m.RemoveExamples(examples=ids, sources=sources):
                 ids, sources = set(ids), set(sources)
                 gone = self._teacher(command).remove_examples(lambda e: e.id in ids or (e.source in sources))

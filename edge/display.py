@@ -64,7 +64,9 @@ class JsonLinesSink(Port):
         self._write(record)
 
     def event(self, event) -> None:
-        if not isinstance(event, PredictionChanged):  # predictions are written from the views, above
+        # predictions are written from the views, above; a notice may hold a secret (the pairing link) meant for
+        # the device's own display, not for the journal
+        if not isinstance(event, PredictionChanged) and event.kind != "notice":
             self._write(event.as_json())
 
 
@@ -123,7 +125,7 @@ class TerminalSink(Port):
                 "cleared": "cleared {count} examples", "camera_trouble": "camera: {message}",
                 "camera_back": "camera is back", "removed": "removed class {label}",
                 "renamed": "renamed {old} to {new}", "class_added": "added class {label}", "error": "error: {message}",
-                "paused": "paused: {paused}"}.get(event.kind)
+                "paused": "paused: {paused}", "notice": "{text}"}.get(event.kind)
         if text is not None:
             self.messages.append(text.format(**event.as_json()))
 
@@ -170,10 +172,17 @@ class OledSink(Port):
         self._idle.set()
         self._stop = threading.Event()
         self._last_error: str | None = None
+        self._notice: tuple[list[str], float] | None = None  # (lines, until): shown instead of the class
+        self._last_view: View | None = None
         self._thread = threading.Thread(target=self._run, name="teachcam-oled", daemon=True)
         self._thread.start()
 
     def update(self, view: View, frame=None) -> None:
+        self._last_view = view
+        if self._notice is not None:
+            if time.monotonic() < self._notice[1]:
+                return  # the notice stays up
+            self._notice, self._queued = None, None  # expired: the class again
         shown = (view.label, round(view.confidence, 1), sum(view.counts.values()))
         if shown == self._queued:
             return
@@ -212,9 +221,26 @@ class OledSink(Port):
                     self._idle.set()
             self._stop.wait(self.interval)
 
+    def event(self, event) -> None:
+        if event.kind == "notice":
+            import textwrap
+
+            lines = [part for line in event.text.splitlines() for part in (textwrap.wrap(line, 21) or [""])]
+            self._notice = (lines[:6], time.monotonic() + event.seconds)
+            with self._lock:
+                self._pending = self._last_view or View("", "", 0.0, 0.0)
+                self._idle.clear()
+            self._wake.set()
+
     def _draw(self, view: View) -> None:
         from luma.core.render import canvas
 
+        notice = self._notice
+        if notice is not None and time.monotonic() < notice[1]:
+            with canvas(self.device) as draw:
+                for i, line in enumerate(notice[0]):
+                    draw.text((0, i * 10), line, fill="white")
+            return
         with canvas(self.device) as draw:
             draw.text((0, 0), view.label[:21], fill="white")
             draw.rectangle((0, 20, int(view.confidence * (self.device.width - 1)), 30), outline="white", fill="white")

@@ -68,6 +68,16 @@ class PredictImage(Command):
 
 
 @dataclass(frozen=True)
+class Notice(Command):
+    """Show a short text on the device's own outputs (the OLED, the terminal) for ``seconds``: e.g. the web
+    page's pairing link, readable only by someone standing at the Pi."""
+
+    op: ClassVar[str] = "notice"
+    text: str = ""
+    seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class Explain(Command):
     """Why it thinks so: the examples nearest to the current frame, and which classes' examples are confused."""
 
@@ -186,7 +196,7 @@ class Quit(Command):
 # Commands a control-socket client may send, by op (Quit stays local: keys and signals only).
 SOCKET_COMMANDS: dict[str, type[Command]] = {c.op: c for c in (
     Enroll, EnrollImage, PredictImage, AddClass, RenameClass, RemoveClass, Undo, Clear, Pause, Resume, Reload,
-    Snapshot, Status, ListClasses, Thumbnail, ExampleData, EnrollEmbedding, RemoveExamples, Explain)}
+    Snapshot, Status, ListClasses, Thumbnail, ExampleData, EnrollEmbedding, RemoveExamples, Explain, Notice)}
 
 
 # -- events: what the daemon has to say ---------------------------------------------------------------
@@ -233,6 +243,14 @@ class Undone(Event):
     label: str = ""
     count: int = 0
     example: str = ""  # the id of the example that went
+    via: str = ""
+
+
+@dataclass(frozen=True)
+class NoticeShown(Event):
+    kind: ClassVar[str] = "notice"
+    text: str = ""
+    seconds: float = 60.0
     via: str = ""
 
 

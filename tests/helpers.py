@@ -56,7 +56,7 @@ def augmented_views(photo: str, count: int, seed: int) -> list[np.ndarray]:
 CLASSES = ("cat", "coffee")
 
 
-def make_daemon(bundle_path, tmp_path, factory, images, **changes):
+def make_daemon(bundle_path, tmp_path, factory, images, ports=(), **changes):
     config = load_config(None, {"bundle": str(bundle_path), "store": str(tmp_path / "store"),
                                 "classes": list(CLASSES), "smoothing": 1})
     config = replace(config, buttons=replace(config.buttons, pins=(5, 6), clear_pin=26, hold_time=0.2,
@@ -64,7 +64,7 @@ def make_daemon(bundle_path, tmp_path, factory, images, **changes):
                      leds=replace(config.leds, pins=(12, 16)), output=replace(config.output, terminal="off", json="off"),
                      **changes)
     return Daemon(config.validate(), pin_factory=factory, source=ArraySource(images, loop=True), keyboard=False,
-                  stdout=io.StringIO()).start()
+                  stdout=io.StringIO(), ports=list(ports)).start()
 
 
 def press(factory, pin, seconds=0.05):

@@ -29,6 +29,13 @@ def test_while_the_broker_is_away_the_queue_is_bounded_and_keeps_the_newest():
     assert "teachcam/pi1/event/0" not in bridge.pending  # the oldest went first
 
 
+def test_a_notice_never_reaches_the_broker():
+    """The daemon's notice carries the web page's pairing token for its own OLED: not an event to publish."""
+    from teachcam.edge.mqtt import EVENT_KINDS
+
+    assert "notice" not in EVENT_KINDS
+
+
 def example(**changes) -> bytes:
     data = {"v": 1, "group": "g", "device": "pi2", "id": "e1", "label": "cat", "fingerprint": "f" * 64,
             "embedding": base64.b64encode(np.ones(1280, "<f4").tobytes()).decode(),

@@ -84,3 +84,31 @@ def test_oled_errors_are_one_line_and_the_sink_keeps_going(caplog):
     sink.close()
     with pytest.raises(ConfigError, match=r"OLED on /dev/i2c-99 at address 0x3c did not start .*i2cdetect -y 99"):
         OledSink(port=99)
+
+
+def test_the_oled_shows_a_notice_then_the_class_again():
+    """The web page's pairing link on the Pi's own OLED (a luma dummy device), for its seconds, then the class."""
+    import time
+
+    from luma.core.device import dummy
+
+    from teachcam.edge.messages import NoticeShown
+
+    device = dummy(width=128, height=64)
+    sink = OledSink(device)
+    try:
+        sink.update(View("mug", "mug", 0.9, 0.9, counts={"mug": 3}))
+        assert sink.wait_drawn()
+        before = device.image.copy()
+        sink.event(NoticeShown(text="teachcam web\nhttp://pi:8080/\ntoken:\n" + "x" * 43, seconds=0.5))
+        assert sink.wait_drawn()
+        notice = device.image.copy()
+        assert notice.tobytes() != before.tobytes()
+        assert notice.crop((0, 50, 128, 60)).getbbox() is not None  # six lines: the token wraps over three
+        sink.update(View("mug", "mug", 0.9, 0.9, counts={"mug": 3}))  # while the notice is up: it stays
+        assert sink.wait_drawn() and device.image.tobytes() == notice.tobytes()
+        time.sleep(0.6)
+        sink.update(View("mug", "mug", 0.9, 0.9, counts={"mug": 3}))
+        assert sink.wait_drawn() and device.image.tobytes() == before.tobytes()
+    finally:
+        sink.close()

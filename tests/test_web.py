@@ -92,7 +92,17 @@ def running(bundle_path, tmp_path, factory):
     """The daemon in this process (mock GPIO: cat on pin 5), on a loop of cat pictures, and `teachcam web`."""
     # 7 views at 30 frames/s: frames 200 ms apart (the hold rate) are different views, never the same picture
     frames = augmented_views("chelsea.png", 7, seed=70)
-    daemon = make_daemon(bundle_path, tmp_path, factory, frames)
+    from teachcam.edge.ports import Port
+
+    class Notices(Port):  # what the Pi's own OLED/terminal would show
+        name, shown = "notices", []
+
+        def event(self, event):
+            if event.kind == "notice":
+                self.shown.append(event.text)
+
+    daemon = make_daemon(bundle_path, tmp_path, factory, frames, ports=[Notices()])
+    daemon.notices = Notices.shown
     loop = threading.Thread(target=daemon.run, daemon=True)
     loop.start()
     web = WebProcess(tmp_path, Path(os.environ["TEACHCAM_SOCKET"]), tmp_path / "store")
@@ -283,6 +293,9 @@ def test_upload_enrolls_download_trains_and_bad_files_change_nothing(running, tm
 def test_security_auth_csrf_origin_host_websocket_and_token_rotation(running, tmp_path):
     daemon, web = running
     assert stat.S_IMODE(web.token_file.stat().st_mode) == 0o600
+    # the pairing link went to the device's own display (the OLED), once
+    assert wait_for(lambda: daemon.notices, timeout=10)
+    assert web.token in daemon.notices[0] and f":{web.port}/" in daemon.notices[0]
     changing = [("POST", "/api/enroll", {"label": "cat"}), ("POST", "/api/classes", {"label": "x"}),
                 ("POST", "/api/classes/rename", {"old": "x", "new": "y"}), ("POST", "/api/classes/remove", {"label": "x"}),
                 ("POST", "/api/undo", {}), ("POST", "/api/clear", {}), ("POST", "/api/examples/remove", {"ids": ["x"]}),

@@ -98,7 +98,10 @@ def cmd_web(args) -> int:
         print(f"teachcam web: serving on {config.web.host}:{bound}; open {url}", flush=True)
         _print_qr(url)
 
-    serve(config, host=config.web.host, port=port, token=token, socket_path=args.socket, on_ready=ready)
+    # The pairing link on the Pi's own OLED/terminal for 2 minutes: someone standing at the device may read it.
+    pairing = f"teachcam web\n{login_url(config.web.host, port, None)}\ntoken:\n{token}" if token and port else ""
+    serve(config, host=config.web.host, port=port, token=token, socket_path=args.socket, on_ready=ready,
+          pairing=pairing)
     return 0
 
 

@@ -63,8 +63,9 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class WebApp:
-    def __init__(self, config: DaemonConfig, link: DaemonLink, guard: Guard):
+    def __init__(self, config: DaemonConfig, link: DaemonLink, guard: Guard, *, pairing: str = ""):
         self.config, self.web, self.link, self.guard = config, config.web, link, guard
+        self.pairing = pairing  # shown once on the device's own outputs (the OLED) when the daemon first answers
         self.sockets: set[web.WebSocketResponse] = set()
         self.queues: dict[web.WebSocketResponse, asyncio.Queue] = {}
         self.last_hold: dict[str, float] = {}
@@ -466,16 +467,25 @@ class WebApp:
         queue.put_nowait(message)
 
     def _from_daemon(self, message: dict) -> None:
+        if message.get("link") == "up" and self.pairing:
+            text, self.pairing = self.pairing, ""
+            asyncio.ensure_future(self._notice(text))
         if "preview" in message:
             out = {"type": "preview", **message["preview"]}
         elif "link" in message:
             out = {"type": "daemon", "up": message["link"] == "up"}
         else:
-            if message.get("event") == "stats":
+            if message.get("event") in ("stats", "notice"):  # a notice is for the device's own display
                 return
             out = {"type": "event", **message}
         for queue in self.queues.values():
             self._offer(queue, out)
+
+    async def _notice(self, text: str) -> None:
+        try:
+            await self.link.request("notice", text=text, seconds=120)
+        except ControlError as exc:
+            log.debug("notice: %s", exc)
 
     async def _status_loop(self) -> None:
         while True:
@@ -491,13 +501,15 @@ class WebApp:
                 self._offer(queue, out)
 
 
-def serve(config: DaemonConfig, *, host: str, port: int, token: str | None, socket_path=None, on_ready=None) -> None:
-    """Run the server until SIGTERM/SIGINT (open streams get 2 s to end)."""
+def serve(config: DaemonConfig, *, host: str, port: int, token: str | None, socket_path=None, on_ready=None,
+          pairing: str = "") -> None:
+    """Run the server until SIGTERM/SIGINT (open streams get 2 s to end). ``pairing``: a text for the device's own
+    display (the login link), shown for 2 minutes once the daemon answers."""
     import signal
 
     link = DaemonLink(socket_path or config.control.socket or None)
     guard = Guard(token, names=list(config.web.hosts))
-    app = WebApp(config, link, guard).app()
+    app = WebApp(config, link, guard, pairing=pairing).app()
 
     async def main() -> None:
         stop = asyncio.Event()
