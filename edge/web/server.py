@@ -321,7 +321,8 @@ class WebApp:
 
     # -- files -----------------------------------------------------------------------------------------------
     async def export(self, request):
-        """The store's examples as a zip, read from the store on disk (read-only; a generation is complete)."""
+        """The store's examples as a zip, read from the store on disk (read-only; a generation is complete),
+        streamed from a temporary file (a Pi need not hold a thousand thumbnails in memory)."""
         from teachcam.edge.teach import Teacher
 
         def build(path: Path) -> int:
@@ -331,9 +332,15 @@ class WebApp:
         with tempfile.TemporaryDirectory(prefix="teachcam-export-") as tmp:
             path = Path(tmp) / "teachcam-examples.zip"
             count = await asyncio.get_running_loop().run_in_executor(None, build, path)
-            data = path.read_bytes()
-        return web.Response(body=data, content_type="application/zip", headers={
-            "Content-Disposition": 'attachment; filename="teachcam-examples.zip"', "X-Examples": str(count)})
+            response = web.StreamResponse(headers={
+                "Content-Type": "application/zip", "Content-Length": str(path.stat().st_size),
+                "Content-Disposition": 'attachment; filename="teachcam-examples.zip"', "X-Examples": str(count)})
+            await response.prepare(request)
+            with path.open("rb") as archive:
+                while chunk := archive.read(1 << 16):
+                    await response.write(chunk)
+            await response.write_eof()
+        return response
 
     async def upload(self, request):
         """Images (into the class named by the ``label`` field) and zips (one folder per class): each image
