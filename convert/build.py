@@ -16,7 +16,7 @@ import numpy as np
 
 from teachcam.convert import calibration
 from teachcam.convert.bundle_writer import BundleWriter, check_destination
-from teachcam.convert.quantize import DEFAULT_RECIPE, RECIPE_NOTES, output_fidelity
+from teachcam.convert.quantize import DEFAULT_RECIPE, RECIPE_NOTES, cosines, output_fidelity
 from teachcam.edge.bundle import Bundle, load_bundle
 from teachcam.edge.errors import DatasetError, TeachcamError
 from teachcam.edge.images import read_image
@@ -77,19 +77,19 @@ def agreement(bundle: Bundle, views: list[tuple[str, np.ndarray]], *, held_out: 
     for precision in ("float32", "int8"):
         embedder = Embedder.create(bundle, precision)
         runners[precision] = (embedder, Head.create(bundle, head_name, embedder))
-    rows, embeddings, probabilities = [], {"float32": [], "int8": []}, {"float32": [], "int8": []}
+    rows, embeddings = [], {"float32": [], "int8": []}
     for name, pixels in views:
         row = {"image": name}
         for precision, (embedder, head) in runners.items():
             embeddings[precision].append(embedder.embed(pixels))
             probs = head.probabilities(embeddings[precision][-1])
-            probabilities[precision].append(probs)
             best = int(np.argmax(probs))
             row[precision] = {"top1": head.labels[best], "probability": round(float(probs[best]), 4)}
-        a, b = embeddings["float32"][-1], embeddings["int8"][-1]
-        row["cosine"] = round(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)), 5)
         rows.append(row)
-    embedding = output_fidelity(np.array(embeddings["float32"]), np.array(embeddings["int8"]))
+    float32, int8 = np.array(embeddings["float32"]), np.array(embeddings["int8"])
+    for row, cosine in zip(rows, cosines(float32, int8) if rows else [], strict=True):
+        row["cosine"] = round(float(cosine), 5)
+    embedding = output_fidelity(float32, int8)
     same = sum(r["float32"]["top1"] == r["int8"]["top1"] for r in rows)
     return {
         "images": len({r["image"].split("#")[0] for r in rows}),

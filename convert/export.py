@@ -59,7 +59,6 @@ def to_tflite(
     if recipe not in RECIPES:
         raise ValueError(f"unknown int8 recipe {recipe!r}: use {', '.join(RECIPES)}")
     if recipe == "minmax":
-        samples = None
         blob = _convert(model, representative)
         report = QuantizationReport("minmax")
     else:
@@ -78,7 +77,6 @@ def to_tflite(
                               "--quantization minmax uses TensorFlow's own recipe") from None
         report.learned_rounding = rounding
     if details is not None:
-        report.calibration_samples = report.calibration_samples or (len(samples) if samples else 0)
         details.update(report.as_dict())
     return blob
 

@@ -67,7 +67,6 @@ class _Stage:
     conv: object
     bn: object | None
     act: callable
-    act_layer: object
 
 
 def stem_layers(model, count: int = 2) -> list[_Stage]:
@@ -83,7 +82,7 @@ def stem_layers(model, count: int = 2) -> list[_Stage]:
             continue
         if getattr(layer, "dilation_rate", (1, 1)) != (1, 1):
             break
-        bn, act_layer = None, layer
+        bn = None
         act = _activation(layer)
         if act is None:
             break  # an activation we cannot mirror in numpy: the search would target the wrong output
@@ -92,10 +91,10 @@ def stem_layers(model, count: int = 2) -> list[_Stage]:
             if isinstance(nxt, keras.layers.BatchNormalization):
                 bn, nxt = nxt, _consumer(nxt)
             if isinstance(nxt, (keras.layers.ReLU, keras.layers.Activation)):
-                act, act_layer = _activation(nxt), nxt
+                act = _activation(nxt)
                 if act is None:
                     break
-        stages.append(_Stage(layer, bn, act, act_layer))
+        stages.append(_Stage(layer, bn, act))
     return stages
 
 

@@ -135,7 +135,7 @@ class Daemon:
         self._kept: list[Mailbox] = []  # the mailboxes a reload keeps (control socket, ports handed in)
         self.buttons = self.leds = self.keys = self.grabber = self.teacher = self.head = self.control = None
         self.last_embedding = None
-        self._insight_cache: tuple = (None, [])
+        self._insight: insight.StoreInsight | None = None
         self.source = None
         self.control_mode = "none"
         self.last_frame: np.ndarray | None = None
@@ -535,9 +535,9 @@ class Daemon:
                     return {"label": label, "count": teacher.counts().get(label, 0), "skipped": "same frame"}
                 embedding, pixels = self._frame_for_enrollment(current)
                 if skip_similar > 0:
-                    snap = teacher.snapshot
-                    rows = [i for i, e in enumerate(snap.examples) if e.label == label]
-                    sims = insight.similarities(embedding, snap.embeddings[rows], teacher.config.power)
+                    view = self._insight_of(teacher)
+                    rows = view.rows(label)
+                    sims = view.similarities(embedding, rows)
                     if len(sims) and float(sims.max()) >= skip_similar:
                         return {"label": label, "count": len(rows), "skipped": "similar",
                                 "similarity": round(float(sims.max()), 4)}
@@ -638,31 +638,31 @@ class Daemon:
 
     def _classes(self) -> dict:
         teacher = self._teacher(m.ListClasses())
-        snap = teacher.snapshot
+        view = self._insight_of(teacher)
         examples: dict[str, list] = {label: [] for label in teacher.classes}
-        rows: dict[str, list[int]] = {label: [] for label in teacher.classes}
-        for i, example in enumerate(snap.examples):
+        for example in teacher.snapshot.examples:
             examples.setdefault(example.label, []).append({"id": example.id, "thumb": example.thumb,
                                                            "source": example.source, "added": round(example.added, 3)})
-            rows.setdefault(example.label, []).append(i)
-        return {"classes": [{"label": label, "count": len(items), "examples": items,
-                             "variety": insight.variety(snap.embeddings[rows[label]], teacher.config.power)}
+        return {"classes": [{"label": label, "count": len(items), "examples": items, "variety": view.variety(label)}
                             for label, items in examples.items()]}
+
+    def _insight_of(self, teacher) -> insight.StoreInsight:
+        """What the current store generation says (nearest examples, varieties, confusion), derived once."""
+        if self._insight is None or self._insight.snapshot is not teacher.snapshot:
+            self._insight = insight.StoreInsight(teacher.snapshot, teacher.config.power)
+        return self._insight
 
     def _explain(self, count: int) -> dict:
         """The examples nearest to the current frame; the examples a leave-one-out vote puts in another class."""
-        teacher = self._teacher(m.Explain())
-        snap = teacher.snapshot
+        view = self._insight_of(self._teacher(m.Explain()))
+        snap = view.snapshot
         nearest = []
         if self.last_embedding is not None and snap.examples:
-            sims = insight.similarities(self.last_embedding, snap.embeddings, teacher.config.power)
+            sims = view.similarities(self.last_embedding)
             for i in np.argsort(-sims)[: max(1, min(count, 24))]:
                 e = snap.examples[int(i)]
                 nearest.append({"id": e.id, "label": e.label, "thumb": e.thumb, "similarity": round(float(sims[i]), 4)})
-        if self._insight_cache[0] is not snap:  # quadratic: once per store generation
-            confused = insight.leave_one_out(snap.embeddings, [e.label for e in snap.examples], teacher.config.power)
-            self._insight_cache = (snap, confused)
-        confused = self._insight_cache[1]
+        confused = view.confused()
 
         def brief(i: int) -> dict:
             e = snap.examples[i]

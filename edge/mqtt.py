@@ -97,9 +97,8 @@ class Bridge:
         self.last_stats = 0.0
         self.last_snapshot = 0.0
         self.snapshot_due = False
-        self.dropped_events = 0
+        self.dropped = 0  # work items dropped because the worker fell 20,000 behind
         self.refused_reason = ""
-        self.published = 0
         self.client = self._make_client()
 
     # -- the MQTT client -----------------------------------------------------------------------------
@@ -150,13 +149,15 @@ class Bridge:
     def _on_message(self, client, userdata, message):
         if message.retain and message.topic.startswith("teachcam/fleet/"):
             self.last_retained = time.monotonic()
-        self._put(("message", message.topic, bytes(message.payload), bool(message.retain)))
+        self._put(("message", message.topic, bytes(message.payload)))
 
     def _put(self, item) -> None:
         try:
             self.work.put_nowait(item)
         except queue.Full:
-            self.dropped_events += 1
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning("the bridge is %d messages behind: %d dropped so far", self.work.qsize(), self.dropped)
 
     def publish(self, topic: str, payload, *, retain: bool = False, qos: int = 0) -> None:
         """Publish now, or keep it (the newest per topic, at most MAX_PENDING) until the broker is back."""
@@ -165,7 +166,6 @@ class Bridge:
         if self.connected:
             info = self.client.publish(topic, data, qos=qos, retain=retain)
             if info.rc == 0:
-                self.published += 1
                 return
         self.pending.pop(topic, None)
         self.pending[topic] = (data, retain, qos)
@@ -396,25 +396,28 @@ class Bridge:
             self.publish(f"{self.base}/paused", "ON" if self.paused else "OFF", retain=True)
             self.state_due = True
         if kind in CHANGES:
+            listing = self._listing()  # one request serves the counts and the fleet's own examples
             before = list(self.classes)
-            self.classes = self._counts()
+            if listing is not None:
+                self.classes = {c["label"]: c["count"] for c in listing}
             self._publish_classes()
             self.state_due = True
             if list(self.classes) != before:
                 self._publish_discovery()
             if self.group:
-                self._fleet_after_change(event)
+                self._fleet_after_change(event, listing)
 
-    def _counts(self) -> dict[str, int]:
+    def _listing(self) -> list[dict] | None:
+        """The daemon's classes with their examples (the ``classes`` op), or None when it does not answer."""
         try:
-            return {c["label"]: c["count"] for c in self.ask("classes")["classes"]}
+            return self.ask("classes")["classes"]
         except (ControlError, KeyError, TypeError):
-            return self.classes
+            return None
 
     # -- requests from the broker --------------------------------------------------------------------
-    def _on_broker_message(self, topic: str, payload: bytes, retain: bool) -> None:
+    def _on_broker_message(self, topic: str, payload: bytes) -> None:
         if self.group and topic.startswith("teachcam/fleet/"):
-            self._on_fleet_message(topic, payload, retain)
+            self._on_fleet_message(topic, payload)
         elif topic == f"{self.config.discovery_prefix}/status":
             if payload.strip().lower() == b"online":
                 log.info("Home Assistant came online: discovery and state again")
@@ -465,7 +468,7 @@ class Bridge:
             log.warning("%s", exc)
 
     # -- fleet ---------------------------------------------------------------------------------------
-    def _on_fleet_message(self, topic: str, payload: bytes, retain: bool) -> None:
+    def _on_fleet_message(self, topic: str, payload: bytes) -> None:
         if topic == fleet.op_topic(self.group):
             try:
                 op = fleet.decode_op(payload, self.group)
@@ -510,9 +513,8 @@ class Bridge:
 
     def _finish_catch_up(self) -> None:
         """The broker's retained replay is over: drop fleet examples it no longer has; withdraw stale own ones."""
-        try:
-            listing = self.ask("classes")["classes"]
-        except (ControlError, KeyError):
+        listing = self._listing()
+        if listing is None:
             return
         held = {e["source"] for c in listing for e in c["examples"] if fleet.is_from_fleet(e["source"])}
         stale = sorted(held - self.fleet_seen)
@@ -523,23 +525,22 @@ class Bridge:
             self.publish(fleet.example_topic(self.group, self.device, example_id), b"", retain=True, qos=1)
         self.own_replayed = set()
 
-    def _fleet_after_change(self, event: dict) -> None:
+    def _fleet_after_change(self, event: dict, listing: list[dict] | None) -> None:
         kind, via = event.get("event"), event.get("via")
         if via != "fleet" and kind in ("renamed", "removed", "cleared"):
             op = {"renamed": "rename_class", "removed": "remove_class", "cleared": "clear"}[kind]
             fields = {"renamed": {"old": event.get("old"), "new": event.get("new")},
                       "removed": {"label": event.get("label")}, "cleared": {}}[kind]
             self.publish(fleet.op_topic(self.group), fleet.op_payload(self.group, self.device, op, **fields), qos=1)
-        self._sync_own()
+        self._sync_own(listing)
 
-    def _sync_own(self) -> None:
+    def _sync_own(self, listing: list[dict] | None = None) -> None:
         """Publish this device's own examples that are new or relabelled; withdraw the ones that went.
         While the broker is away nothing is queued: the next connection publishes them all."""
         if not self.connected:
             return
-        try:
-            listing = self.ask("classes")["classes"]
-        except (ControlError, KeyError):
+        listing = listing if listing is not None else self._listing()
+        if listing is None:
             return
         current = {e["id"]: c["label"] for c in listing for e in c["examples"]
                    if not fleet.is_from_fleet(e.get("source", ""))}

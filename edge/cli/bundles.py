@@ -10,6 +10,14 @@ from teachcam.edge.cli.common import DEFAULT_BUNDLE, add_bundle_flag, each_image
 from teachcam.edge.errors import TeachcamError
 
 
+def add_quantization_flag(p) -> None:
+    """--quantization, as convert and train take it (the recipes: teachcam.convert.quantize)."""
+    p.add_argument("--quantization", default="clipped", choices=("clipped", "minmax"),
+                   help="int8 recipe: clipped (default: activation ranges clipped to each tensor's calibration "
+                        "histogram, learned rounding of the embedder's stem) or minmax (TensorFlow's own min/max "
+                        "ranges, for comparison)")
+
+
 def register(sub) -> None:
     p = sub.add_parser("convert", help="(laptop) build a bundle: MobileNetV2 int8 + float32 embedders and the ImageNet head",
                        description="Build a model bundle from MobileNetV2 ImageNet weights. Needs the `host` extra "
@@ -26,10 +34,7 @@ def register(sub) -> None:
     p.add_argument("--calibration", type=Path, default=None,
                    help="folder of your own images for int8 calibration (default: sample photos)")
     p.add_argument("--calibration-samples", type=int, default=128, help="calibration samples (default 128)")
-    p.add_argument("--quantization", default="clipped", choices=("clipped", "minmax"),
-                   help="int8 recipe: clipped (default: activation ranges clipped to each tensor's calibration "
-                        "histogram, learned rounding of the embedder's stem) or minmax (TensorFlow's own min/max "
-                        "ranges, for comparison)")
+    add_quantization_flag(p)
     p.add_argument("--edgetpu", action="store_true", help="also compile for the Edge TPU when edgetpu_compiler is on PATH")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--json", action="store_true", help="print the manifest summary as JSON when done")
@@ -64,10 +69,7 @@ def register(sub) -> None:
     p.add_argument("--max-int8-drop", type=float, default=None, metavar="POINTS",
                    help="fail (exit 3; the bundle is still written, and marked) if int8 loses more accuracy than this")
     p.add_argument("--weights", default="offline", help="backbone weights, as for convert")
-    p.add_argument("--quantization", default="clipped", choices=("clipped", "minmax"),
-                   help="int8 recipe: clipped (default: activation ranges clipped to each tensor's calibration "
-                        "histogram, learned rounding of the embedder's stem) or minmax (TensorFlow's own min/max "
-                        "ranges, for comparison)")
+    add_quantization_flag(p)
     p.add_argument("--edgetpu", action="store_true", help="also compile for the Edge TPU when edgetpu_compiler is on PATH")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--json", action="store_true", help="print metrics.json when done")

@@ -34,7 +34,6 @@ class DaemonLink:
         self.frame: dict | None = None  # the newest preview frame: {"number", "jpeg" (bytes), "label", ...}
         self.frame_changed = asyncio.Condition()
         self.viewers = 0
-        self.frames_received = 0
         self.task: asyncio.Task | None = None
 
     async def run(self) -> None:
@@ -77,7 +76,6 @@ class DaemonLink:
                 if future is not None and not future.done():
                     future.set_result(message)
             elif "frame" in message:
-                self.frames_received += 1
                 message["jpeg"] = base64.b64decode(message["jpeg"])
                 self.frame = message
                 async with self.frame_changed:

@@ -71,7 +71,6 @@ class WebApp:
         self.last_hold: dict[str, float] = {}
         self.counters = {"requests": 0, "enrolled": 0, "hold_skipped_rate": 0, "hold_skipped_similar": 0,
                          "stream_frames": 0, "refused": 0}
-        self.status: dict = {}
         self.link.listeners.append(self._from_daemon)
         self.assets = {name: _static(name) for name in STATIC}
 
