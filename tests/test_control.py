@@ -175,13 +175,20 @@ def test_fuzzing_the_socket_never_hurts_the_daemon(daemon, tmp_path):
     stalled.connect(str(daemon.socket))
     stalled.sendall(b'{"id": 1, "op": "subscribe", "events": true, "frames": true}\n')
     threads = [threading.Thread(target=client, args=(seed, 1250)) for seed in range(8)]
+    started = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=600)
+    elapsed = time.monotonic() - started
     assert totals["lines"] == 10_000 and totals["closed_oversized"] >= 1
     status = daemon.status()
-    assert status["frames"] > frames_before + 20  # it kept classifying throughout
+    # It kept classifying throughout: at least half the camera's 20 frames/s while 8 clients fuzzed (the
+    # fuzz may take only a second or two — replies no longer wait for a frame — so a fixed count would not do).
+    classified = status["frames"] - frames_before
+    print(f"\nfuzz: {elapsed:.1f} s, {classified} frames classified ({classified / elapsed:.1f}/s)")
+    assert classified >= 0.5 * 20 * elapsed - 2, (classified, elapsed)
+    assert wait_for(lambda: daemon.status()["frames"] >= status["frames"] + 10, timeout=5)  # and goes on
     assert store_digest(daemon.store) == before  # not one bad line changed what was taught
     rss_after = rss_kb(daemon.proc.pid)
     print(f"\nfuzz: {totals}; daemon RSS {rss_before / 1024:.0f} MB before, {rss_after / 1024:.0f} MB after")
