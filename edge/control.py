@@ -62,7 +62,8 @@ log = logging.getLogger(__name__)
 MAX_LINE = 8 * 1024 * 1024
 MAX_BACKLOG = 1000
 REPLY_TIMEOUT = 60.0
-_TEXT_FIELDS = {"label", "old", "new", "thumb", "name", "via", "example", "fingerprint", "source", "text"}
+_TEXT_FIELDS = {"label", "old", "new", "thumb", "name", "via", "example", "fingerprint", "source", "text",
+                "link"}
 MAX_EMBEDDING = 16384  # floats in an embedding a client may send (MobileNetV2's is 1280)
 MAX_LIST = 100_000  # ids or sources in one remove_examples
 

@@ -596,8 +596,8 @@ class Daemon:
                 return self._enroll_embedding(command)
             case m.Explain(nearest=count):
                 return self._explain(count)
-            case m.Notice(text=text, seconds=seconds):
-                self._event(m.NoticeShown(text=text, seconds=seconds, via=via), log_it=False)  # may hold a secret
+            case m.Notice(text=text, seconds=seconds, link=link):
+                self._event(m.NoticeShown(text=text, seconds=seconds, link=link, via=via), log_it=False)  # a secret
                 return {"shown": True}
             case m.RemoveExamples(examples=ids, sources=sources):
                 ids, sources = set(ids), set(sources)

@@ -75,6 +75,7 @@ class Notice(Command):
     op: ClassVar[str] = "notice"
     text: str = ""
     seconds: float = 60.0
+    link: str = ""  # a URL the attached screen also shows as a QR code (the pairing link: scan it to log in)
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,7 @@ class NoticeShown(Event):
     kind: ClassVar[str] = "notice"
     text: str = ""
     seconds: float = 60.0
+    link: str = ""
     via: str = ""
 
 

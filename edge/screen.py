@@ -3,7 +3,8 @@
 No desktop needed. One function, :func:`render_overlay`, draws what a person across the room
 reads — the shown class, large, in its LED's colour; the confidence; a bar per class with its
 example count; "unknown"; a short banner when an example is enrolled; camera trouble; a small
-status line — and the same image serves every backend (and the web page's "screen" preview):
+status line; a notice (the web page's pairing link, with a QR code a phone can scan) — and the
+same image serves every backend:
 
 * :class:`DrmOverlay` — with the Pi camera: picamera2's own DRM preview shows the camera stream
   (the GPU scales it; no CPU) and the overlay is set with ``Picamera2.set_overlay`` (an RGBA
@@ -56,6 +57,52 @@ class Shown:
     banner_index: int = -1
     trouble: str = ""
     status: str = ""
+    notice: tuple = ()  # lines of text
+    qr: tuple = ()  # the notice's link as QR modules: rows of 0/1, quiet zone included
+
+
+def qr_modules(link: str) -> tuple:
+    """``link`` as a QR code's modules (with a 2-module quiet zone), or () without the optional ``segno`` package
+    (installed with the web extra, which is what sends a link)."""
+    try:
+        import segno
+    except ImportError:
+        return ()
+    try:
+        return tuple(tuple(row) for row in segno.make(link, error="l").matrix_iter(scale=1, border=2))
+    except Exception as exc:  # segno refuses what no QR code can hold (a very long text): the text still shows
+        log.warning("screen: no QR code for the notice's link (%s)", exc)
+        return ()
+
+
+def _draw_notice(draw: ImageDraw.ImageDraw, shown: Shown, size: tuple[int, int], unit: int) -> None:
+    """The notice in a dark panel across the middle: the QR code (black on white, whole modules) left of the
+    text."""
+    width, height = size
+    top, bottom = height // 6, height - height // 6
+    draw.rectangle((0, top, width, bottom), fill=(0, 0, 0, 225))
+    left = unit
+    if shown.qr:
+        modules = len(shown.qr)
+        scale = max(1, (bottom - top - 2 * unit) // modules)
+        y0 = top + (bottom - top - modules * scale) // 2
+        for y, row in enumerate(shown.qr):
+            for x, dark in enumerate(row):
+                draw.rectangle((left + x * scale, y0 + y * scale, left + (x + 1) * scale - 1, y0 + (y + 1) * scale - 1),
+                               fill=(0, 0, 0, 255) if dark else (255, 255, 255, 255))
+        left += modules * scale + unit
+    lines = shown.notice[:8]
+    font = _font(max(8, min(unit * 3 // 2, (bottom - top - unit) // max(1, len(lines)) * 3 // 4)))
+    y = top + unit // 2
+    for line in lines:
+        # a long line (the token) is cut where the screen ends, in pieces: nothing of it is hidden
+        while line:
+            cut = len(line)
+            while cut > 1 and draw.textbbox((0, 0), line[:cut], font=font)[2] > width - left - unit // 2:
+                cut -= 1
+            draw.text((left, y), line[:cut], font=font, fill=(255, 255, 255, 255))
+            y += draw.textbbox((0, 0), "Ag", font=font)[3] + unit // 4
+            line = line[cut:]
 
 
 def class_colour(index: int | None) -> tuple[int, int, int]:
@@ -108,6 +155,8 @@ def render_overlay(shown: Shown, size: tuple[int, int], classes: list[str]) -> I
         draw.rectangle((0, height // 2 - unit, width, height // 2 + unit * 2), fill=(180, 0, 0, 220))
         draw.text((unit, height // 2 - unit // 2), f"camera: {shown.trouble}"[:80], font=_font(unit * 3 // 2),
                   fill=(255, 255, 255, 255))
+    if shown.notice:
+        _draw_notice(draw, shown, size, unit)
     return image
 
 
@@ -280,6 +329,9 @@ class _State:
     banner_until: float = 0.0
     trouble: str = ""
     counts: dict = field(default_factory=dict)
+    notice: tuple = ()
+    qr: tuple = ()
+    notice_until: float = 0.0
 
 
 class ScreenPort(Port):
@@ -312,8 +364,10 @@ class ScreenPort(Port):
                      for name in list(dict.fromkeys([*self.classes, *view.counts]))[:6])
         state = self.state
         status = " · ".join(part for part in (state.runs_on, f"{state.fps:.0f} fps" if state.fps else "") if part)
+        notice = now < state.notice_until
         return Shown(view.label, self._steady("", view.confidence), bars,
-                     state.banner if now < state.banner_until else "", state.banner_index, state.trouble, status)
+                     state.banner if now < state.banner_until else "", state.banner_index, state.trouble, status,
+                     state.notice if notice else (), state.qr if notice else ())
 
     def update(self, view, frame=None) -> None:
         self._view = view
@@ -331,7 +385,8 @@ class ScreenPort(Port):
                 self._size = getattr(self.backend, "size", None) or (frame.shape[1], frame.shape[0])
             shown = self._what(view)
             now = time.monotonic()
-            due = now - self._last_draw >= 1.0 / OVERLAY_MAX_FPS or shown.trouble != getattr(self._shown, "trouble", "")
+            due = (now - self._last_draw >= 1.0 / OVERLAY_MAX_FPS or shown.trouble != getattr(self._shown, "trouble", "")
+                   or shown.notice != getattr(self._shown, "notice", ()))
             if shown != self._shown and self._size is not None and due:
                 self._last_draw = now
                 self._overlay = render_overlay(shown, self._size, self.classes)
@@ -362,6 +417,10 @@ class ScreenPort(Port):
             state.trouble = ""
         elif event.kind == "stats":
             state.fps = event.fps
+        elif event.kind == "notice":
+            state.notice = tuple(event.text.splitlines())
+            state.qr = qr_modules(event.link) if getattr(event, "link", "") else ()
+            state.notice_until = time.monotonic() + event.seconds
         else:
             return
         if self._view is not None:  # show it now: no frame may come (camera trouble)

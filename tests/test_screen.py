@@ -187,3 +187,41 @@ def test_to_pixels_knows_the_two_formats():
     rgb = Image.fromarray(np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255]]], np.uint8))
     assert to_pixels(rgb, 16).tolist() == [[0xF800, 0x07E0, 0x001F]]
     assert to_pixels(rgb, 32)[0, 0].tolist()[:3] == [0, 0, 255]  # XRGB8888 little-endian: B, G, R, X
+
+
+def test_the_pairing_notice_shows_as_a_qr_code_a_phone_can_scan_then_goes():
+    """The web page's login link on the HDMI screen: the text, and a QR code that decodes to the link (OpenCV's
+    detector standing in for the phone's camera), over the picture; after its seconds, the class again."""
+    import cv2
+
+    from teachcam.edge.messages import NoticeShown
+
+    drawn = []
+
+    class Backend:
+        name = "recorder"
+
+        def overlay(self, image):
+            drawn.append(image)
+            return True
+
+        def frame(self, frame, overlay):
+            pass
+
+        def close(self):
+            pass
+
+    link = "http://teachcam-pi:8080/login?token=" + "Ab3_" * 11
+    port = ScreenPort(Backend(), ["cat"])
+    picture = np.asarray(Image.fromarray(augmented_views("chelsea.png", 1, seed=5)[0]).resize((640, 480)))
+    port.update(View("cat", "cat", 0.9, 0.9, {"cat": 0.9}, {"cat": 1}), picture)
+    port.event(NoticeShown(text=f"teachcam web\nhttp://teachcam-pi:8080/\ntoken:\n{'Ab3_' * 11}", seconds=0.6,
+                           link=link))
+    assert len(drawn) == 2
+    shown = Image.fromarray(picture).convert("RGBA")
+    shown.alpha_composite(drawn[1])
+    decoded, _, _ = cv2.QRCodeDetector().detectAndDecode(np.asarray(shown.convert("RGB")))
+    assert decoded == link
+    time.sleep(0.7)
+    port.update(View("cat", "cat", 0.9, 0.9, {"cat": 0.9}, {"cat": 1}), picture)
+    assert len(drawn) == 3 and drawn[2].tobytes() == drawn[0].tobytes()  # gone: the overlay as before

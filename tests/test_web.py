@@ -95,14 +95,15 @@ def running(bundle_path, tmp_path, factory):
     from teachcam.edge.ports import Port
 
     class Notices(Port):  # what the Pi's own OLED/terminal would show
-        name, shown = "notices", []
+        name, shown, links = "notices", [], []
 
         def event(self, event):
             if event.kind == "notice":
                 self.shown.append(event.text)
+                self.links.append(event.link)
 
     daemon = make_daemon(bundle_path, tmp_path, factory, frames, ports=[Notices()])
-    daemon.notices = Notices.shown
+    daemon.notices, daemon.notice_links = Notices.shown, Notices.links
     loop = threading.Thread(target=daemon.run, daemon=True)
     loop.start()
     web = WebProcess(tmp_path, Path(os.environ["TEACHCAM_SOCKET"]), tmp_path / "store")
@@ -296,6 +297,7 @@ def test_security_auth_csrf_origin_host_websocket_and_token_rotation(running, tm
     # the pairing link went to the device's own display (the OLED), once
     assert wait_for(lambda: daemon.notices, timeout=10)
     assert web.token in daemon.notices[0] and f":{web.port}/" in daemon.notices[0]
+    assert daemon.notice_links[0].endswith(f":{web.port}/login?token={web.token}")  # the screen's QR code
     changing = [("POST", "/api/enroll", {"label": "cat"}), ("POST", "/api/classes", {"label": "x"}),
                 ("POST", "/api/classes/rename", {"old": "x", "new": "y"}), ("POST", "/api/classes/remove", {"label": "x"}),
                 ("POST", "/api/undo", {}), ("POST", "/api/clear", {}), ("POST", "/api/examples/remove", {"ids": ["x"]}),

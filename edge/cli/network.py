@@ -98,10 +98,11 @@ def cmd_web(args) -> int:
         print(f"teachcam web: serving on {config.web.host}:{bound}; open {url}", flush=True)
         _print_qr(url)
 
-    # The pairing link on the Pi's own OLED/terminal for 2 minutes: someone standing at the device may read it.
+    # The pairing link on the Pi's own OLED/terminal/screen for 2 minutes: someone standing at the device may read
+    # it (the screen shows it as a QR code too: scan it with the phone to log in).
     pairing = f"teachcam web\n{login_url(config.web.host, port, None)}\ntoken:\n{token}" if token and port else ""
     serve(config, host=config.web.host, port=port, token=token, socket_path=args.socket, on_ready=ready,
-          pairing=pairing)
+          pairing=pairing, pairing_link=login_url(config.web.host, port, token) if pairing else "")
     return 0
 
 

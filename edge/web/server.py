@@ -63,9 +63,11 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class WebApp:
-    def __init__(self, config: DaemonConfig, link: DaemonLink, guard: Guard, *, pairing: str = ""):
+    def __init__(self, config: DaemonConfig, link: DaemonLink, guard: Guard, *, pairing: str = "",
+                 pairing_link: str = ""):
         self.config, self.web, self.link, self.guard = config, config.web, link, guard
         self.pairing = pairing  # shown once on the device's own outputs (the OLED) when the daemon first answers
+        self.pairing_link = pairing_link  # and as a QR code on its attached screen
         self.sockets: set[web.WebSocketResponse] = set()
         self.queues: dict[web.WebSocketResponse, asyncio.Queue] = {}
         self.last_hold: dict[str, float] = {}
@@ -475,7 +477,7 @@ class WebApp:
     def _from_daemon(self, message: dict) -> None:
         if message.get("link") == "up" and self.pairing:
             text, self.pairing = self.pairing, ""
-            asyncio.ensure_future(self._notice(text))
+            asyncio.ensure_future(self._notice(text, self.pairing_link))
         if "preview" in message:
             out = {"type": "preview", **message["preview"]}
         elif "link" in message:
@@ -487,9 +489,9 @@ class WebApp:
         for queue in self.queues.values():
             self._offer(queue, out)
 
-    async def _notice(self, text: str) -> None:
+    async def _notice(self, text: str, link: str) -> None:
         try:
-            await self.link.request("notice", text=text, seconds=120)
+            await self.link.request("notice", text=text, seconds=120, **({"link": link} if link else {}))
         except ControlError as exc:
             log.debug("notice: %s", exc)
 
@@ -508,14 +510,15 @@ class WebApp:
 
 
 def serve(config: DaemonConfig, *, host: str, port: int, token: str | None, socket_path=None, on_ready=None,
-          pairing: str = "") -> None:
+          pairing: str = "", pairing_link: str = "") -> None:
     """Run the server until SIGTERM/SIGINT (open streams get 2 s to end). ``pairing``: a text for the device's own
-    display (the login link), shown for 2 minutes once the daemon answers."""
+    display (the login link), shown for 2 minutes once the daemon answers; ``pairing_link``: the login URL, which
+    an attached screen shows as a QR code."""
     import signal
 
     link = DaemonLink(socket_path or config.control.socket or None)
     guard = Guard(token, names=list(config.web.hosts))
-    app = WebApp(config, link, guard, pairing=pairing).app()
+    app = WebApp(config, link, guard, pairing=pairing, pairing_link=pairing_link).app()
 
     async def main() -> None:
         stop = asyncio.Event()
