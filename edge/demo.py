@@ -168,6 +168,8 @@ def run_web_demo(config, *, port: int = 8080, stream=None) -> int:
     classes = list(OBJECTS)
     with tempfile.TemporaryDirectory(prefix="teachcam-web-demo-") as tmp:
         socket_path = Path(tmp) / "control.sock"
+        if len(os.fsencode(socket_path)) > 100:  # a long $TMPDIR: a Unix socket path holds ~100 bytes
+            socket_path = Path("/tmp") / f"teachcam-web-demo-{os.getpid()}.sock"  # the daemon removes it
         store = config.store if config.store != DEFAULT_STORE else str(Path(tmp) / "store")
         config = replace(config, classes=tuple(classes), store=store, mode="knn",
                          buttons=replace(config.buttons, enabled=True, pins=(5, 6, 13)),
@@ -177,6 +179,9 @@ def run_web_demo(config, *, port: int = 8080, stream=None) -> int:
         daemon = Daemon(config.validate(), pin_factory=MockFactory(pin_class=MockPWMPin),
                         source=DemoSource(fps=config.camera.fps), keyboard=False, stdout=stream)
         daemon.start()
+        if daemon.control is None:  # the page reaches the daemon only through its socket
+            daemon.close()
+            raise TeachcamError(f"the demo's control socket {socket_path} did not open (see above)")
         web = subprocess.Popen([sys.executable, "-m", "teachcam.edge.cli", "web", "--host", "127.0.0.1", "--port",
                                 str(port), "--token-file", str(Path(tmp) / "web-token"), "--socket", str(socket_path),
                                 "--store", store], stdout=subprocess.PIPE, text=True,

@@ -366,3 +366,53 @@ def test_daemon_down_is_one_message_and_the_page_recovers(bundle_path, tmp_path)
         assert status == 503 and "daemon is not running" in result["error"]
     finally:
         web.stop()
+
+
+@pytest.mark.slow
+def test_demo_web_serves_the_page_against_the_demo_camera_until_ctrl_c(bundle_path, tmp_path):
+    """`teachcam demo --web`, as a person at a laptop runs it: the printed link logs in, the page and the live
+    view come, an example added through the page is counted, and Ctrl-C ends it cleanly, leaving nothing behind."""
+    import http.cookiejar
+
+    from teachcam.edge.demo import OBJECTS
+
+    first = next(iter(OBJECTS))
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scratch = tmp_path / "tmp"  # the demo's own store, socket and token live in a temporary folder here
+    scratch.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "teachcam.edge.cli", "demo", "--web", "--port", str(port),
+                             "--bundle", str(bundle_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(scratch)}, start_new_session=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while "Open " not in line and time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stdout.readline()
+        assert "Open " in line, proc.stderr.read() if proc.poll() is not None else line
+        url = line.split("Open ", 1)[1].split()[0]
+        assert url.startswith(f"http://127.0.0.1:{port}/login?token=")
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        with opener.open(url, timeout=30) as page:  # the link: a session cookie, then the page
+            assert page.status == 200 and b"<html" in page.read().lower()
+        base = f"http://127.0.0.1:{port}"
+        with opener.open(base + "/stream.mjpg", timeout=30) as stream:  # the demo camera's live view
+            head = b""
+            while b"image/jpeg" not in head or b"\xff\xd9" not in head:  # one whole JPEG
+                head += stream.read1(16 * 1024)
+            assert b"\xff\xd8" in head
+        request = urllib.request.Request(base + "/api/enroll", data=json.dumps({"label": first}).encode(),
+                                         method="POST", headers={"Content-Type": "application/json", **CHANGE})
+        with opener.open(request, timeout=30) as reply:
+            assert json.loads(reply.read())["count"] == 1
+        with opener.open(base + "/api/classes", timeout=30) as reply:
+            counts = {c["label"]: c["count"] for c in json.loads(reply.read())["classes"]}
+        assert counts[first] == 1 and sum(counts.values()) == 1
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    assert list(scratch.iterdir()) == []  # its temporary store, socket and token went with it
+    assert not Path(f"/tmp/teachcam-web-demo-{proc.pid}.sock").exists()  # (the socket is here: $TMPDIR is too long)
