@@ -579,7 +579,8 @@ class Daemon:
                 if example is None:
                     return {"undone": None}
                 count = self.teacher.counts().get(example.label, 0)
-                self._event(m.Undone(label=example.label, count=count, example=example.id, via=via))
+                self._event(m.Undone(label=example.label, count=count, example=example.id, source=example.source,
+                                     via=via))
                 return {"undone": example.label, "count": count}
             case m.Clear():
                 count = self._teacher(command).clear()
@@ -604,6 +605,7 @@ class Daemon:
                 gone = self._teacher(command).remove_examples(lambda e: e.id in ids or (e.source in sources))
                 if gone:
                     self._event(m.ExamplesRemoved(count=len(gone), labels=tuple(sorted({e.label for e in gone})),
+                                                  sources=tuple(sorted({e.source for e in gone if e.source})),
                                                   via=via))
                 return {"count": len(gone)}
             case _:

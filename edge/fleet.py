@@ -11,7 +11,12 @@ An empty retained message on that topic withdraws it (undo, class removed, clear
 that reconnects gets every retained message again, so it catches up; the examples it holds
 from the fleet that are no longer on the broker are then removed. Class-wide changes
 (rename, remove, clear) also go out once on ``teachcam/fleet/<group>/op`` so that every
-device applies them to the examples it holds, whoever taught them.
+device applies them to the examples it holds, whoever taught them; so does ``withdraw``: a
+person on one device removed (undo, the page's delete) examples another device taught, and
+that device — their owner — removes them and withdraws their retained messages, so the
+deletion holds everywhere and survives reconnections. The bridge keeps a persistent MQTT
+session and takes the op topic at QoS 1: ops sent while a device was away wait for it at the
+broker, and a returning device applies them before it republishes its own examples.
 
 A device ignores its own examples (no echo loop). In the receiving store an example's source
 is ``fleet:<device>:<id>``, so the same message twice is one example, and a new label for it
@@ -56,6 +61,17 @@ def source_of(device: str, example_id: str) -> str:
 
 def is_from_fleet(source: str) -> bool:
     return source.startswith(SOURCE_PREFIX)
+
+
+def owner_of(source: str) -> tuple[str, str] | None:
+    """(device, example id) of a store source ``fleet:<device>:<id>``; None for any other source."""
+    if not is_from_fleet(source):
+        return None
+    device, _, example_id = source[len(SOURCE_PREFIX):].rpartition(":")
+    return (device, example_id) if device and example_id else None
+
+
+MAX_WITHDRAW = 1000  # example ids in one withdraw op
 
 
 @dataclass(frozen=True)
@@ -153,10 +169,15 @@ def decode_op(payload: bytes, group: str) -> dict:
     if not isinstance(data.get("device"), str):
         raise FleetError("fleet op: device missing")
     op = data.get("op")
-    needed = {"rename_class": ("old", "new"), "remove_class": ("label",), "clear": ()}.get(op)
+    needed = {"rename_class": ("old", "new"), "remove_class": ("label",), "clear": (), "withdraw": ("owner",)}.get(op)
     if needed is None:
-        raise FleetError(f"fleet op: {op!r} does not travel (rename_class, remove_class, clear)")
+        raise FleetError(f"fleet op: {op!r} does not travel (rename_class, remove_class, clear, withdraw)")
     for key in needed:
         if not isinstance(data.get(key), str) or not data[key]:
             raise FleetError(f"fleet op {op}: {key} must be a non-empty string")
+    if op == "withdraw":
+        ids = data.get("ids")
+        if (not isinstance(ids, list) or not 0 < len(ids) <= MAX_WITHDRAW
+                or not all(isinstance(i, str) and 0 < len(i) <= 256 for i in ids)):
+            raise FleetError(f"fleet op withdraw: ids must be a list of 1 to {MAX_WITHDRAW} example ids")
     return data

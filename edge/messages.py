@@ -244,6 +244,7 @@ class Undone(Event):
     label: str = ""
     count: int = 0
     example: str = ""  # the id of the example that went
+    source: str = ""  # where it came from (e.g. ``fleet:<device>:<id>``: another Pi taught it)
     via: str = ""
 
 
@@ -261,6 +262,7 @@ class ExamplesRemoved(Event):
     kind: ClassVar[str] = "examples_removed"
     count: int = 0
     labels: tuple = ()
+    sources: tuple = ()  # where the removed examples came from, those that have a source
     via: str = ""
 
 

@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import queue
+import secrets
 import socket
 import threading
 import time
@@ -51,7 +52,7 @@ STATE_MIN_INTERVAL = 0.25  # at most 4 state messages a second
 STATS_INTERVAL = 60.0
 SNAPSHOT_SIZE = 320
 SNAPSHOT_MIN_INTERVAL = 1.0  # a JPEG is encoded in the daemon: at most one a second, of the newest class
-CATCH_UP_QUIET = 2.0  # seconds without a retained fleet message: the broker's replay is over
+CATCH_UP_QUIET = 2.0  # seconds without a retained fleet message: the replay is over (if the marker never comes)
 EVENT_KINDS = {"prediction", "enrolled", "undone", "class_added", "removed", "renamed", "cleared", "paused",
                "camera_trouble", "camera_back", "examples_removed", "error", "reloaded"}
 CHANGES = {"enrolled", "undone", "class_added", "removed", "renamed", "cleared", "examples_removed", "reloaded"}
@@ -92,6 +93,8 @@ class Bridge:
         self.own_replayed: set[str] = set()  # own example ids the broker replayed while catching up
         self.last_retained = 0.0
         self.catching_up = False
+        self.replay_over = False  # our marker came back after the replay: catching up may end at once
+        self.marker = ""
         self.last_state = 0.0
         self.state_due = False
         self.last_stats = 0.0
@@ -105,8 +108,10 @@ class Bridge:
     def _make_client(self):
         import paho.mqtt.client as paho
 
+        # A persistent session: fleet ops (QoS 1) sent while this device was away wait for it at the broker.
+        # Commands are taken at QoS 0, so none of them is run late, hours after it was sent.
         client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.config.client_id or f"teachcam-{self.device}",
-                             clean_session=True, protocol=paho.MQTTv311)
+                             clean_session=False, protocol=paho.MQTTv311)
         client.will_set(f"{self.base}/availability", "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         if self.config.username:
@@ -278,24 +283,29 @@ class Bridge:
     def _on_broker_up(self) -> None:
         self.connected = True
         log.info("connected to the MQTT broker %s:%d", self.config.host, self.config.port)
-        subscriptions = [(f"{self.base}/request/+", 1), ("teachcam/all/request/+", 1), (f"{self.base}/set/+", 1)]
+        subscriptions = [(f"{self.base}/request/+", 0), ("teachcam/all/request/+", 0), (f"{self.base}/set/+", 0)]
         if self.config.discovery:
             subscriptions.append((f"{self.config.discovery_prefix}/status", 1))
         if self.group:
             # QoS 0 for the examples: on subscribing, the broker replays every retained one at once, and at QoS 1
             # Mosquitto drops what exceeds its per-client queue (max_queued_messages, 1000) — a catch-up of 1,050
             # examples lost 30. A lost connection replays them all again anyway.
-            subscriptions += [(fleet.examples_filter(self.group), 0), (fleet.op_topic(self.group), 1)]
+            subscriptions += [(fleet.examples_filter(self.group), 0), (fleet.op_topic(self.group), 1),
+                              (f"{self.base}/sync", 1)]
             self.fleet_seen.clear()
-            self.catching_up = True
+            self.catching_up, self.replay_over = True, False
             self.last_retained = time.monotonic()
+            self.own.clear()  # every own example again once caught up (retained: idempotent), should the broker
+            # have lost them; not before: an op a peer sent while we were away (rename, withdraw) applies first
         self.client.subscribe(subscriptions)
+        if self.group:
+            # The broker sends the retained replay (and the ops queued for this session) before it handles a message
+            # published after the subscription: when this one comes back, the replay is over.
+            self.marker = secrets.token_hex(8)
+            self.client.publish(f"{self.base}/sync", self.marker, qos=1)
         pending, self.pending = self.pending, OrderedDict()
         if self.daemon_up:
             self._announce()
-            if self.group:  # every own example again (retained: idempotent), in case the broker lost them
-                self.own.clear()
-                self._sync_own()
         for topic, (data, retain, qos) in pending.items():
             if topic != f"{self.base}/availability":
                 self.publish(topic, data, retain=retain, qos=qos)
@@ -309,7 +319,7 @@ class Bridge:
             self.prediction = {"label": status["shown"], "confidence": 0.0, "confidences": {}}
         self._announce()
         if self.group and self.connected:
-            self._sync_own()
+            self._sync_own()  # (waits while catching up)
 
     def _announce(self) -> None:
         """Availability, discovery and every retained topic, as after a (re)connect."""
@@ -333,7 +343,8 @@ class Bridge:
             self._publish_snapshot()
         if self.daemon_up and now - self.last_stats >= STATS_INTERVAL:
             self._publish_stats()
-        if self.catching_up and self.connected and self.daemon_up and now - self.last_retained > CATCH_UP_QUIET:
+        if self.catching_up and self.connected and self.daemon_up and (
+                self.replay_over or now - self.last_retained > CATCH_UP_QUIET):
             self.catching_up = False
             self._put(("catch_up_done",))  # after every fleet message already queued
 
@@ -418,6 +429,9 @@ class Bridge:
     def _on_broker_message(self, topic: str, payload: bytes) -> None:
         if self.group and topic.startswith("teachcam/fleet/"):
             self._on_fleet_message(topic, payload)
+        elif topic == f"{self.base}/sync":
+            if self.catching_up and payload.decode(errors="replace") == self.marker:
+                self.replay_over = True
         elif topic == f"{self.config.discovery_prefix}/status":
             if payload.strip().lower() == b"online":
                 log.info("Home Assistant came online: discovery and state again")
@@ -477,6 +491,9 @@ class Bridge:
                 return
             if op["device"] == self.device:
                 return
+            if op["op"] == "withdraw":
+                self._withdrawn_by_peer(op)
+                return
             fields = {k: op[k] for k in ("old", "new", "label") if k in op}
             try:
                 self.ask(op["op"], via="fleet", **fields)
@@ -511,6 +528,39 @@ class Bridge:
         except ControlError as exc:
             log.warning("fleet example %s/%s (%r) not enrolled: %s", device, example_id, example.label, exc)
 
+    def _withdrawn_by_peer(self, op: dict) -> None:
+        """A person on another device removed examples ``owner`` taught: the owner removes them from its store
+        (and so withdraws their retained messages, as for any removal); every other device drops them now."""
+        mine = op["owner"] == self.device
+        try:
+            if mine:
+                gone = self.ask("remove_examples", examples=op["ids"], via="fleet")["count"]
+            else:
+                gone = self.ask("remove_examples", sources=[fleet.source_of(op["owner"], i) for i in op["ids"]],
+                                via="fleet")["count"]
+        except ControlError as exc:
+            log.info("fleet withdraw from %s not applied here: %s", op["device"], exc)
+            return
+        if gone:
+            log.info("fleet: %s removed %d example(s) taught by %s; removed here too", op["device"], gone,
+                     "this device" if mine else op["owner"])
+
+    def _withdraw_peer_examples(self, event: dict) -> None:
+        """Examples another device taught were removed here by a person (undo, the page's delete): ask their owner
+        to withdraw them, so that the deletion holds on every device and after every reconnection."""
+        sources = [event.get("source", "")] if event.get("event") == "undone" else list(event.get("sources") or ())
+        owners: dict[str, list[str]] = {}
+        for source in sources:
+            owner = fleet.owner_of(source) if isinstance(source, str) else None
+            if owner is not None and owner[0] != self.device:
+                owners.setdefault(owner[0], []).append(owner[1])
+        for owner, ids in owners.items():
+            for start in range(0, len(ids), fleet.MAX_WITHDRAW):
+                chunk = ids[start:start + fleet.MAX_WITHDRAW]
+                self.publish(fleet.op_topic(self.group),
+                             fleet.op_payload(self.group, self.device, "withdraw", owner=owner, ids=chunk), qos=1)
+            log.info("fleet: %d example(s) taught by %s removed here; asked it to withdraw them", len(ids), owner)
+
     def _finish_catch_up(self) -> None:
         """The broker's retained replay is over: drop fleet examples it no longer has; withdraw stale own ones."""
         listing = self._listing()
@@ -521,9 +571,12 @@ class Bridge:
         if stale:
             log.info("fleet: %d example(s) were withdrawn while this device was away; removing them", len(stale))
             self.ask("remove_examples", sources=stale, via="fleet")
+        self._sync_own()  # every own example again (after the ops that waited for us changed what we hold)
         for example_id in sorted(self.own_replayed - set(self.own)):
             self.publish(fleet.example_topic(self.group, self.device, example_id), b"", retain=True, qos=1)
         self.own_replayed = set()
+        log.info("fleet %s: caught up (%d example(s) from other devices, %d of this one's published)", self.group,
+                 len(held) - len(stale), len(self.own))
 
     def _fleet_after_change(self, event: dict, listing: list[dict] | None) -> None:
         kind, via = event.get("event"), event.get("via")
@@ -532,12 +585,14 @@ class Bridge:
             fields = {"renamed": {"old": event.get("old"), "new": event.get("new")},
                       "removed": {"label": event.get("label")}, "cleared": {}}[kind]
             self.publish(fleet.op_topic(self.group), fleet.op_payload(self.group, self.device, op, **fields), qos=1)
+        elif via != "fleet" and kind in ("undone", "examples_removed"):
+            self._withdraw_peer_examples(event)
         self._sync_own(listing)
 
     def _sync_own(self, listing: list[dict] | None = None) -> None:
         """Publish this device's own examples that are new or relabelled; withdraw the ones that went.
-        While the broker is away nothing is queued: the next connection publishes them all."""
-        if not self.connected:
+        While the broker is away nothing is queued: the next connection publishes them all, once caught up."""
+        if not self.connected or self.catching_up:
             return
         listing = listing if listing is not None else self._listing()
         if listing is None:

@@ -317,6 +317,53 @@ def test_a_fleet_shares_what_one_pi_was_taught(bundle_path, tmp_path, broker, cl
     assert size < 64 * 1024
 
 
+def test_a_deletion_anywhere_holds_everywhere_and_ops_wait_for_a_pi_that_was_away(bundle_path, tmp_path, broker,
+                                                                                  cleanup):
+    """B deletes and undoes examples A taught → A, their owner, removes them: they do not come back when B's bridge
+    reconnects. A rename made on B while A's bridge was away reaches A when it returns (a persistent session), and
+    A's examples do not bring the old name back to B."""
+    a = start_daemon(bundle_path, tmp_path, "pia", "chelsea.png", 64, cleanup)
+    b = start_daemon(bundle_path, tmp_path, "pib", "chelsea.png", 65, cleanup)
+    watcher = Watcher(broker.port, topics=("teachcam/#",))
+    cleanup(watcher)
+    bridges = {name: BridgeProcess(tmp_path, name, d.socket, broker.port, "--fleet-group", "shop")
+               for name, d in (("pia", a), ("pib", b))}
+    for bridge in bridges.values():
+        cleanup(bridge)
+    assert watcher.wait(lambda: all(watcher.on(f"teachcam/{n}/availability")[-1:] == [b"online"] for n in bridges))
+    ids = [a.request("enroll", label="cat")["example"] for _ in range(3)]
+    assert wait_for(lambda: all(f"fleet:pia:{i}" in store_sources(b) for i in ids), timeout=10), bridges["pib"].text()
+
+    def id_in_b(example_id: str) -> str:
+        return next(e["id"] for c in b.request("classes")["classes"] for e in c["examples"]
+                    if e["source"] == f"fleet:pia:{example_id}")
+
+    b.request("remove_examples", examples=[id_in_b(ids[0])])  # the page's "delete the example that causes it"
+    assert wait_for(lambda: a.status()["classes"] == {"cat": 2}, timeout=10), bridges["pia"].text()
+    assert watcher.wait(lambda: watcher.on(f"teachcam/fleet/shop/example/pia/{ids[0]}")[-1:] == [b""])
+    assert b.request("undo")["undone"] == "cat"  # B's newest example is one A taught
+    assert wait_for(lambda: a.status()["classes"] == {"cat": 1}, timeout=10), bridges["pia"].text()
+
+    caught_up = bridges["pib"].text().count("caught up")
+    bridges["pib"].stop()  # B's bridge reconnects: the broker's replay brings nothing deleted back
+    bridges["pib"].start()
+    assert wait_for(lambda: bridges["pib"].text().count("caught up") > caught_up, timeout=20), bridges["pib"].text()
+    assert {s for s in store_sources(b) if s.startswith("fleet:")} == {f"fleet:pia:{ids[1]}"}
+
+    caught_up = bridges["pia"].text().count("caught up")
+    bridges["pia"].stop()  # A's bridge away while B renames the class
+    assert b.request("rename_class", old="cat", new="kitty")
+    bridges["pia"].start()
+    assert wait_for(lambda: a.status()["classes"] == {"kitty": 1}, timeout=20), bridges["pia"].text()
+    assert wait_for(lambda: bridges["pia"].text().count("caught up") > caught_up, timeout=20), bridges["pia"].text()
+    assert watcher.wait(lambda: json.loads(watcher.on(f"teachcam/fleet/shop/example/pia/{ids[1]}")[-1] or b"{}")
+                        .get("label") == "kitty")
+    time.sleep(1.0)  # what A republished has reached B
+    assert b.status()["classes"] == {"kitty": 1} and a.status()["classes"] == {"kitty": 1}
+    for bridge in bridges.values():
+        assert "Traceback" not in bridge.text()
+
+
 def test_broker_outage_and_restart_lose_nothing(bundle_path, tmp_path, broker, cleanup):
     a = start_daemon(bundle_path, tmp_path, "pia", "chelsea.png", 62, cleanup)
     b = start_daemon(bundle_path, tmp_path, "pib", "coffee.png", 63, cleanup)

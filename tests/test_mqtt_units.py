@@ -65,6 +65,14 @@ def test_fleet_examples_are_checked_field_by_field():
     with pytest.raises(fleet.FleetError, match="does not travel"):
         fleet.decode_op(fleet.op_payload("g", "pi2", "format_disk"), "g")
     assert fleet.decode_op(fleet.op_payload("g", "pi2", "rename_class", old="a", new="b"), "g")["new"] == "b"
+    withdraw = fleet.decode_op(fleet.op_payload("g", "pi2", "withdraw", owner="pi1", ids=["e1", "e2"]), "g")
+    assert withdraw["owner"] == "pi1" and withdraw["ids"] == ["e1", "e2"]
+    for bad in ({"owner": "pi1", "ids": []}, {"owner": "pi1", "ids": "e1"}, {"owner": "pi1", "ids": [5]},
+                {"ids": ["e1"]}, {"owner": "pi1", "ids": ["e"] * (fleet.MAX_WITHDRAW + 1)}):
+        with pytest.raises(fleet.FleetError, match="withdraw"):
+            fleet.decode_op(fleet.op_payload("g", "pi2", "withdraw", **bad), "g")
+    assert fleet.owner_of("fleet:pi-door:6614e264d702d-097b0d5e") == ("pi-door", "6614e264d702d-097b0d5e")
+    assert fleet.owner_of("button") is None and fleet.owner_of("fleet::x") is None
 
 
 def test_discovery_names_every_class_and_never_an_empty_option_list():
