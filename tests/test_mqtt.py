@@ -275,10 +275,10 @@ def test_bad_input_on_every_command_topic_gets_an_error_and_changes_nothing(bund
     assert watcher.wait(lambda: any(json.loads(p).get("id") == "still" for p in watcher.on(f"{base}/response/status")))
 
 
-def test_a_fleet_shares_what_one_pi_was_taught(bundle_path, tmp_path, broker, cleanup):
-    """Teach on A → B enrolls it and predicts it; rename and remove travel; B catches up after being away."""
-    a = start_daemon(bundle_path, tmp_path, "pia", "chelsea.png", 60, cleanup)
-    b = start_daemon(bundle_path, tmp_path, "pib", "chelsea.png", 61, cleanup)  # B sees the same cat, other views
+def fleet_of_two(bundle_path, tmp_path, broker, cleanup, seed: int):
+    """Pis A and B (the same cat, other views), each with a bridge in fleet group "shop", both online."""
+    a = start_daemon(bundle_path, tmp_path, "pia", "chelsea.png", seed, cleanup)
+    b = start_daemon(bundle_path, tmp_path, "pib", "chelsea.png", seed + 1, cleanup)
     watcher = Watcher(broker.port, topics=("teachcam/#",))
     cleanup(watcher)
     bridges = {name: BridgeProcess(tmp_path, name, d.socket, broker.port, "--fleet-group", "shop")
@@ -286,6 +286,12 @@ def test_a_fleet_shares_what_one_pi_was_taught(bundle_path, tmp_path, broker, cl
     for bridge in bridges.values():
         cleanup(bridge)
     assert watcher.wait(lambda: all(watcher.on(f"teachcam/{n}/availability")[-1:] == [b"online"] for n in bridges))
+    return a, b, watcher, bridges
+
+
+def test_a_fleet_shares_what_one_pi_was_taught(bundle_path, tmp_path, broker, cleanup):
+    """Teach on A → B enrolls it and predicts it; rename and remove travel; B catches up after being away."""
+    a, b, watcher, bridges = fleet_of_two(bundle_path, tmp_path, broker, cleanup, seed=60)
 
     delays = []
     for _ in range(3):
@@ -322,15 +328,7 @@ def test_a_deletion_anywhere_holds_everywhere_and_ops_wait_for_a_pi_that_was_awa
     """B deletes and undoes examples A taught → A, their owner, removes them: they do not come back when B's bridge
     reconnects. A rename made on B while A's bridge was away reaches A when it returns (a persistent session), and
     A's examples do not bring the old name back to B."""
-    a = start_daemon(bundle_path, tmp_path, "pia", "chelsea.png", 64, cleanup)
-    b = start_daemon(bundle_path, tmp_path, "pib", "chelsea.png", 65, cleanup)
-    watcher = Watcher(broker.port, topics=("teachcam/#",))
-    cleanup(watcher)
-    bridges = {name: BridgeProcess(tmp_path, name, d.socket, broker.port, "--fleet-group", "shop")
-               for name, d in (("pia", a), ("pib", b))}
-    for bridge in bridges.values():
-        cleanup(bridge)
-    assert watcher.wait(lambda: all(watcher.on(f"teachcam/{n}/availability")[-1:] == [b"online"] for n in bridges))
+    a, b, watcher, bridges = fleet_of_two(bundle_path, tmp_path, broker, cleanup, seed=64)
     ids = [a.request("enroll", label="cat")["example"] for _ in range(3)]
     assert wait_for(lambda: all(f"fleet:pia:{i}" in store_sources(b) for i in ids), timeout=10), bridges["pib"].text()
 

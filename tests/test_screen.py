@@ -158,8 +158,8 @@ def test_with_the_pi_camera_the_overlay_goes_to_picamera2s_drm_preview_only_when
         daemon.close()
 
 
-def test_camera_trouble_shows_on_the_screen_without_a_frame(tmp_path):
-    drawn = []
+def recording_backend(drawn: list):
+    """A screen backend that keeps every overlay it is given in ``drawn``."""
 
     class Backend:
         name = "recorder"
@@ -174,7 +174,12 @@ def test_camera_trouble_shows_on_the_screen_without_a_frame(tmp_path):
         def close(self):
             pass
 
-    port = ScreenPort(Backend(), ["cat"])
+    return Backend()
+
+
+def test_camera_trouble_shows_on_the_screen_without_a_frame(tmp_path):
+    drawn = []
+    port = ScreenPort(recording_backend(drawn), ["cat"])
     port.update(View("cat", "cat", 0.9, 0.9, {"cat": 0.9}, {"cat": 1}), np.zeros((240, 320, 3), np.uint8))
     port.event(CameraTrouble(message="the camera delivered no frame in 5 s (stalled)"))
     assert len(drawn) == 2 and np.asarray(drawn[1])[110:140, :, 0].max() > 150  # a red strip across the middle
@@ -197,22 +202,8 @@ def test_the_pairing_notice_shows_as_a_qr_code_a_phone_can_scan_then_goes():
     from teachcam.edge.messages import NoticeShown
 
     drawn = []
-
-    class Backend:
-        name = "recorder"
-
-        def overlay(self, image):
-            drawn.append(image)
-            return True
-
-        def frame(self, frame, overlay):
-            pass
-
-        def close(self):
-            pass
-
     link = "http://teachcam-pi:8080/login?token=" + "Ab3_" * 11
-    port = ScreenPort(Backend(), ["cat"])
+    port = ScreenPort(recording_backend(drawn), ["cat"])
     picture = np.asarray(Image.fromarray(augmented_views("chelsea.png", 1, seed=5)[0]).resize((640, 480)))
     port.update(View("cat", "cat", 0.9, 0.9, {"cat": 0.9}, {"cat": 1}), picture)
     port.event(NoticeShown(text=f"teachcam web\nhttp://teachcam-pi:8080/\ntoken:\n{'Ab3_' * 11}", seconds=0.6,
