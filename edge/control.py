@@ -66,6 +66,7 @@ _TEXT_FIELDS = {"label", "old", "new", "thumb", "name", "via", "example", "finge
                 "link"}
 MAX_EMBEDDING = 16384  # floats in an embedding a client may send (MobileNetV2's is 1280)
 MAX_LIST = 100_000  # ids or sources in one remove_examples
+MAX_SOCKET_PATH = 100  # bytes: a Unix socket's path must fit sun_path (108 on Linux, less elsewhere)
 
 
 def server_socket_path(configured: str | None = None) -> Path:
@@ -168,8 +169,9 @@ class ControlServer(Port):
         Raises:
             ControlError: the path is unusable, or another daemon answers there.
         """
-        if len(os.fsencode(self.path)) > 100:
-            raise ControlError(f"control socket path {self.path} is too long for a Unix socket (max ~100 bytes)")
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            raise ControlError(f"control socket path {self.path} is too long for a Unix socket "
+                               f"(max ~{MAX_SOCKET_PATH} bytes)")
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         if self.path.exists() or self.path.is_symlink():
             if is_answering(self.path):

@@ -161,6 +161,7 @@ def run_web_demo(config, *, port: int = 8080, stream=None) -> int:
 
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
+    from teachcam.edge.control import MAX_SOCKET_PATH
     from teachcam.edge.daemon import Daemon
     from teachcam.edge.errors import TeachcamError
 
@@ -168,7 +169,7 @@ def run_web_demo(config, *, port: int = 8080, stream=None) -> int:
     classes = list(OBJECTS)
     with tempfile.TemporaryDirectory(prefix="teachcam-web-demo-") as tmp:
         socket_path = Path(tmp) / "control.sock"
-        if len(os.fsencode(socket_path)) > 100:  # a long $TMPDIR: a Unix socket path holds ~100 bytes
+        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:  # a long $TMPDIR
             socket_path = Path("/tmp") / f"teachcam-web-demo-{os.getpid()}.sock"  # the daemon removes it
         store = config.store if config.store != DEFAULT_STORE else str(Path(tmp) / "store")
         config = replace(config, classes=tuple(classes), store=store, mode="knn",

@@ -93,15 +93,15 @@ def _draw_notice(draw: ImageDraw.ImageDraw, shown: Shown, size: tuple[int, int],
         left += modules * scale + unit
     lines = shown.notice[:8]
     font = _font(max(8, min(unit * 3 // 2, (bottom - top - unit) // max(1, len(lines)) * 3 // 4)))
-    y = top + unit // 2
+    y, line_height, room = top + unit // 2, draw.textbbox((0, 0), "Ag", font=font)[3] + unit // 4, width - left - unit // 2
     for line in lines:
         # a long line (the token) is cut where the screen ends, in pieces: nothing of it is hidden
         while line:
             cut = len(line)
-            while cut > 1 and draw.textbbox((0, 0), line[:cut], font=font)[2] > width - left - unit // 2:
+            while cut > 1 and draw.textlength(line[:cut], font=font) > room:
                 cut -= 1
             draw.text((left, y), line[:cut], font=font, fill=(255, 255, 255, 255))
-            y += draw.textbbox((0, 0), "Ag", font=font)[3] + unit // 4
+            y += line_height
             line = line[cut:]
 
 
@@ -419,7 +419,7 @@ class ScreenPort(Port):
             state.fps = event.fps
         elif event.kind == "notice":
             state.notice = tuple(event.text.splitlines())
-            state.qr = qr_modules(event.link) if getattr(event, "link", "") else ()
+            state.qr = qr_modules(event.link) if event.link else ()
             state.notice_until = time.monotonic() + event.seconds
         else:
             return
