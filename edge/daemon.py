@@ -466,10 +466,12 @@ class Daemon:
 
     # -- commands: the one place they are applied -----------------------------------------------------
     def _apply_commands(self, current: tuple[np.ndarray, np.ndarray] | None) -> None:
-        """Apply every queued command. ``current``: this frame's (embedding, pixels), or None (paused, or no
-        new frame): an enrollment then embeds the last frame itself."""
+        """Apply the commands queued so far. ``current``: this frame's (embedding, pixels), or None (paused, or no
+        new frame): an enrollment then embeds the last frame itself. A command posted meanwhile — a client that
+        sends its next enrollment as soon as it has this one's reply — waits for the next call: were it taken now,
+        it would share this frame and be skipped as "same frame"."""
         enrolled_this_frame: set[str] = set()
-        while True:
+        for _ in range(self.commands.qsize()):
             try:
                 command, reply = self.commands.get_nowait()
             except queue.Empty:

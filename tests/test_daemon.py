@@ -176,3 +176,24 @@ def test_the_demo_teaches_three_objects_and_recognises_them(bundle_path, tmp_pat
     accuracy = float(summary.split("recognition accuracy ")[1].split("%")[0])
     assert accuracy >= 95.0, summary
     assert not store.exists()  # the demo teaches a store of its own, never the user's
+
+
+def test_an_enrollment_sent_on_the_heels_of_the_last_reply_gets_its_own_frame(bundle_path, tmp_path, factory):
+    """A client that sends its next enrollment the moment it reads a reply may get it queued while the daemon is
+    still applying this frame's commands: it must wait for the next frame, not be skipped as the same frame."""
+    from teachcam.edge import messages as m
+
+    daemon = make_daemon(bundle_path, tmp_path, factory, augmented_views("chelsea.png", 3, seed=90), frames=3)
+    try:
+        replies = []
+
+        def reply(result):
+            replies.append(result)
+            if len(replies) == 1:  # the next request arrives while this batch is still being applied
+                daemon.post(m.Enroll(label="cat", via="socket"), replies.append)
+
+        daemon.post(m.Enroll(label="cat", via="socket"), reply)
+        daemon.run()
+        assert [r.get("count") for r in replies] == [1, 2] and "skipped" not in replies[1], replies
+    finally:
+        daemon.close()
