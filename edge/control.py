@@ -55,7 +55,7 @@ import numpy as np
 
 from teachcam.edge import __version__
 from teachcam.edge import messages as m
-from teachcam.edge.errors import ControlError, TeachcamError
+from teachcam.edge.errors import ControlAccessError, ControlError, TeachcamError
 from teachcam.edge.ports import Port
 
 log = logging.getLogger(__name__)
@@ -80,14 +80,34 @@ def server_socket_path(configured: str | None = None) -> Path:
     return _user_runtime_dir() / "control.sock"
 
 
+SERVICE_SOCKET = Path("/run/teachcam/control.sock")  # systemd's RuntimeDirectory=teachcam (mode 0750)
+
+
 def client_socket_path() -> Path:
     """Where a client looks for the daemon: $TEACHCAM_SOCKET, the service's, else the user's own."""
     if os.environ.get("TEACHCAM_SOCKET"):
         return Path(os.environ["TEACHCAM_SOCKET"])
-    service = Path("/run/teachcam/control.sock")
-    if service.exists():
-        return service
+    try:
+        if SERVICE_SOCKET.exists():
+            return SERVICE_SOCKET
+    except PermissionError:  # the service's folder is its group's: connect() says what to do
+        return SERVICE_SOCKET
     return _user_runtime_dir() / "control.sock"
+
+
+def access_advice(path: Path) -> str:
+    """One line for a user who may not use the socket at ``path``: who may, and what to run."""
+    import getpass
+
+    group = "teachcam"
+    for folder in (path, path.parent):
+        try:
+            group = grp.getgrgid(os.stat(folder).st_gid).gr_name
+            break
+        except (OSError, KeyError):
+            continue
+    return (f"permission denied on {path}: the teachcam service answers only members of group {group} — run "
+            f"`sudo usermod -aG {group} {getpass.getuser()}`, then log in again (or `newgrp {group}` in this shell)")
 
 
 def _user_runtime_dir() -> Path:
@@ -208,6 +228,8 @@ class ControlServer(Port):
             gid = grp.getgrnam(self.group).gr_gid
         except KeyError:
             return  # no such group here (a laptop): the owner alone may connect
+        if os.stat(self.path).st_gid == gid:
+            return  # under systemd the socket is born in the group (Group=teachcam), and chown is a filtered syscall
         try:
             os.chown(self.path, -1, gid)
         except PermissionError:
@@ -531,6 +553,7 @@ class ControlClient:
     """A blocking client of the control socket (the CLI's): ``request(op, **fields)`` → the reply's data.
 
     Raises (``connect``):
+        ControlAccessError: a daemon may run, but this user is not in the socket's group (one line: what to run).
         ControlError: no daemon answers (the CLI then opens the store itself).
     """
 
@@ -547,6 +570,9 @@ class ControlClient:
         sock.settimeout(5.0 if self.timeout is None else min(self.timeout, 5.0))
         try:
             sock.connect(str(self.path))
+        except PermissionError:
+            sock.close()
+            raise ControlAccessError(access_advice(self.path)) from None
         except OSError as exc:
             sock.close()
             raise ControlError(f"no teachcam daemon answers on {self.path} ({exc.strerror or exc})") from None

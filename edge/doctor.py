@@ -231,13 +231,20 @@ def check_health(*, proc: str = "/proc", sys_root: str = "/sys", vcgencmd: str |
 
 
 def check_groups() -> Check:
-    needed = {"video", "gpio", "i2c"}
-    existing = {g for g in needed if _group_exists(g)}
-    missing = existing - _user_groups()
-    if os.getuid() == 0 or not missing:
-        return Check("permissions", "ok", f"user {pwd.getpwuid(os.getuid()).pw_name} can use {sorted(existing) or 'all'}")
-    return Check("permissions", "warn", f"user {pwd.getpwuid(os.getuid()).pw_name} is not in {', '.join(sorted(missing))}",
-                 f"sudo usermod -aG {','.join(sorted(missing))} $USER, then log in again")
+    needed = ("video", "gpio", "i2c")
+    existing = [g for g in needed if _group_exists(g)]
+    absent = [g for g in needed if g not in existing]
+    missing = sorted(set(existing) - _user_groups())
+    user = pwd.getpwuid(os.getuid()).pw_name
+    if missing and os.getuid() != 0:
+        return Check("permissions", "warn", f"user {user} is not in {', '.join(missing)}",
+                     f"sudo usermod -aG {','.join(missing)} $USER, then log in again")
+    if absent:  # Debian or Ubuntu on a Pi, other boards: the devices belong to root alone (the unit leaves them out)
+        return Check("permissions", "warn", f"user {user} can use {', '.join(existing) or 'no device group'}; "
+                     f"no group {' or '.join(absent)} on this system (not Raspberry Pi OS?)",
+                     "Raspberry Pi OS has them; elsewhere create them with udev rules for /dev/gpiochip* and "
+                     "/dev/i2c-*, run install-pi again — or do without GPIO buttons, LEDs and the OLED")
+    return Check("permissions", "ok", f"user {user} can use {', '.join(existing)}")
 
 
 def _group_exists(name: str) -> bool:

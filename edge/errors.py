@@ -66,6 +66,10 @@ class ControlError(TeachcamError, ValueError):
     """A control-socket request is malformed, or no daemon answers on the socket."""
 
 
+class ControlAccessError(ControlError, PermissionError):
+    """A daemon runs, but this user may not use its control socket (not in its group)."""
+
+
 class CameraError(TeachcamError):
     """A camera source cannot be opened or stopped delivering frames."""
 

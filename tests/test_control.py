@@ -240,9 +240,35 @@ def test_only_the_sockets_group_may_connect(bundle_path, tmp_path, monkeypatch):
             member, other = connect_as(names["member"]), connect_as(names["other"])
             assert '"hello"' in member.stdout, member.stderr
             assert other.returncode != 0 and "PermissionError" in other.stderr
+            # The CLI of a user outside the group (the person who just ran install-pi, until they log in again): one
+            # line that says what to run — the socket itself refuses, or (as systemd makes it) its folder does.
+            folder.chmod(0o750)
+            os.chown(folder, 0, grp.getgrnam(names["group"]).gr_gid)
+            # The OS's Python (same 3.11) with the venv's packages: the venv's own interpreter may sit in root's home.
+            site_packages = next(p for p in sys.path if p.startswith(sys.prefix) and p.endswith("site-packages"))
+            if not all(os.stat(p).st_mode & 0o001 for p in Path(site_packages).parents):
+                pytest.skip("the venv is not reachable for other users here")
+            entry = pwd.getpwnam(names["other"])
+            cli = (f"import site, sys; site.addsitedir({site_packages!r}); from pathlib import Path; "
+                   "import teachcam.edge.control as c; c.SERVICE_SOCKET = Path(sys.argv[1]); "
+                   "from teachcam.edge.cli import main; sys.exit(main(sys.argv[2:]))")
+            env = {k: v for k, v in os.environ.items() if k != "TEACHCAM_SOCKET"}
+            photo = Path(f"/tmp/tc-photo-{os.getpid()}.jpg")
+            Image.new("RGB", (64, 48), (200, 80, 20)).save(photo)
+            photo.chmod(0o644)
+            for argv in (["status"], ["enroll", "-l", "mug", str(photo)]):
+                result = subprocess.run(["/usr/bin/python3", "-c", cli, str(path), *argv], capture_output=True, text=True,
+                                        timeout=60, cwd="/", env={**env, "HOME": "/"}, user=entry.pw_uid,
+                                        group=entry.pw_gid, extra_groups=[])
+                assert result.returncode == 2, result.stderr
+                assert result.stderr.strip() == (
+                    f"teachcam: error: permission denied on {path}: the teachcam service answers only members of group "
+                    f"{names['group']} — run `sudo usermod -aG {names['group']} {names['other']}`, then log in again "
+                    f"(or `newgrp {names['group']}` in this shell)"), result.stderr
         finally:
             server.close()
             shutil.rmtree(folder, ignore_errors=True)
+            Path(f"/tmp/tc-photo-{os.getpid()}.jpg").unlink(missing_ok=True)
     finally:
         for name in (names["member"], names["other"]):
             subprocess.run(["userdel", name], capture_output=True)
@@ -343,3 +369,58 @@ def test_preview_frames_are_encoded_once_for_all_subscribers_and_never_for_none(
         assert daemon.control.frames_sent == 3 * encodes  # three subscribers, one encode per frame
     finally:
         daemon.close()
+
+
+def test_the_socket_keeps_its_group_without_chown_when_it_is_born_in_it(tmp_path, monkeypatch, caplog):
+    # Under systemd (Group=teachcam) the socket is created in the right group, and the unit's
+    # SystemCallFilter=~@privileged refuses chown: no call, so no false warning at every start.
+    import grp
+
+    from teachcam.edge.control import ControlServer
+
+    calls = []
+
+    def filtered_chown(*args):
+        calls.append(args)
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chown", filtered_chown)
+    own_group = grp.getgrgid(os.getgid()).gr_name
+    server = ControlServer(str(tmp_path / "control.sock"), lambda command, reply=None: None, group=own_group).start()
+    server.close()
+    assert calls == [] and "cannot give it to group" not in caplog.text
+
+
+def test_the_web_link_says_when_the_daemon_is_back(tmp_path, caplog):
+    import asyncio
+    import logging
+
+    from teachcam.edge.control import ControlServer
+    from teachcam.edge.web.link import DaemonLink
+
+    path = tmp_path / "control.sock"
+
+    def post(command, reply=None):
+        if reply is not None:
+            reply({})
+
+    async def scenario():
+        link = DaemonLink(path)
+        task = asyncio.ensure_future(link.run())
+        server = ControlServer(str(path), post).start()
+        await asyncio.wait_for(link.up.wait(), 10)
+        server.close()
+        for _ in range(100):
+            if not link.up.is_set():
+                break
+            await asyncio.sleep(0.05)
+        server = ControlServer(str(path), post).start()
+        await asyncio.wait_for(link.up.wait(), 10)
+        server.close()
+        task.cancel()
+
+    with caplog.at_level(logging.WARNING, logger="teachcam"):
+        asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if r.name == "teachcam.edge.web.link"]
+    assert any(line.startswith("lost the daemon's control socket") for line in lines), (lines, caplog.text)
+    assert any(line.startswith(f"the daemon is back on {path} (away ") for line in lines), lines

@@ -93,10 +93,12 @@ def register(sub) -> None:
 def _daemon(store: Path | None):
     """A connected control client when a daemon answers and ``store`` is its store (or not given), else None."""
     from teachcam.edge.control import ControlClient
-    from teachcam.edge.errors import ControlError
+    from teachcam.edge.errors import ControlAccessError, ControlError
 
     try:
         client = ControlClient().connect()
+    except ControlAccessError:
+        raise  # a daemon holds the store: never write it behind its back
     except ControlError:
         return None
     try:

@@ -12,9 +12,10 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from pathlib import Path
 
-from teachcam.edge.control import MAX_LINE, client_socket_path
+from teachcam.edge.control import MAX_LINE, access_advice, client_socket_path
 from teachcam.edge.errors import ControlError
 from teachcam.edge.messages import PROTOCOL_VERSION
 
@@ -35,15 +36,21 @@ class DaemonLink:
         self.frame_changed = asyncio.Condition()
         self.viewers = 0
         self.task: asyncio.Task | None = None
+        self.lost_at: float | None = None  # when the daemon went away (the "back" line says for how long)
 
     async def run(self) -> None:
         """Connect, read, reconnect — until cancelled."""
         while True:
             try:
                 await self._session()
+            except PermissionError:
+                if self.lost_at is None:
+                    log.error("%s", access_advice(self.path))
+                    self.lost_at = time.monotonic()
             except (OSError, ControlError, asyncio.IncompleteReadError, ValueError) as exc:
                 if self.up.is_set():
                     log.warning("lost the daemon's control socket (%s); reconnecting every 2 s", exc)
+                    self.lost_at = time.monotonic()
             finally:
                 self._down()
             await asyncio.sleep(2.0)
@@ -55,7 +62,11 @@ class DaemonLink:
         if hello.get("hello") != "teachcam" or hello.get("protocol") != PROTOCOL_VERSION:
             raise ControlError(f"{self.path} does not speak teachcam protocol {PROTOCOL_VERSION}")
         self.up.set()
-        log.info("connected to the daemon on %s", self.path)
+        if self.lost_at is None:
+            log.info("connected to the daemon on %s", self.path)
+        else:
+            log.warning("the daemon is back on %s (away %.0f s)", self.path, time.monotonic() - self.lost_at)
+            self.lost_at = None
         reading = asyncio.ensure_future(self._read())
         try:
             await self.request("subscribe", events=True, frames=self.viewers > 0)
@@ -69,6 +80,7 @@ class DaemonLink:
         while True:
             line = await self.reader.readline()
             if not line:
+                self._fail_pending()  # a request sent just before (subscribe) must not wait REPLY_TIMEOUT
                 raise ControlError("the daemon closed the connection")
             message = json.loads(line)
             if "ok" in message and "id" in message:
@@ -84,13 +96,16 @@ class DaemonLink:
             elif "event" in message:
                 self._tell(message)
 
-    def _down(self) -> None:
-        was_up = self.up.is_set()
-        self.up.clear()
+    def _fail_pending(self) -> None:
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(ControlError("the daemon went away"))
         self.pending.clear()
+
+    def _down(self) -> None:
+        was_up = self.up.is_set()
+        self.up.clear()
+        self._fail_pending()
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
