@@ -79,9 +79,9 @@ class Picamera2Source(Source):
         except ImportError:
             raise CameraError("picamera2 is not installed: on Raspberry Pi OS run `sudo apt install python3-picamera2` "
                               "and create the venv with --system-site-packages") from None
-        except Exception as exc:  # Pi OS's picamera2 imports a numpy-1-built simplejpeg: numpy 2 raises ValueError
+        except Exception as exc:  # apt's picamera2 imports simplejpeg built for the OS's numpy: another raises ValueError
             raise CameraError(f"picamera2 is installed but cannot be imported ({first_line(exc)}); the venv must use "
-                              "the OS's numpy 1.x — rerun scripts/install-pi") from None
+                              "the OS's own numpy — rerun scripts/install-pi") from None
         camera = None
         try:
             camera = Picamera2()

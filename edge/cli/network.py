@@ -123,8 +123,7 @@ def cmd_mqtt(args) -> int:
     try:
         import paho.mqtt  # noqa: F401
     except ImportError:
-        raise TeachcamError("`teachcam mqtt` needs paho-mqtt 2: pip install 'teachcam[mqtt]' (Debian's "
-                            "python3-paho-mqtt 1.6 is too old)") from None
+        raise TeachcamError("`teachcam mqtt` needs paho-mqtt 2: pip install 'teachcam[mqtt]'") from None
     from teachcam.edge.config import load_config
     from teachcam.edge.mqtt import Bridge
 
