@@ -40,7 +40,18 @@ PRECISIONS = ("auto", "edgetpu", "int8", "float32")  # which model runs (auto: t
 CAP_POLICIES = ("oldest", "redundant")  # which example goes when a class is full
 # One default everywhere (`teachcam run`, `enroll`, `predict`, `store`); systemd's config names its own.
 DEFAULT_BUNDLE = os.environ.get("TEACHCAM_BUNDLE", "build/default-bundle")
-DEFAULT_STORE = os.environ.get("TEACHCAM_STORE", str(Path.home() / ".local/share/teachcam/store"))
+
+
+def _default_store() -> str:
+    if os.environ.get("TEACHCAM_STORE"):
+        return os.environ["TEACHCAM_STORE"]
+    try:
+        return str(Path.home() / ".local/share/teachcam/store")
+    except RuntimeError:  # no home: systemd's DynamicUser= (the web and MQTT units) where nss-systemd is not installed
+        return "/var/lib/teachcam/store"
+
+
+DEFAULT_STORE = _default_store()
 
 
 @dataclass(frozen=True)

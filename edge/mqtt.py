@@ -132,6 +132,7 @@ class Bridge:
             except (OSError, ssl.SSLError, ValueError) as exc:
                 raise TeachcamError(f"mqtt TLS: {exc} (mqtt.ca_file / cert_file / key_file)") from None
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
@@ -147,6 +148,18 @@ class Bridge:
             return
         self.refused_reason = ""
         self._put(("connected",))
+
+    def _on_connect_fail(self, client, userdata):
+        """No connection at all (paho gives no reason): a name that does not resolve, or nothing listening."""
+        try:
+            socket.getaddrinfo(self.config.host, self.config.port, proto=socket.IPPROTO_TCP)
+            reason = "nothing answers there (is the broker running? mqtt.host / mqtt.port)"
+        except OSError as exc:
+            reason = f"the name {self.config.host!r} does not resolve ({exc.strerror or exc}; mqtt.host)"
+        if reason != self.refused_reason:  # one line per new reason, not one per retry
+            log.error("cannot reach the MQTT broker %s:%d: %s; retrying with backoff", self.config.host,
+                      self.config.port, reason)
+            self.refused_reason = reason
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self._put(("disconnected", str(reason_code)))

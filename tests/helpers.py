@@ -34,6 +34,26 @@ def run_teachcam(*args: str, check: bool = False, env: dict | None = None, timeo
                           check=check, env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd or ROOT)
 
 
+def run_python_as(uid: int, gid: int, code: str, *args: str, env: dict | None = None,
+                  timeout: float = 60) -> subprocess.CompletedProcess:
+    """``code`` run by the OS's Python (same 3.11) with this venv's packages, as another user with no extra groups.
+
+    The venv's own interpreter may sit in root's home, out of other users' reach; its site-packages usually do not.
+    Skips the test when they do, or when this is not root.
+    """
+    import pytest
+
+    site_packages = next(p for p in sys.path if p.startswith(sys.prefix) and p.endswith("site-packages"))
+    if os.geteuid() != 0 or not Path("/usr/bin/python3").exists():
+        pytest.skip("needs root (to become another user) and the OS's python3")
+    if not all(os.stat(p).st_mode & 0o001 for p in Path(site_packages).parents):
+        pytest.skip("the venv is not reachable for other users here")
+    prelude = f"import site; site.addsitedir({site_packages!r})\n"
+    return subprocess.run(["/usr/bin/python3", "-c", prelude + code, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd="/", env=env if env is not None else {"PATH": "/usr/bin:/bin"},
+                          user=uid, group=gid, extra_groups=[])
+
+
 def augmented_views(photo: str, count: int, seed: int) -> list[np.ndarray]:
     """``count`` camera-like views of one sample photo: random crop, mirror, brightness, noise."""
     (path,) = sample_photos((photo,))

@@ -36,3 +36,14 @@ def test_config_file_errors_are_one_line_and_nothing_starts(tmp_path):
                                      "height, loop, max_inference_fps, source, width)")
     bad.write_text("this is = not toml ==")
     assert "is not valid TOML" in run_teachcam("run", "--config", bad).stderr
+
+
+def test_the_cli_starts_for_a_user_without_a_home():
+    # systemd's DynamicUser= (the web and MQTT units) on a system without nss-systemd: no $HOME, no passwd entry.
+    # Importing the CLI once raised "Could not determine home directory" there, and both units died at start.
+    from tests.helpers import run_python_as
+
+    result = run_python_as(61234, 61234, "from teachcam.edge.cli import main; from teachcam.edge import config; "
+                                         "print(config.DEFAULT_STORE)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "/var/lib/teachcam/store"

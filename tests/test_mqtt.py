@@ -487,3 +487,18 @@ def test_a_pi_that_joins_late_catches_up_on_more_than_the_brokers_queue_holds(bu
     assert wait_for(lambda: late.status()["examples"] == 1100, timeout=120), (late.status()["examples"], bridge.text())
     time.sleep(3)  # past the catch-up's end: nothing removed
     assert late.status()["examples"] == 1100
+
+
+@pytest.mark.parametrize("host, reason", [
+    ("127.0.0.1", "nothing answers there (is the broker running? mqtt.host / mqtt.port)"),
+    ("no-such-broker.invalid", "the name 'no-such-broker.invalid' does not resolve"),
+])
+def test_a_broker_that_cannot_be_reached_is_one_line_then_quiet_retries(tmp_path, cleanup, host, reason):
+    # A system without "localhost" in /etc/hosts, a broker not started yet: paho retries silently, so say it once.
+    port = free_port()  # nothing listens there
+    bridge = BridgeProcess(tmp_path, "pi1", tmp_path / "no-daemon.sock", port, "--host", host)
+    cleanup(bridge)
+    line = f"cannot reach the MQTT broker {host}:{port}: {reason}"
+    assert wait_for(lambda: line in bridge.text(), timeout=20), bridge.text()
+    time.sleep(4)  # several retries (backoff from 1 s)
+    assert bridge.alive() and bridge.text().count("cannot reach the MQTT broker") == 1, bridge.text()
