@@ -25,3 +25,18 @@ def test_doctor_says_what_is_wrong_and_how_to_fix_it(tmp_path):
     assert "✗ bundle       bundle not found" in result.stdout
     assert "✗ camera       video file not found" in result.stdout
     assert result.stdout.count("fix:") >= 2
+
+
+def test_the_permissions_check_names_groups_this_system_does_not_have(monkeypatch):
+    # Debian or Ubuntu on a Pi: no gpio or i2c group (install-pi then leaves them out of the unit: 216/GROUP otherwise)
+    from teachcam.edge import doctor
+
+    monkeypatch.setattr(doctor, "_group_exists", lambda name: name == "video")
+    monkeypatch.setattr(doctor, "_user_groups", lambda: {"video"})
+    check = doctor.check_groups()
+    assert check.status == "warn"
+    assert check.detail.endswith("can use video; no group gpio or i2c on this system (not Raspberry Pi OS?)")
+    assert "udev rules" in check.fix
+    monkeypatch.setattr(doctor, "_group_exists", lambda name: True)
+    monkeypatch.setattr(doctor, "_user_groups", lambda: {"video", "gpio", "i2c"})
+    assert doctor.check_groups().status == "ok"
