@@ -174,6 +174,25 @@ def test_teaching_from_the_page_in_a_real_browser(running, tmp_path, factory):
         time.sleep(0.8)
         assert daemon.teacher.counts()["cat"] == held  # letting go stopped it
 
+        # The keyboard: Space held on the button adds; each new example re-renders the cards, and the button held
+        # stays the one held (still "Adding…", still focused) — so letting go of Space stops it. (It once kept
+        # enrolling at 5/s after the key came up: the re-render had replaced the button and lost the key-up.)
+        hold.focus()
+        page.keyboard.down(" ")
+        assert wait_for(lambda: daemon.teacher.counts()["cat"] >= held + 1, timeout=10)
+        page.wait_for_function("document.querySelector(\".card[data-label='cat'] .count\").textContent"
+                               f" !== '{held} examples'")
+        assert page.evaluate("(() => { const b = document.querySelector(\".card[data-label='cat'] button.hold\");"
+                             " return [b.textContent, b.classList.contains('holding'), document.activeElement === b];"
+                             " })()") == ["Adding…", True, True]
+        page.keyboard.up(" ")
+        time.sleep(0.6)  # a request already on its way still lands
+        after_keys = daemon.teacher.counts()["cat"]
+        time.sleep(1.5)
+        assert daemon.teacher.counts()["cat"] == after_keys, "letting go of Space must stop adding"
+        assert page.text_content(".card[data-label='cat'] button.hold") == "Hold to add"
+        held = after_keys
+
         press(factory, 5)  # the cat button on the Pi: the page shows it at once
         page.wait_for_function(f"document.querySelector(\".card[data-label='cat'] .count\").textContent"
                                f".startsWith('{held + 1} example')", timeout=5000)

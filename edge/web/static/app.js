@@ -100,6 +100,7 @@ function thumb(t, caption) {
 
 function renderCards() {
   const cards = $("cards");
+  const refocus = holding && document.activeElement === holding.button;
   cards.replaceChildren(...state.classes.map((c) => {
     const card = document.createElement("div");
     card.className = "card" + (c.label === state.shown ? " shown" : "");
@@ -116,11 +117,18 @@ function renderCards() {
     card.querySelector(".variety").textContent = variety;
     card.querySelector(".skipped").textContent = skipped ? ` · ${skipped} near-copies skipped` : "";
     card.querySelector(".thumbs").append(...c.examples.slice(-8).reverse().map((e) => thumb(e.thumb)));
-    setupHold(card.querySelector(".hold"), c.label);
+    if (holding && holding.label === c.label) {
+      // The button being held stays the same element through every re-render: replacing it lost the key-up (a
+      // keyboard hold then never stopped) and the holding look with it.
+      card.querySelector(".hold").replaceWith(holding.button);
+    } else {
+      setupHold(card.querySelector(".hold"), c.label);
+    }
     card.querySelector(".rename").onclick = () => renameClass(c.label);
     card.querySelector(".remove").onclick = () => removeClass(c.label, c.count);
     return card;
   }));
+  if (refocus && holding.button.isConnected) holding.button.focus({ preventScroll: true });
   $("empty").hidden = state.classes.length > 0;
   const select = $("upload-label");
   const keep = select.value;
@@ -131,16 +139,15 @@ function renderCards() {
 // Hold to add: pointer, touch or keyboard; letting go anywhere stops; the server caps the rate and skips near-copies.
 let holding = null;
 function setupHold(button, label) {
-  const start = (event) => { event.preventDefault(); startHold(button, label); };
-  button.addEventListener("pointerdown", start);
-  button.addEventListener("keydown", (e) => { if ((e.key === " " || e.key === "Enter") && !e.repeat) start(e); });
-  button.addEventListener("keyup", (e) => { if (e.key === " " || e.key === "Enter") stopHold(); });
+  const start = (event, key = null) => { event.preventDefault(); startHold(button, label, key); };
+  button.addEventListener("pointerdown", (e) => start(e));
+  button.addEventListener("keydown", (e) => { if ((e.key === " " || e.key === "Enter") && !e.repeat) start(e, e.key); });
   button.addEventListener("contextmenu", (e) => e.preventDefault());
 }
 
-async function startHold(button, label) {
+async function startHold(button, label, key) {
   if (holding) return;
-  holding = { button, label, added: 0 };
+  holding = { button, label, key, added: 0 };
   const mine = holding;
   button.classList.add("holding");
   button.textContent = "Adding…";
@@ -164,6 +171,11 @@ async function startHold(button, label) {
 
 function stopHold() { holding = null; }
 for (const type of ["pointerup", "pointercancel", "blur"]) window.addEventListener(type, stopHold);
+// A keyboard hold ends when its key comes up, wherever focus is by then; any other key, or focus leaving the button
+// (Tab), ends it too.
+window.addEventListener("keyup", (e) => { if (holding && holding.key && e.key === holding.key) stopHold(); });
+window.addEventListener("keydown", (e) => { if (holding && holding.key && e.key !== holding.key) stopHold(); });
+document.addEventListener("focusout", (e) => { if (holding && holding.key && e.target === holding.button && e.relatedTarget) stopHold(); });
 document.addEventListener("visibilitychange", () => { if (document.hidden) stopHold(); });
 
 async function renameClass(label) {
