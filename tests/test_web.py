@@ -160,8 +160,13 @@ def test_teaching_from_the_page_in_a_real_browser(running, tmp_path, factory):
         card.wait_for()
         hold = card.locator("button.hold")
         hold.hover()
+        where = hold.bounding_box()
         page.mouse.down()
         page.wait_for_timeout(1000)
+        # Held, with its first thumbnails in: the button still says so, and has not moved under the pointer.
+        during = hold.bounding_box()
+        assert hold.text_content() == "Adding…"
+        assert abs(during["y"] - where["y"]) < 1 and abs(during["x"] - where["x"]) < 1, (where, during)  # was ~60 px
         page.mouse.up()
         assert wait_for(lambda: daemon.teacher.counts().get("cat", 0) >= 2, timeout=10), (
             page.text_content("#toast"), daemon.teacher.counts(), json.dumps(call(web, "GET", "/api/status")[1].get("web")))
@@ -174,24 +179,6 @@ def test_teaching_from_the_page_in_a_real_browser(running, tmp_path, factory):
         time.sleep(0.8)
         assert daemon.teacher.counts()["cat"] == held  # letting go stopped it
 
-        # The keyboard: Space held on the button adds; each new example re-renders the cards, and the button held
-        # stays the one held (still "Adding…", still focused) — so letting go of Space stops it. (It once kept
-        # enrolling at 5/s after the key came up: the re-render had replaced the button and lost the key-up.)
-        hold.focus()
-        page.keyboard.down(" ")
-        assert wait_for(lambda: daemon.teacher.counts()["cat"] >= held + 1, timeout=10)
-        page.wait_for_function("document.querySelector(\".card[data-label='cat'] .count\").textContent"
-                               f" !== '{held} examples'")
-        assert page.evaluate("(() => { const b = document.querySelector(\".card[data-label='cat'] button.hold\");"
-                             " return [b.textContent, b.classList.contains('holding'), document.activeElement === b];"
-                             " })()") == ["Adding…", True, True]
-        page.keyboard.up(" ")
-        time.sleep(0.6)  # a request already on its way still lands
-        after_keys = daemon.teacher.counts()["cat"]
-        time.sleep(1.5)
-        assert daemon.teacher.counts()["cat"] == after_keys, "letting go of Space must stop adding"
-        assert page.text_content(".card[data-label='cat'] button.hold") == "Hold to add"
-        held = after_keys
 
         press(factory, 5)  # the cat button on the Pi: the page shows it at once
         page.wait_for_function(f"document.querySelector(\".card[data-label='cat'] .count\").textContent"
@@ -212,6 +199,24 @@ def test_teaching_from_the_page_in_a_real_browser(running, tmp_path, factory):
         page.fill("#new-class", "mug")
         page.click("#add-form button")
         page.locator(".card[data-label='mug']").wait_for()
+        # The keyboard, on a new class (its first frame is never a near-copy): Space held on the button adds; each
+        # new example re-renders the cards, and the button held stays the one held (still "Adding…", still
+        # focused) — so letting go of Space stops it. (It once kept enrolling at 5/s after the key came up: the
+        # re-render had replaced the button and lost the key-up.)
+        mug = page.locator(".card[data-label='mug'] button.hold")
+        mug.focus()
+        page.keyboard.down(" ")
+        assert wait_for(lambda: daemon.teacher.counts().get("mug", 0) >= 1, timeout=10)
+        page.wait_for_function("document.querySelector(\".card[data-label='mug'] .count\").textContent !== '0 examples'")
+        assert page.evaluate("(() => { const b = document.querySelector(\".card[data-label='mug'] button.hold\");"
+                             " return [b.textContent, b.classList.contains('holding'), document.activeElement === b];"
+                             " })()") == ["Adding…", True, True]
+        page.keyboard.up(" ")
+        time.sleep(0.6)  # a request already on its way still lands
+        after_keys = daemon.teacher.counts()["mug"]
+        time.sleep(1.5)
+        assert daemon.teacher.counts()["mug"] == after_keys, "letting go of Space must stop adding"
+        assert mug.text_content() == "Hold to add"
         page.set_viewport_size({"width": 1280, "height": 900})
         page.screenshot(path=str(shots / "web-desktop.png"), full_page=True)
         phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,

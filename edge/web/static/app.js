@@ -109,13 +109,14 @@ function renderCards() {
     const skipped = state.skipped[c.label] || 0;
     card.innerHTML = `<h3><span class="name"></span><span class="count"></span></h3>
       <div class="meta">variety <b class="variety"></b><span class="skipped"></span></div>
-      <div class="thumbs"></div>
       <div class="actions"><button type="button" class="hold">Hold to add</button>
-        <button type="button" class="rename">Rename</button><button type="button" class="remove danger">Delete</button></div>`;
+        <button type="button" class="rename">Rename</button><button type="button" class="remove danger">Delete</button></div>
+      <div class="thumbs"></div>`;
     card.querySelector(".name").textContent = c.label;
     card.querySelector(".count").textContent = `${c.count} example${c.count === 1 ? "" : "s"}`;
     card.querySelector(".variety").textContent = variety;
     card.querySelector(".skipped").textContent = skipped ? ` · ${skipped} near-copies skipped` : "";
+    // The thumbnails go below the buttons: as they arrive, nothing moves under the finger that holds "Hold to add".
     card.querySelector(".thumbs").append(...c.examples.slice(-8).reverse().map((e) => thumb(e.thumb)));
     if (holding && holding.label === c.label) {
       // The button being held stays the same element through every re-render: replacing it lost the key-up (a
