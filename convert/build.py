@@ -17,11 +17,11 @@ import numpy as np
 from teachcam.convert import calibration
 from teachcam.convert.bundle_writer import BundleWriter, check_destination
 from teachcam.convert.quantize import DEFAULT_RECIPE, RECIPE_NOTES, cosines, output_fidelity
-from teachcam.edge.bundle import Bundle, load_bundle
 from teachcam.edge.errors import DatasetError, TeachcamError
-from teachcam.edge.images import read_image
-from teachcam.edge.models import Embedder, Head
-from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.model.bundle import Bundle, load_bundle
+from teachcam.edge.model.images import read_image
+from teachcam.edge.model.models import Embedder, Head
+from teachcam.edge.model.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 LABELS_FILE = Path(__file__).with_name("data") / "imagenet_labels.txt"

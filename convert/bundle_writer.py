@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from teachcam.edge import __version__
-from teachcam.edge.adapters import input_specs, output_specs
-from teachcam.edge.bundle import FORMAT_VERSION, MANIFEST, Bundle, file_sha256
 from teachcam.edge.errors import BundleError
-from teachcam.edge.runtime import make_interpreter
+from teachcam.edge.model.adapters import input_specs, output_specs
+from teachcam.edge.model.bundle import FORMAT_VERSION, MANIFEST, Bundle, file_sha256
+from teachcam.edge.model.runtime import make_interpreter
 
 
 def describe_model(path: Path, *, role: str, precision: str, head: str | None = None, **extra) -> dict:

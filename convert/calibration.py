@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from teachcam.edge.errors import TeachcamError
-from teachcam.edge.images import IMAGE_SUFFIXES, read_image
-from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.model.images import IMAGE_SUFFIXES, read_image
+from teachcam.edge.model.preprocess import Preprocessor
 from teachcam.edge.samples import sample_photos  # noqa: F401  (re-exported for callers)
 
 

@@ -9,7 +9,7 @@ import time
 
 from teachcam.convert.bundle_writer import check_destination
 from teachcam.edge.errors import TeachcamError
-from teachcam.edge.stdio import captured_stderr
+from teachcam.edge.model.stdio import captured_stderr
 
 
 class RichProgress:
@@ -134,7 +134,7 @@ def run_train(args) -> int:
             bundle = train(options, progress)
         except QuantizationDropError as exc:
             failure, bundle = exc, None
-    from teachcam.edge.bundle import load_bundle
+    from teachcam.edge.model.bundle import load_bundle
 
     bundle = bundle or load_bundle(args.out)
     metrics = bundle.manifest["training"]

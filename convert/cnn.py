@@ -34,10 +34,10 @@ from teachcam.convert.training import (
     summarize,
     write_report,
 )
-from teachcam.edge.bundle import Bundle, load_bundle
 from teachcam.edge.errors import TeachcamError
-from teachcam.edge.models import Classifier
-from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.model.bundle import Bundle, load_bundle
+from teachcam.edge.model.models import Classifier
+from teachcam.edge.model.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 

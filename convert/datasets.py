@@ -21,7 +21,7 @@ from PIL import Image
 
 from teachcam.convert.idx import read_idx
 from teachcam.edge.errors import DatasetError
-from teachcam.edge.images import IMAGE_SUFFIXES, read_image
+from teachcam.edge.model.images import IMAGE_SUFFIXES, read_image
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from teachcam.convert.quantize import DEFAULT_RECIPE, RECIPES, QuantizationReport, clipped_quantize, split_samples
 from teachcam.edge.errors import ExportError
-from teachcam.edge.stdio import captured_stderr
+from teachcam.edge.model.stdio import captured_stderr
 
 log = logging.getLogger(__name__)
 

@@ -144,7 +144,7 @@ def quantize_with_ranges(calibrated: bytes, ranges: dict[int, tuple[float, float
     from tensorflow.lite.python import convert as tf_convert
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from teachcam.edge.stdio import captured_stderr
+    from teachcam.edge.model.stdio import captured_stderr
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     tensors = model.subgraphs[0].tensors

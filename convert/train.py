@@ -37,9 +37,9 @@ from teachcam.convert.training import (
     summarize,
     write_report,
 )
-from teachcam.edge.bundle import Bundle, load_bundle
 from teachcam.edge.errors import TeachcamError
-from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.model.bundle import Bundle, load_bundle
+from teachcam.edge.model.preprocess import Preprocessor
 from teachcam.edge.samples import sample_photos
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def embed_int8(blob: bytes, pixels: list[np.ndarray], progress, what: str) -> np
     """Embeddings from the int8 TFLite embedder (on the device runtime), dequantized."""
     import tempfile
 
-    from teachcam.edge.models import TFLiteModel
+    from teachcam.edge.model.models import TFLiteModel
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "embedder_int8.tflite"

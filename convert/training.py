@@ -16,10 +16,10 @@ import numpy as np
 from teachcam.convert import report
 from teachcam.convert.datasets import Dataset
 from teachcam.convert.quantize import output_fidelity
-from teachcam.edge.bundle import Bundle
 from teachcam.edge.errors import QuantizationDropError
-from teachcam.edge.models import Embedder, Head
-from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.model.bundle import Bundle
+from teachcam.edge.model.models import Embedder, Head
+from teachcam.edge.model.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 

@@ -32,12 +32,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from teachcam.edge.daemon import MODES
 from teachcam.edge.errors import ConfigError
+from teachcam.edge.model.runtime import PRECISIONS
+from teachcam.edge.teaching.store import check_class_name
+from teachcam.edge.teaching.teacher import CAP_POLICIES
 
 DEFAULT_CLASSES = ("one", "two", "three", "four")
-MODES = ("knn", "head", "imagenet")  # what classifies: the taught examples, a trained head, ImageNet
-PRECISIONS = ("auto", "edgetpu", "int8", "float32")  # which model runs (auto: the Edge TPU when it loads)
-CAP_POLICIES = ("oldest", "redundant")  # which example goes when a class is full
 # One default everywhere (`teachcam run`, `enroll`, `predict`, `store`); systemd's config names its own.
 DEFAULT_BUNDLE = os.environ.get("TEACHCAM_BUNDLE", "build/default-bundle")
 
@@ -61,7 +62,7 @@ class CameraConfig:
     height: int = 480
     fps: float = 30.0
     loop: bool = True
-    # Change-gated inference (teachcam.edge.gate): below this mean luma change (0-255) since the last embedded
+    # Change-gated inference (teachcam.edge.daemon.gate): below this mean luma change (0-255) since the last embedded
     # frame, the model is not run and the last prediction stands. 0 turns gating off.
     gate: float = 3.0
     gate_max_interval: float = 2.0  # ... but a frame is embedded at least this often (seconds)
@@ -102,7 +103,7 @@ class OutputConfig:
     oled: bool = False
     oled_i2c_port: int = 1
     oled_i2c_address: int = 0x3C
-    # The attached HDMI/DSI screen: the camera's picture with the prediction over it (teachcam.edge.screen).
+    # The attached HDMI/DSI screen: the camera's picture with the prediction over it (teachcam.edge.devices.screen).
     screen: bool = False
     screen_device: str = "/dev/fb0"  # the framebuffer, for sources other than the Pi camera
     screen_max_fps: float = 5.0  # framebuffer frames/s: each 1080p frame costs ~15 ms of CPU (scripts/bench/daemon.py --screen)
@@ -110,7 +111,7 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class ControlConfig:
-    """The control socket (teachcam.edge.control): the CLI, the web page and MQTT reach the daemon through it."""
+    """The control socket (teachcam.edge.link.control): the CLI, the web page and MQTT reach the daemon through it."""
 
     enabled: bool = True
     socket: str = ""  # "": $TEACHCAM_SOCKET, else /run/teachcam/control.sock under systemd, else $XDG_RUNTIME_DIR/teachcam
@@ -121,7 +122,7 @@ class ControlConfig:
 
 @dataclass(frozen=True)
 class MqttConfig:
-    """`teachcam mqtt` (teachcam.edge.mqtt): a separate process that bridges the control socket and a broker."""
+    """`teachcam mqtt` (teachcam.edge.apps.mqtt.bridge): a separate process that bridges the control socket and a broker."""
 
     enabled: bool = False  # install-pi enables teachcam-mqtt.service when true
     host: str = "localhost"
@@ -144,7 +145,7 @@ class MqttConfig:
 
 @dataclass(frozen=True)
 class WebConfig:
-    """`teachcam web` (teachcam.edge.web): the page, a separate process that reaches the daemon through the socket."""
+    """`teachcam web` (teachcam.edge.apps.web): the page, a separate process that reaches the daemon through the socket."""
 
     enabled: bool = False  # install-pi enables teachcam-web.service when true
     host: str = "0.0.0.0"  # all interfaces; "127.0.0.1": this machine only
@@ -207,8 +208,6 @@ class DaemonConfig:
         for key in ("terminal", "json"):
             if getattr(self.output, key) not in ("auto", "on", "off"):
                 raise ConfigError(f"output.{key} = {getattr(self.output, key)!r}: use auto, on or off")
-        from teachcam.edge.store import check_class_name
-
         names = [check_class_name(c) for c in self.classes]
         if len({n.casefold() for n in names}) != len(names):
             raise ConfigError("classes: two class names are the same (ignoring case)")

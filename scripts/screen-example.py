@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from teachcam.edge.devices.screen import Shown, render_overlay
 from teachcam.edge.samples import sample_photos
-from teachcam.edge.screen import Shown, render_overlay
 
 out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("screen-example.jpg")
 photo = Image.open(sample_photos(("coffee.png",))[0]).convert("RGB").resize((640, 480))

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from teachcam.edge.camera import ArraySource, Source
 from teachcam.edge.config import load_config
-from teachcam.edge.control import ControlClient
-from teachcam.edge.daemon import Daemon
+from teachcam.edge.daemon.loop import Daemon
+from teachcam.edge.devices.camera import ArraySource, Source
 from teachcam.edge.errors import CameraError, ControlError
-from teachcam.edge.images import read_image
+from teachcam.edge.link.control import ControlClient
+from teachcam.edge.model.images import read_image
 from teachcam.edge.samples import sample_photos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def with_edgetpu_model(bundle: Path) -> Path:
     import json
     import shutil
 
-    from teachcam.edge.bundle import file_sha256
+    from teachcam.edge.model.bundle import file_sha256
 
     compiled = bundle / "embedder_int8_edgetpu.tflite"
     shutil.copyfile(bundle / "embedder_int8.tflite", compiled)
@@ -156,9 +156,9 @@ DRIVER = textwrap.dedent("""
     import io, sys, threading, time
     from gpiozero.pins.mock import MockFactory, MockPWMPin
     from teachcam.edge.config import load_config
-    from teachcam.edge.daemon import Daemon
+    from teachcam.edge.daemon.loop import Daemon
     from teachcam.edge.ports import Port
-    from teachcam.edge.camera import DemoSource
+    from teachcam.edge.devices.camera import DemoSource
 
     class Acks(Port):
         def event(self, event):

@@ -36,7 +36,7 @@ def test_a_keras_applications_family_from_a_local_weights_file(tmp_path):
     result = run_teachcam("convert", "--out", out, "--backbone", "mobilenet_v1", "--alpha", "0.25",
                           "--input-size", "128", "--weights", weights)
     assert result.returncode == 0, result.stderr[-2000:]
-    from teachcam.edge.bundle import load_bundle
+    from teachcam.edge.model.bundle import load_bundle
 
     bundle = load_bundle(out)
     assert bundle.manifest["backbone"]["family"] == "mobilenet_v1" and bundle.embedding_size == 256

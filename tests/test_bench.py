@@ -24,8 +24,8 @@ def test_bench_reports_stages_fps_runtime_and_memory(bundle_path):
 def test_bench_on_a_camera_that_delivers_nothing_stops_with_one_clear_error(bundle_path, tmp_path, monkeypatch):
     import pytest
 
-    from teachcam.edge import bench
     from teachcam.edge.errors import CameraError
+    from teachcam.edge.tools import bench
 
     monkeypatch.setattr(bench, "FIRST_FRAME_TIMEOUT", 1.0)
     (tmp_path / "empty").mkdir()

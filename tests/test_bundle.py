@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from teachcam.edge.bundle import FORMAT_VERSION, file_sha256, load_bundle
 from teachcam.edge.errors import BundleError, BundleIntegrityError, BundleVersionError
+from teachcam.edge.model.bundle import FORMAT_VERSION, file_sha256, load_bundle
 from tests.helpers import run_teachcam
 
 

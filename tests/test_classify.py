@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from teachcam.edge.bundle import load_bundle
-from teachcam.edge.images import read_image
-from teachcam.edge.models import Embedder, Head, top_k
-from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.model.bundle import load_bundle
+from teachcam.edge.model.images import read_image
+from teachcam.edge.model.models import Embedder, Head, top_k
+from teachcam.edge.model.preprocess import Preprocessor
 from teachcam.edge.samples import REFERENCE_TOP1, sample_photos
 from tests.helpers import run_teachcam
 
@@ -159,7 +159,7 @@ def test_bad_bundles_give_one_clear_line(bundle_copy, tmp_path):
     model = bundle_copy / "embedder_int8.tflite"
     model.write_bytes(model.read_bytes()[:5000])
     manifest = json.loads(manifest_path.read_text())
-    from teachcam.edge.bundle import file_sha256
+    from teachcam.edge.model.bundle import file_sha256
 
     manifest["files"]["embedder_int8.tflite"] = file_sha256(model)
     manifest_path.write_text(json.dumps(manifest))

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from teachcam.edge.config import DEFAULT_STORE, DaemonConfig, load_config
-from teachcam.edge.control import ControlClient
 from teachcam.edge.errors import ControlError
+from teachcam.edge.link.control import ControlClient
 from tests.helpers import RunningDaemon, augmented_views, run_python_as, run_teachcam, save_views, wait_for
 
 
@@ -83,7 +83,7 @@ def test_killing_the_daemon_mid_enrollment_loses_nothing_acknowledged(bundle_pat
     running.proc.send_signal(signal.SIGKILL)
     running.proc.wait(timeout=10)
     thread.join(timeout=20)
-    from teachcam.edge.teach import Teacher
+    from teachcam.edge.teaching.teacher import Teacher
 
     with Teacher.open(running.store) as teacher:
         assert teacher.counts()["cup"] >= max(acknowledged) >= 15
@@ -216,7 +216,7 @@ def test_only_the_sockets_group_may_connect(bundle_path, tmp_path, monkeypatch):
         folder.mkdir(mode=0o755, exist_ok=True)
         folder.chmod(0o755)
         path = folder / "control.sock"
-        from teachcam.edge.control import ControlServer
+        from teachcam.edge.link.control import ControlServer
 
         server = ControlServer(str(path), lambda command, reply=None: None, group=names["group"]).start()
         try:
@@ -245,7 +245,7 @@ def test_only_the_sockets_group_may_connect(bundle_path, tmp_path, monkeypatch):
             folder.chmod(0o750)
             os.chown(folder, 0, grp.getgrnam(names["group"]).gr_gid)
             entry = pwd.getpwnam(names["other"])
-            cli = ("import sys; from pathlib import Path; import teachcam.edge.control as c; "
+            cli = ("import sys; from pathlib import Path; import teachcam.edge.link.control as c; "
                    "c.SERVICE_SOCKET = Path(sys.argv[1]); from teachcam.edge.cli import main; sys.exit(main(sys.argv[2:]))")
             photo = Path(f"/tmp/tc-photo-{os.getpid()}.jpg")
             Image.new("RGB", (64, 48), (200, 80, 20)).save(photo)
@@ -299,7 +299,7 @@ def test_run_and_enroll_share_one_default_store_and_run_honours_teachcam_bundle(
 
 
 def test_sighup_applies_leds_and_output_and_names_what_needs_a_restart(bundle_path, tmp_path, factory, caplog):
-    from teachcam.edge.daemon import Daemon
+    from teachcam.edge.daemon.loop import Daemon
 
     config_path = tmp_path / "teachcam.toml"
 
@@ -310,7 +310,7 @@ def test_sighup_applies_leds_and_output_and_names_what_needs_a_restart(bundle_pa
 
     write([12, 16], "off", 480)
     out = io.StringIO()
-    from teachcam.edge.camera import ArraySource
+    from teachcam.edge.devices.camera import ArraySource
 
     frames = augmented_views("chelsea.png", 2, seed=45)
     daemon = Daemon(load_config(config_path), config_path=config_path, pin_factory=factory, keyboard=False,
@@ -330,8 +330,8 @@ def test_sighup_applies_leds_and_output_and_names_what_needs_a_restart(bundle_pa
 
 
 def test_preview_frames_are_encoded_once_for_all_subscribers_and_never_for_none(bundle_path, tmp_path, factory):
-    from teachcam.edge.camera import ArraySource
-    from teachcam.edge.daemon import Daemon
+    from teachcam.edge.daemon.loop import Daemon
+    from teachcam.edge.devices.camera import ArraySource
 
     config = load_config(None, {"bundle": str(bundle_path), "store": str(tmp_path / "store"), "classes": ["cat"],
                                 "buttons": {"enabled": False}, "leds": {"enabled": False},
@@ -369,7 +369,7 @@ def test_the_socket_keeps_its_group_without_chown_when_it_is_born_in_it(tmp_path
     # SystemCallFilter=~@privileged refuses chown: no call, so no false warning at every start.
     import grp
 
-    from teachcam.edge.control import ControlServer
+    from teachcam.edge.link.control import ControlServer
 
     calls = []
 
@@ -388,8 +388,8 @@ def test_the_web_link_says_when_the_daemon_is_back(tmp_path, caplog):
     import asyncio
     import logging
 
-    from teachcam.edge.control import ControlServer
-    from teachcam.edge.web.link import DaemonLink
+    from teachcam.edge.apps.web.link import DaemonLink
+    from teachcam.edge.link.control import ControlServer
 
     path = tmp_path / "control.sock"
 
@@ -414,6 +414,6 @@ def test_the_web_link_says_when_the_daemon_is_back(tmp_path, caplog):
 
     with caplog.at_level(logging.WARNING, logger="teachcam"):
         asyncio.run(scenario())
-    lines = [r.getMessage() for r in caplog.records if r.name == "teachcam.edge.web.link"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "teachcam.edge.apps.web.link"]
     assert any(line.startswith("lost the daemon's control socket") for line in lines), (lines, caplog.text)
     assert any(line.startswith(f"the daemon is back on {path} (away ") for line in lines), lines

@@ -67,7 +67,7 @@ def test_clear_button_short_press_undoes_long_press_clears(bundle_path, tmp_path
 
 
 def test_terminal_keys_do_what_the_buttons_do():
-    from teachcam.edge.controls import KeyboardControls
+    from teachcam.edge.devices.panel import KeyboardControls
 
     got = []
     keys = KeyboardControls(got.append, classes=3, stream=io.StringIO())

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from teachcam.edge.config import load_config
-from teachcam.edge.daemon import Daemon
+from teachcam.edge.daemon.loop import Daemon
 from teachcam.edge.messages import Enroll
 from tests.helpers import DRIVER, FlakySource, augmented_views, make_daemon, press, run_teachcam, settle, wait_for
 
@@ -80,7 +80,7 @@ def test_sigterm_mid_run_exits_0_with_every_acknowledged_enrollment(bundle_path,
     acked += [int(line.split()[1]) for line in out.splitlines() if line.startswith("ACK")]
     assert proc.returncode == 0, err
     assert "EXIT 0" in out
-    from teachcam.edge.teach import Teacher
+    from teachcam.edge.teaching.teacher import Teacher
 
     with Teacher.open(store) as teacher:
         assert teacher.counts()["cat"] >= max(acked) >= 8

@@ -29,7 +29,7 @@ def test_doctor_says_what_is_wrong_and_how_to_fix_it(tmp_path):
 
 def test_the_permissions_check_names_groups_this_system_does_not_have(monkeypatch):
     # Debian or Ubuntu on a Pi: no gpio or i2c group (install-pi then leaves them out of the unit: 216/GROUP otherwise)
-    from teachcam.edge import doctor
+    from teachcam.edge.tools import doctor
 
     monkeypatch.setattr(doctor, "_group_exists", lambda name: name == "video")
     monkeypatch.setattr(doctor, "_user_groups", lambda: {"video"})

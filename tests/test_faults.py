@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from teachcam.edge.bundle import load_bundle
-from teachcam.edge.camera import ArraySource
 from teachcam.edge.config import load_config
-from teachcam.edge.daemon import Daemon
+from teachcam.edge.daemon.loop import Daemon
+from teachcam.edge.devices.camera import ArraySource
 from teachcam.edge.errors import BundleIntegrityError
-from teachcam.edge.models import Embedder
-from teachcam.edge.teach import Teacher
+from teachcam.edge.model.bundle import load_bundle
+from teachcam.edge.model.models import Embedder
+from teachcam.edge.teaching.teacher import Teacher
 from tests.helpers import DRIVER, augmented_views, run_teachcam, with_edgetpu_model
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from teachcam.edge.bundle import load_bundle
-from teachcam.edge.models import Embedder
-from teachcam.edge.runtime import kernels_from_log, load_interpreter, probe_edgetpu
+from teachcam.edge.model.bundle import load_bundle
+from teachcam.edge.model.models import Embedder
+from teachcam.edge.model.runtime import kernels_from_log, load_interpreter, probe_edgetpu
 from tests.helpers import with_edgetpu_model
 
 ROOT = Path(__file__).resolve().parents[1]

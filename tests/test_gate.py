@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from teachcam.edge.camera import ArraySource
 from teachcam.edge.config import load_config
-from teachcam.edge.daemon import Daemon
+from teachcam.edge.daemon.loop import Daemon
+from teachcam.edge.devices.camera import ArraySource
 from teachcam.edge.messages import Enroll
-from teachcam.edge.store import thumbnail_digest
+from teachcam.edge.teaching.store import thumbnail_digest
 from tests.helpers import augmented_views, wait_for
 
 
@@ -51,10 +51,10 @@ def make(bundle_path, tmp_path, frames, *, gate=3.0, fps=0.0, taught=None, **cam
 
 
 def teach(bundle_path, store, cat, cup):
-    from teachcam.edge.bundle import load_bundle
-    from teachcam.edge.models import Embedder
-    from teachcam.edge.preprocess import Preprocessor
-    from teachcam.edge.teach import Teacher
+    from teachcam.edge.model.bundle import load_bundle
+    from teachcam.edge.model.models import Embedder
+    from teachcam.edge.model.preprocess import Preprocessor
+    from teachcam.edge.teaching.teacher import Teacher
 
     bundle = load_bundle(bundle_path)
     embedder, pre = Embedder.create(bundle, "int8"), Preprocessor.from_manifest(bundle.preprocessing)
@@ -188,8 +188,8 @@ def fake_pi(tmp_path: Path, *, throttled: str | None, vcgencmd: str | None = Non
 
 
 def test_doctor_reports_a_throttled_under_volted_pi_with_what_to_do(tmp_path):
-    from teachcam.edge.doctor import check_health
-    from teachcam.edge.health import on_a_pi
+    from teachcam.edge.devices.health import on_a_pi
+    from teachcam.edge.tools.doctor import check_health
 
     on_a_pi.cache_clear()
     proc, sys_root, _ = fake_pi(tmp_path, throttled="50005")
@@ -200,8 +200,8 @@ def test_doctor_reports_a_throttled_under_volted_pi_with_what_to_do(tmp_path):
 
 
 def test_doctor_reads_vcgencmd_when_sysfs_has_no_flags_and_says_all_is_well(tmp_path):
-    from teachcam.edge.doctor import check_health
-    from teachcam.edge.health import on_a_pi
+    from teachcam.edge.devices.health import on_a_pi
+    from teachcam.edge.tools.doctor import check_health
 
     on_a_pi.cache_clear()
     proc, sys_root, tool = fake_pi(tmp_path, throttled=None, vcgencmd="0x0")
@@ -210,8 +210,8 @@ def test_doctor_reads_vcgencmd_when_sysfs_has_no_flags_and_says_all_is_well(tmp_
 
 
 def test_off_a_pi_the_doctor_claims_nothing(tmp_path):
-    from teachcam.edge.doctor import check_health
-    from teachcam.edge.health import health, on_a_pi
+    from teachcam.edge.devices.health import health, on_a_pi
+    from teachcam.edge.tools.doctor import check_health
 
     on_a_pi.cache_clear()
     proc = tmp_path / "proc"

@@ -6,8 +6,8 @@ import dataclasses
 
 import numpy as np
 
-from teachcam.edge.images import SMALL_SIDE, frame_small_greyscale
-from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.model.images import SMALL_SIDE, frame_small_greyscale
+from teachcam.edge.model.preprocess import Preprocessor
 
 PRE = Preprocessor(shorter_side=256, crop_width=224, crop_height=224)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from teachcam.edge import knn
-from teachcam.edge.knn import KNNConfig, KNNIndex
+from teachcam.edge.teaching import knn
+from teachcam.edge.teaching.knn import KNNConfig, KNNIndex
 
 
 def clusters(n_per_class: dict[str, int], d: int = 32, spread: float = 0.3, seed: int = 0):

@@ -460,7 +460,7 @@ def test_passwords_an_acl_and_tls(bundle_path, tmp_path, cleanup):
 
 def test_a_pi_that_joins_late_catches_up_on_more_than_the_brokers_queue_holds(bundle_path, tmp_path, broker, cleanup):
     """1,100 retained examples (more than Mosquitto's per-client queue of 1,000): every one arrives."""
-    from teachcam.edge import fleet
+    from teachcam.edge.apps.mqtt import fleet
 
     late = start_daemon(bundle_path, tmp_path, "pilate", "coffee.png", 65, cleanup)
     fingerprint = late.status()["fingerprint"]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from teachcam.edge import fleet, hass
+from teachcam.edge.apps.mqtt import fleet, hass
 from teachcam.edge.config import load_config
 from teachcam.edge.errors import ConfigError
 
@@ -16,7 +16,7 @@ pytest.importorskip("paho.mqtt.client")
 
 
 def test_while_the_broker_is_away_the_queue_is_bounded_and_keeps_the_newest():
-    from teachcam.edge.mqtt import MAX_PENDING, Bridge
+    from teachcam.edge.apps.mqtt.bridge import MAX_PENDING, Bridge
 
     bridge = Bridge(load_config(None, {"mqtt.device_id": "pi1"}))
     assert not bridge.connected
@@ -31,7 +31,7 @@ def test_while_the_broker_is_away_the_queue_is_bounded_and_keeps_the_newest():
 
 def test_a_notice_never_reaches_the_broker():
     """The daemon's notice carries the web page's pairing token for its own OLED: not an event to publish."""
-    from teachcam.edge.mqtt import EVENT_KINDS
+    from teachcam.edge.apps.mqtt.bridge import EVENT_KINDS
 
     assert "notice" not in EVENT_KINDS
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from teachcam.edge.display import JsonLinesSink, OledSink, View
+from teachcam.edge.devices.sinks import JsonLinesSink, OledSink, View
 from teachcam.edge.errors import ConfigError
 from teachcam.edge.messages import Enrolled
 

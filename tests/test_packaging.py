@@ -39,7 +39,7 @@ def test_the_wheel_claims_only_the_teachcam_import_name(wheel):
     assert {name.split("/")[0] for name in names} == {"teachcam", f"teachcam-{version}.dist-info"}
     assert "teachcam/__init__.py" not in names  # a namespace package: edge/ and convert/ are its two halves
     assert {"teachcam/edge/cli/__main__.py", "teachcam/convert/data/imagenet_labels.txt",
-            "teachcam/edge/yuv.py"} <= set(names)
+            "teachcam/edge/devices/yuv.py"} <= set(names)
 
 
 @pytest.mark.slow

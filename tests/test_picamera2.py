@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from teachcam.edge.camera import FrameGrabber, make_source
 from teachcam.edge.config import load_config
-from teachcam.edge.daemon import Daemon
+from teachcam.edge.daemon.loop import Daemon
+from teachcam.edge.devices.camera import FrameGrabber, make_source
 from teachcam.edge.errors import CameraError
 from teachcam.edge.samples import sample_photos
 
@@ -57,8 +57,8 @@ def test_lores_rows_are_sliced_to_the_picture_not_the_stride(fake, platform):
 
 
 def test_a_centred_object_stays_centred_through_the_crop(fake, bundle_path):
-    from teachcam.edge.bundle import load_bundle
-    from teachcam.edge.preprocess import Preprocessor
+    from teachcam.edge.model.bundle import load_bundle
+    from teachcam.edge.model.preprocess import Preprocessor
 
     scene = np.zeros((256, 342, 3), np.uint8)
     scene[:, 169:173] = 255  # a white bar in the middle of the lores picture

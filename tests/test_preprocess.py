@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from teachcam.edge.images import read_image
-from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.model.images import read_image
+from teachcam.edge.model.preprocess import Preprocessor
 from teachcam.edge.samples import sample_photos
 
 PRE = Preprocessor(shorter_side=256, crop_width=224, crop_height=224)

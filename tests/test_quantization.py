@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import run_teachcam
 
-from teachcam.edge.bundle import load_bundle
+from teachcam.edge.model.bundle import load_bundle
 
 pytest.importorskip("tensorflow")
 
@@ -176,8 +176,8 @@ def test_both_recipes_give_the_same_full_integer_op_list(bundle_path, tmp_path):
 def test_the_default_bundle_agrees_with_float32_on_photos_it_was_not_calibrated_on(bundle_path):
     """Held-out fidelity, re-measured here on new crops of the held-out photos (not the manifest's)."""
     from teachcam.convert.build import evaluation_views
-    from teachcam.edge.models import Embedder
-    from teachcam.edge.preprocess import Preprocessor
+    from teachcam.edge.model.models import Embedder
+    from teachcam.edge.model.preprocess import Preprocessor
     from teachcam.edge.samples import sample_photos
 
     bundle = load_bundle(bundle_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter, deque
 
-from teachcam.edge.smoothing import Smoother
+from teachcam.edge.daemon.smoothing import Smoother
 
 
 def recount(window: int, labels: list[str]) -> list[str]:

@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from teachcam.edge.bench import rss_mb
+from teachcam.edge.tools.bench import rss_mb
 from tests.helpers import augmented_views
 
 

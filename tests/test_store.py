@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from teachcam.edge.errors import ClassNameError, StoreError, StoreFullError, StoreVersionError
-from teachcam.edge.knn import KNNConfig
-from teachcam.edge.store import MAGIC, EnrollmentStore, check_class_name, thumbnail_digest
-from teachcam.edge.teach import Teacher
+from teachcam.edge.teaching.knn import KNNConfig
+from teachcam.edge.teaching.store import MAGIC, EnrollmentStore, check_class_name, thumbnail_digest
+from teachcam.edge.teaching.teacher import Teacher
 
 D = 16
 

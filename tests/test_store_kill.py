@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from teachcam.edge.teach import Teacher
+from teachcam.edge.teaching.teacher import Teacher
 
 WORKER = textwrap.dedent("""
     import os, sys
     import numpy as np
-    from teachcam.edge.teach import Teacher
+    from teachcam.edge.teaching.teacher import Teacher
     store, ack_path, tag = sys.argv[1], sys.argv[2], sys.argv[3]
     teacher = Teacher.open(store, cap=10**6)  # no cap: every acknowledged example must stay
     snap = teacher.store.snapshot

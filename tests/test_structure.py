@@ -83,6 +83,71 @@ def test_no_import_cycles_in_edge_or_convert():
     assert cycles() == []
 
 
+# The wings of teachcam.edge, and which wings each may never import. The top (errors, messages, ports, samples:
+# the vocabulary) imports no wing; config imports only the choice lists that live with their owners.
+WINGS = ("model", "teaching", "devices", "daemon", "link", "apps", "tools", "cli")
+NEVER = {
+    "vocabulary": set(WINGS) | {"config"},
+    "config": {"link", "apps", "tools", "cli"},
+    "model": {"teaching", "devices", "daemon", "link", "apps", "tools", "cli", "config"},
+    "teaching": {"devices", "daemon", "link", "apps", "tools", "cli", "config"},
+    "devices": {"teaching", "daemon", "link", "apps", "tools", "cli", "config"},
+    "link": {"teaching", "devices", "daemon", "apps", "tools", "cli", "config"},  # model: it decodes uploaded images
+    "daemon": {"apps", "tools", "cli"},
+    "apps": {"model", "devices", "daemon", "tools", "cli"},  # the network processes reach the daemon by its socket
+    "tools": {"cli"},
+    "cli": set(),
+}
+APPS_APART = ("teachcam.edge.apps.web", "teachcam.edge.apps.mqtt")  # the page and the bridge share nothing
+
+
+def wing(name: str) -> str | None:
+    """The wing of a module of teachcam.edge (None outside it)."""
+    parts = name.split(".")
+    if parts[:2] != ["teachcam", "edge"]:
+        return None
+    if len(parts) == 2:
+        return "vocabulary"
+    return parts[2] if parts[2] in WINGS or parts[2] == "config" else "vocabulary"
+
+
+def wall_violations(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for name, targets in sorted(graph.items()):
+        mine = wing(name)
+        for target in sorted(targets):
+            theirs = wing(target)
+            if mine and theirs and theirs != mine and theirs in NEVER[mine]:
+                found.append(f"{name} ({mine}) imports {target} ({theirs})")
+            for one, other in (APPS_APART, APPS_APART[::-1]):
+                if name.startswith(one) and target.startswith(other):
+                    found.append(f"{name} imports {target}")
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    names = module_names()
+    return {name: imports_of(name, path, set(names)) for name, path in names.items()}
+
+
+def test_the_wings_keep_their_walls():
+    assert wall_violations(import_graph()) == []
+
+
+def test_a_planted_violation_is_caught(tmp_path):
+    # The real graph with one import planted where it must never be: the store reaching for the daemon.
+    graph = import_graph()
+    graph["teachcam.edge.teaching.store"] = graph["teachcam.edge.teaching.store"] | {"teachcam.edge.daemon.loop"}
+    graph["teachcam.edge.apps.web.server"] = graph["teachcam.edge.apps.web.server"] | {"teachcam.edge.apps.mqtt.bridge"}
+    assert wall_violations(graph) == [
+        "teachcam.edge.apps.web.server imports teachcam.edge.apps.mqtt.bridge",
+        "teachcam.edge.teaching.store (teaching) imports teachcam.edge.daemon.loop (daemon)"]
+    # and the walk finds such an import inside a function too
+    module = tmp_path / "planted.py"
+    module.write_text("def f():\n    from teachcam.edge.daemon.loop import Daemon\n")
+    assert "teachcam.edge.daemon.loop" in imports_of("teachcam.edge.teaching.planted", module, set(graph))
+
+
 def test_only_the_bundle_writer_writes_bundles():
     # One way to write a bundle (convert, dense, finetune and cnn alike): its manifest is written once.
     writers = [path.relative_to(ROOT) for path in (ROOT / "convert").rglob("*.py")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from teachcam.edge.bundle import load_bundle
-from teachcam.edge.models import Embedder
-from teachcam.edge.preprocess import Preprocessor
-from teachcam.edge.teach import Teacher
+from teachcam.edge.model.bundle import load_bundle
+from teachcam.edge.model.models import Embedder
+from teachcam.edge.model.preprocess import Preprocessor
+from teachcam.edge.teaching.teacher import Teacher
 from tests.helpers import augmented_views, run_teachcam
 
 OBJECTS = {"cat": "chelsea.png", "coffee": "coffee.png", "rocket": "rocket.jpg"}

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from teachcam.edge.bundle import load_bundle
-from teachcam.edge.models import Classifier
-from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.model.bundle import load_bundle
+from teachcam.edge.model.models import Classifier
+from teachcam.edge.model.preprocess import Preprocessor
 from tests.helpers import run_teachcam
 
 SHAPES = ("circle", "square", "cross")
@@ -181,9 +181,9 @@ def test_reloading_between_an_embedder_bundle_and_a_cnn_bundle_keeps_the_store(c
     import dataclasses
     import io
 
-    from teachcam.edge.camera import ArraySource
     from teachcam.edge.config import load_config
-    from teachcam.edge.daemon import Daemon
+    from teachcam.edge.daemon.loop import Daemon
+    from teachcam.edge.devices.camera import ArraySource
     from teachcam.edge.messages import Enroll
     from tests.helpers import augmented_views
 

@@ -398,7 +398,7 @@ def test_demo_web_serves_the_page_against_the_demo_camera_until_ctrl_c(bundle_pa
     view come, an example added through the page is counted, and Ctrl-C ends it cleanly, leaving nothing behind."""
     import http.cookiejar
 
-    from teachcam.edge.demo import OBJECTS
+    from teachcam.edge.tools.demo import OBJECTS
 
     first = next(iter(OBJECTS))
 

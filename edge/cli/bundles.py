@@ -91,10 +91,10 @@ def register(sub) -> None:
 
 
 def cmd_classify(args) -> int:
-    from teachcam.edge.bundle import load_bundle
-    from teachcam.edge.models import Classifier, Embedder, Head, LogitsHead, top_k
-    from teachcam.edge.preprocess import Preprocessor
-    from teachcam.edge.runtime import interpreter_module
+    from teachcam.edge.model.bundle import load_bundle
+    from teachcam.edge.model.models import Classifier, Embedder, Head, LogitsHead, top_k
+    from teachcam.edge.model.preprocess import Preprocessor
+    from teachcam.edge.model.runtime import interpreter_module
 
     if args.top_k < 1:
         raise TeachcamError("--top-k must be at least 1")
@@ -128,7 +128,7 @@ def cmd_classify(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from teachcam.edge.bundle import MANIFEST, load_bundle, read_manifest
+    from teachcam.edge.model.bundle import MANIFEST, load_bundle, read_manifest
 
     manifest = read_manifest(args.bundle)
     bundle = load_bundle(args.bundle, verify=False)

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from teachcam.edge import config
-from teachcam.edge.config import PRECISIONS
 from teachcam.edge.errors import TeachcamError
+from teachcam.edge.model.runtime import PRECISIONS
 
 DEFAULT_BUNDLE = Path(config.DEFAULT_BUNDLE)
 DEFAULT_STORE = Path(config.DEFAULT_STORE)
@@ -25,7 +25,7 @@ def add_bundle_flag(parser: argparse.ArgumentParser) -> None:
 def each_image(paths, preprocess, failures: list[str]):
     """Yield ``(path, model-ready pixels)`` for every readable image; report each bad one on one line
     (appended to ``failures``) and carry on with the rest."""
-    from teachcam.edge.images import read_image
+    from teachcam.edge.model.images import read_image
 
     for path in paths:
         try:

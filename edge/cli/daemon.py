@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 from teachcam.edge.cli.common import DEFAULT_BUNDLE
-from teachcam.edge.config import MODES, PRECISIONS
+from teachcam.edge.daemon import MODES
 from teachcam.edge.errors import TeachcamError
+from teachcam.edge.model.runtime import PRECISIONS
 
 log = logging.getLogger("teachcam")
 
@@ -121,7 +122,7 @@ def register(sub) -> None:
 
 def cmd_run(args) -> int:
     from teachcam.edge.config import load_config
-    from teachcam.edge.daemon import Daemon
+    from teachcam.edge.daemon.loop import Daemon
 
     config = load_config(args.config, _flag_overrides(args))
     daemon = Daemon(config, config_path=args.config)
@@ -145,7 +146,7 @@ def cmd_run(args) -> int:
 
 def cmd_demo(args) -> int:
     from teachcam.edge.config import load_config
-    from teachcam.edge.demo import run_demo
+    from teachcam.edge.tools.demo import run_demo
 
     overrides = _flag_overrides(args)
     overrides.setdefault("bundle", str(DEFAULT_BUNDLE))
@@ -154,7 +155,7 @@ def cmd_demo(args) -> int:
         raise TeachcamError(f"no bundle at {config.bundle}: run ./scripts/demo (it builds one), or "
                             f"`teachcam convert --out {config.bundle}`")
     if args.web:
-        from teachcam.edge.demo import run_web_demo
+        from teachcam.edge.tools.demo import run_web_demo
 
         return run_web_demo(config, port=args.port, stream=sys.stdout)
     figures = run_demo(config, stream=sys.stdout)
@@ -165,7 +166,7 @@ def cmd_doctor(args) -> int:
     import json
 
     from teachcam.edge.config import load_config
-    from teachcam.edge.doctor import as_json, run_checks
+    from teachcam.edge.tools.doctor import as_json, run_checks
 
     overrides = {k: v for k, v in _flag_overrides(args).items() if k in ("bundle", "store", "camera.source")}
     config = load_config(args.config, overrides)
@@ -184,7 +185,7 @@ def cmd_doctor(args) -> int:
 def cmd_bench(args) -> int:
     import json
 
-    from teachcam.edge.bench import bench_config, format_report, run_bench
+    from teachcam.edge.tools.bench import bench_config, format_report, run_bench
 
     config = bench_config(str(args.bundle or DEFAULT_BUNDLE), args.source, args.threads, args.mode,
                           str(args.store) if args.store else None)
@@ -194,7 +195,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from teachcam.edge.control import ControlClient
+    from teachcam.edge.link.control import ControlClient
 
     with ControlClient() as client:
         status = client.request("status")
@@ -216,7 +217,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    from teachcam.edge.control import ControlClient
+    from teachcam.edge.link.control import ControlClient
 
     with ControlClient(timeout=None) as client:
         client.request("subscribe", events=True, frames=False)

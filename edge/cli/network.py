@@ -64,9 +64,9 @@ def cmd_web(args) -> int:
         import aiohttp  # noqa: F401
     except ImportError:
         raise TeachcamError("`teachcam web` needs aiohttp: pip install 'teachcam[web]'") from None
+    from teachcam.edge.apps.web.auth import default_token_file, load_token
+    from teachcam.edge.apps.web.server import serve
     from teachcam.edge.config import load_config
-    from teachcam.edge.web.auth import default_token_file, load_token
-    from teachcam.edge.web.server import serve
 
     overrides = {f"web.{k}": v for k, v in (("host", args.host), ("port", args.port), ("token_file", args.token_file))
                  if v is not None}
@@ -124,8 +124,8 @@ def cmd_mqtt(args) -> int:
         import paho.mqtt  # noqa: F401
     except ImportError:
         raise TeachcamError("`teachcam mqtt` needs paho-mqtt 2: pip install 'teachcam[mqtt]'") from None
+    from teachcam.edge.apps.mqtt.bridge import Bridge
     from teachcam.edge.config import load_config
-    from teachcam.edge.mqtt import Bridge
 
     overrides = {f"mqtt.{key}": value for key, value in (
         ("host", args.host), ("port", args.port), ("device_id", args.device_id), ("fleet_group", args.fleet_group),

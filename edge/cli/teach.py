@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from teachcam.edge.cli.common import DEFAULT_STORE, add_bundle_flag, each_image
-from teachcam.edge.config import CAP_POLICIES
 from teachcam.edge.errors import StoreError
+from teachcam.edge.teaching.teacher import CAP_POLICIES
 
 
 def at_least_one(text: str) -> int:
@@ -92,8 +92,8 @@ def register(sub) -> None:
 
 def _daemon(store: Path | None):
     """A connected control client when a daemon answers and ``store`` is its store (or not given), else None."""
-    from teachcam.edge.control import ControlClient
     from teachcam.edge.errors import ControlAccessError, ControlError
+    from teachcam.edge.link.control import ControlClient
 
     try:
         client = ControlClient().connect()
@@ -135,16 +135,16 @@ def _each_remote(client, images, op: str, failures: list[str], **fields):
 
 
 def _knn_options(args) -> dict:
-    from teachcam.edge.knn import KNNConfig
+    from teachcam.edge.teaching.knn import KNNConfig
 
     config = KNNConfig(k=args.k) if args.threshold is None else KNNConfig(k=args.k, threshold=args.threshold)
     return {"config": config, "cap": args.cap, "cap_policy": args.cap_policy}
 
 
 def _pipeline(args):
-    from teachcam.edge.bundle import load_bundle
-    from teachcam.edge.models import Embedder
-    from teachcam.edge.preprocess import Preprocessor
+    from teachcam.edge.model.bundle import load_bundle
+    from teachcam.edge.model.models import Embedder
+    from teachcam.edge.model.preprocess import Preprocessor
 
     bundle = load_bundle(args.bundle)
     return Preprocessor.from_manifest(bundle.preprocessing), Embedder.create(bundle, args.precision,
@@ -152,7 +152,7 @@ def _pipeline(args):
 
 
 def cmd_enroll(args) -> int:
-    from teachcam.edge.teach import Teacher
+    from teachcam.edge.teaching.teacher import Teacher
 
     client = _daemon(args.store)
     if client is not None:
@@ -179,7 +179,7 @@ def cmd_enroll(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from teachcam.edge.teach import Teacher
+    from teachcam.edge.teaching.teacher import Teacher
 
     client = _daemon(args.store)
     failures: list[str] = []
@@ -206,7 +206,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_store(args) -> int:
-    from teachcam.edge.teach import Teacher, read_archive
+    from teachcam.edge.teaching.archive import read_archive
+    from teachcam.edge.teaching.teacher import Teacher
 
     client = _daemon(args.store) if args.action != "export" else None
     if client is not None:
@@ -256,7 +257,7 @@ def _print_listing(as_json: bool, listing: dict, where: str) -> None:
 
 def _store_remote(client, args) -> int:
     """``store …`` through the running daemon (its store; the changes reach every port)."""
-    from teachcam.edge.teach import read_archive
+    from teachcam.edge.teaching.archive import read_archive
 
     if args.action == "list":
         status, classes = client.request("status"), client.request("classes")["classes"]
@@ -294,8 +295,8 @@ def _import(args, members) -> int:
     import numpy as np
     from PIL import Image
 
-    from teachcam.edge.store import thumbnail_digest
-    from teachcam.edge.teach import Teacher
+    from teachcam.edge.teaching.store import thumbnail_digest
+    from teachcam.edge.teaching.teacher import Teacher
 
     preprocess, embedder = _pipeline(args)
     with Teacher.open(args.store, embedder) as teacher:

@@ -31,14 +31,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `teachcam` itself does (edge/cli.py)
 import numpy as np  # noqa: E402
 
-from teachcam.edge.runtime import default_threads, interpreter_module  # noqa: E402
+from teachcam.edge.model.runtime import default_threads, interpreter_module  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def frames_of(n, size):
-    from teachcam.edge.camera import DemoSource
+    from teachcam.edge.devices.camera import DemoSource
 
     source = DemoSource(fps=30, size=size)
     source.open()
@@ -102,9 +102,9 @@ def float_tflite_way(frames, model):
 
 
 def teachcam_way(frames, bundle, threads):
-    from teachcam.edge.camera import ArraySource
     from teachcam.edge.config import load_config
-    from teachcam.edge.daemon import Daemon
+    from teachcam.edge.daemon.loop import Daemon
+    from teachcam.edge.devices.camera import ArraySource
 
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(None, {"bundle": bundle, "store": str(Path(tmp) / "s"), "mode": "imagenet",

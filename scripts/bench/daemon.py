@@ -43,15 +43,15 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `teachcam` itself does (edge/cli.py)
 import numpy as np
 
-from teachcam.edge.bench import rss_mb
-from teachcam.edge.bundle import load_bundle
-from teachcam.edge.camera import ArraySource, DemoSource, Source
 from teachcam.edge.config import load_config
-from teachcam.edge.daemon import Daemon
-from teachcam.edge.models import Embedder
-from teachcam.edge.preprocess import Preprocessor
-from teachcam.edge.runtime import default_threads
-from teachcam.edge.teach import Teacher
+from teachcam.edge.daemon.loop import Daemon
+from teachcam.edge.devices.camera import ArraySource, DemoSource, Source
+from teachcam.edge.model.bundle import load_bundle
+from teachcam.edge.model.models import Embedder
+from teachcam.edge.model.preprocess import Preprocessor
+from teachcam.edge.model.runtime import default_threads
+from teachcam.edge.teaching.teacher import Teacher
+from teachcam.edge.tools.bench import rss_mb
 
 
 def demo_frames(n: int, size=(640, 480)) -> list[np.ndarray]:
@@ -133,7 +133,7 @@ def control_rate(bundle_path: str, store: Path, frames: list, threads: int, clie
     or "preview" (one frame subscriber that reads)."""
     import threading
 
-    from teachcam.edge.control import ControlClient
+    from teachcam.edge.link.control import ControlClient
 
     config = load_config(None, {"bundle": bundle_path, "store": str(store), "classes": ["cat", "coffee", "rocket"],
                                 "threads": threads, "frames": len(frames), "camera": {"fps": 1000.0, "gate": 0.0},
@@ -214,7 +214,7 @@ def screen_rate(bundle_path: str, store: Path, frames: list, threads: int, folde
                                 "threads": threads, "frames": len(frames), "camera": {"fps": 1000.0, "gate": 0.0},
                                 "buttons": {"enabled": False}, "leds": {"enabled": False}, "output": output,
                                 "control": {"enabled": False}})
-    import teachcam.edge.screen as screen
+    import teachcam.edge.devices.screen as screen
 
     real = screen.Framebuffer.__init__
     if folder is not None:  # the fake framebuffer's sysfs folder sits beside it
@@ -370,7 +370,7 @@ def main() -> int:
         for f in frames:
             writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
         writer.release()
-        from teachcam.edge.camera import OpenCVSource
+        from teachcam.edge.devices.camera import OpenCVSource
 
         out["daemon_file_fps"], _ = daemon_rate(args.bundle, large, OpenCVSource(str(clip), loop=False), args.frames,
                                                 args.threads)

@@ -31,10 +31,10 @@ import time
 import numpy as np
 
 from teachcam.convert.idx import load_fashion_mnist
-from teachcam.edge.bundle import load_bundle
-from teachcam.edge.knn import KNNConfig, KNNIndex
-from teachcam.edge.models import Embedder
-from teachcam.edge.preprocess import Preprocessor
+from teachcam.edge.model.bundle import load_bundle
+from teachcam.edge.model.models import Embedder
+from teachcam.edge.model.preprocess import Preprocessor
+from teachcam.edge.teaching.knn import KNNConfig, KNNIndex
 
 
 def embed_all(embedder, preprocess, images, prepared):

@@ -29,13 +29,13 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `teachcam` itself does
 import numpy as np
 
-from teachcam.edge.bundle import load_bundle
-from teachcam.edge.camera import ArraySource, DemoSource
 from teachcam.edge.config import load_config
-from teachcam.edge.daemon import Daemon
-from teachcam.edge.models import Embedder
-from teachcam.edge.preprocess import Preprocessor
-from teachcam.edge.teach import Teacher
+from teachcam.edge.daemon.loop import Daemon
+from teachcam.edge.devices.camera import ArraySource, DemoSource
+from teachcam.edge.model.bundle import load_bundle
+from teachcam.edge.model.models import Embedder
+from teachcam.edge.model.preprocess import Preprocessor
+from teachcam.edge.teaching.teacher import Teacher
 
 SIZE = (342, 256)
 

@@ -79,7 +79,7 @@ def main() -> int:
     from teachcam.convert.backbones import load_backbone
     from teachcam.convert.build import STEM_ROUNDING_LAYERS, evaluation_views, split_photos
     from teachcam.convert.export import to_tflite
-    from teachcam.edge.preprocess import Preprocessor
+    from teachcam.edge.model.preprocess import Preprocessor
     from teachcam.edge.samples import sample_photos
 
     backbone = load_backbone()

@@ -27,18 +27,18 @@ import time
 
 import numpy as np
 
-from teachcam.edge import knn
-from teachcam.edge.knn import KNNConfig, KNNIndex
-from teachcam.edge.store import EnrollmentStore, Snapshot
-from teachcam.edge.teach import Teacher
+from teachcam.edge.teaching import knn
+from teachcam.edge.teaching.knn import KNNConfig, KNNIndex
+from teachcam.edge.teaching.store import EnrollmentStore, Snapshot
+from teachcam.edge.teaching.teacher import Teacher
 
 
 def real_features(bundle_path: str, n: int, queries: int):
     """int8 embeddings of Fashion-MNIST training images (and test queries), with their labels."""
     from teachcam.convert.idx import load_fashion_mnist
-    from teachcam.edge.bundle import load_bundle
-    from teachcam.edge.models import Embedder
-    from teachcam.edge.preprocess import Preprocessor
+    from teachcam.edge.model.bundle import load_bundle
+    from teachcam.edge.model.models import Embedder
+    from teachcam.edge.model.preprocess import Preprocessor
 
     bundle = load_bundle(bundle_path)
     embedder, pre = Embedder.create(bundle, "int8"), Preprocessor.from_manifest(bundle.preprocessing)
@@ -76,8 +76,8 @@ def main() -> int:
     all_matrix, all_labels, queries, truth = real_features(args.bundle, 10_000, 300)
     print(f"embedded 10,300 Fashion-MNIST images in {time.monotonic() - started:.0f} s", file=sys.stderr)
     out = {"machine": platform.machine(), "python": platform.python_version(), "numpy": np.__version__, "sizes": {}}
-    from teachcam.edge.bundle import load_bundle
-    from teachcam.edge.models import Embedder
+    from teachcam.edge.model.bundle import load_bundle
+    from teachcam.edge.model.models import Embedder
 
     embedder = Embedder.create(load_bundle(args.bundle), "int8")
     blank = np.zeros((224, 224, 3), np.uint8)
@@ -119,7 +119,7 @@ def main() -> int:
 def enroll_latency(matrix, labels, where) -> float:
     with tempfile.TemporaryDirectory(dir=where) as folder:
         store = EnrollmentStore.open(folder, fingerprint="bench", embedding_size=matrix.shape[1])
-        from teachcam.edge.store import Example
+        from teachcam.edge.teaching.store import Example
 
         examples = [Example(label, "0" * 64, float(i)) for i, label in enumerate(labels)]
         store.commit(Snapshot("bench", matrix.shape[1], examples, matrix, sorted(set(labels))))

@@ -30,7 +30,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
-from teachcam.edge.runtime import default_threads, interpreter_module  # noqa: E402
+from teachcam.edge.model.runtime import default_threads, interpreter_module  # noqa: E402
 
 # (name, input side, input channels, output channels, kind) — kind: conv1x1 | depthwise3x3
 GEMMS = [("1x1 conv 28x28x512->512", 28, 512, 512, "conv1x1"), ("1x1 conv 14x14x1024->1024", 14, 1024, 1024, "conv1x1"),
@@ -116,8 +116,8 @@ def graph_macs(path: Path) -> tuple[float, dict[str, float]]:
 
 
 def measure(bundle_path: str, threads: int, progress=lambda _: None) -> dict:
-    from teachcam.edge.bundle import load_bundle
-    from teachcam.edge.models import Embedder
+    from teachcam.edge.model.bundle import load_bundle
+    from teachcam.edge.model.models import Embedder
 
     bundle = load_bundle(bundle_path)
     embedder = Embedder.create(bundle, "int8", num_threads=threads)

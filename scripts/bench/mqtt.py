@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemon import background_daemon, demo_frames, enroll  # noqa: E402  (scripts/bench/daemon.py)
 
-from teachcam.edge.control import ControlClient  # noqa: E402
+from teachcam.edge.link.control import ControlClient  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -230,7 +230,7 @@ def publish_retained(port: int, count: int, fingerprint: str, example: dict) -> 
     import paho.mqtt.client as paho
     from PIL import Image
 
-    from teachcam.edge import fleet as fl
+    from teachcam.edge.apps.mqtt import fleet as fl
 
     with Image.open(io.BytesIO(base64.b64decode(example["png"]))) as image:
         out = io.BytesIO()

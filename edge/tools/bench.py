@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from teachcam.edge.config import DaemonConfig, load_config
-from teachcam.edge.daemon import Daemon
+from teachcam.edge.daemon.loop import Daemon
 from teachcam.edge.errors import CameraError
-from teachcam.edge.runtime import default_threads, interpreter_module
+from teachcam.edge.model.runtime import default_threads, interpreter_module
 
 
 def rss_mb(pid: int | str = "self") -> float | None:

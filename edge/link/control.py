@@ -480,7 +480,7 @@ class ControlServer(Port):
 
     def _decode_image(self, value, exact: bool = False) -> np.ndarray:
         """base64 JPEG/PNG → the model's input pixels (``exact``: taken as is when already that size)."""
-        from teachcam.edge.images import read_image_bytes
+        from teachcam.edge.model.images import read_image_bytes
 
         if not isinstance(value, str):
             raise ControlError("image must be a base64 string")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from teachcam.edge.knn import transform
+from teachcam.edge.teaching.knn import transform
 
 
 class StoreInsight:

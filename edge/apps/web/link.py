@@ -15,8 +15,8 @@ import logging
 import time
 from pathlib import Path
 
-from teachcam.edge.control import MAX_LINE, access_advice, client_socket_path
 from teachcam.edge.errors import ControlError
+from teachcam.edge.link.control import MAX_LINE, access_advice, client_socket_path
 from teachcam.edge.messages import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)

@@ -24,22 +24,22 @@ from pathlib import Path
 
 import numpy as np
 
-from teachcam.edge import insight
 from teachcam.edge import messages as m
-from teachcam.edge.bundle import load_bundle
-from teachcam.edge.camera import FrameGrabber, make_source
 from teachcam.edge.config import DaemonConfig, load_config
-from teachcam.edge.controls import ButtonPanel, KeyboardControls, LedPanel, gpio_available
-from teachcam.edge.display import JsonLinesSink, OledSink, PreviewSink, TerminalSink, View
+from teachcam.edge.daemon.gate import ChangeGate, signature
+from teachcam.edge.daemon.smoothing import Smoother
+from teachcam.edge.devices.camera import FrameGrabber, make_source
+from teachcam.edge.devices.health import health_fields
+from teachcam.edge.devices.panel import ButtonPanel, KeyboardControls, LedPanel, gpio_available
+from teachcam.edge.devices.sinks import JsonLinesSink, OledSink, PreviewSink, TerminalSink, View
 from teachcam.edge.errors import BundleError, ConfigError, StoreError, TeachcamError
-from teachcam.edge.gate import ChangeGate, signature
-from teachcam.edge.health import health_fields
-from teachcam.edge.knn import KNNConfig
-from teachcam.edge.models import Classifier, Embedder, Head, LogitsHead
+from teachcam.edge.model.bundle import load_bundle
+from teachcam.edge.model.models import Classifier, Embedder, Head, LogitsHead
+from teachcam.edge.model.preprocess import Preprocessor
 from teachcam.edge.ports import Mailbox, Port
-from teachcam.edge.preprocess import Preprocessor
-from teachcam.edge.smoothing import Smoother
-from teachcam.edge.teach import Teacher
+from teachcam.edge.teaching import insight
+from teachcam.edge.teaching.knn import KNNConfig
+from teachcam.edge.teaching.teacher import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class Daemon:
         if output.preview:
             ports.append(PreviewSink())
         if output.screen:
-            from teachcam.edge.screen import ScreenError, ScreenPort, open_backend
+            from teachcam.edge.devices.screen import ScreenError, ScreenPort, open_backend
 
             try:
                 backend = open_backend(self.source, output.screen_device, output.screen_max_fps)
@@ -286,7 +286,7 @@ class Daemon:
             ports.append(self.leds)
         if not self._kept:  # the control socket and ports handed in stay open across a reload
             if control.enabled:
-                from teachcam.edge.control import ControlServer
+                from teachcam.edge.link.control import ControlServer
 
                 try:
                     self.control = ControlServer(control.socket or None, self.post, preprocess=lambda: self.preprocess,
@@ -549,7 +549,7 @@ class Daemon:
                 teacher = self._teacher(command)
                 label = teacher.resolve_name(label, create=True)
                 if command.unique:
-                    from teachcam.edge.store import thumbnail_digest
+                    from teachcam.edge.teaching.store import thumbnail_digest
 
                     digest = thumbnail_digest(pixels)
                     if any(e.label == label and e.thumb == digest for e in teacher.snapshot.examples):
@@ -687,7 +687,7 @@ class Daemon:
 
     def status(self) -> dict:
         """One screen of facts for ``teachcam status`` (and the web page, and MQTT)."""
-        from teachcam.edge.runtime import interpreter_module
+        from teachcam.edge.model.runtime import interpreter_module
 
         runtime = interpreter_module()
         return {**self._stats_fields(), "camera": self.config.camera.source,

@@ -23,7 +23,9 @@ from functools import cache
 from pathlib import Path
 
 from teachcam.edge.errors import ModelError, RuntimeNotFoundError, first_line
-from teachcam.edge.stdio import captured_stderr
+from teachcam.edge.model.stdio import captured_stderr
+
+PRECISIONS = ("auto", "edgetpu", "int8", "float32")  # which model runs (auto: the Edge TPU when it loads)
 
 log = logging.getLogger(__name__)
 

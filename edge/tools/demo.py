@@ -1,6 +1,6 @@
 """The live demo on any machine: a synthetic camera, scripted button presses, real everything else.
 
-The camera is :class:`teachcam.edge.camera.DemoSource` (sample photos filmed the way a
+The camera is :class:`teachcam.edge.devices.camera.DemoSource` (sample photos filmed the way a
 hand-held camera would). ``run_demo`` starts the real daemon on it with gpiozero's mock pins, presses the class
 buttons while each object is in view (teaching three objects), then shows them again in
 another order, with an untaught scene in between, and reports the accuracy and frame rate
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from teachcam.edge.camera import OBJECTS, DemoSource
 from teachcam.edge.config import DEFAULT_STORE
+from teachcam.edge.devices.camera import OBJECTS, DemoSource
 from teachcam.edge.ports import Port
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def run_demo(config, *, stream=None) -> dict:
     """Run the scripted demo with ``config`` (bundle, precision); return its figures."""
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-    from teachcam.edge.daemon import Daemon
+    from teachcam.edge.daemon.loop import Daemon
 
     stream = stream or sys.stdout
     classes = list(OBJECTS)
@@ -161,9 +161,9 @@ def run_web_demo(config, *, port: int = 8080, stream=None) -> int:
 
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-    from teachcam.edge.control import MAX_SOCKET_PATH
-    from teachcam.edge.daemon import Daemon
+    from teachcam.edge.daemon.loop import Daemon
     from teachcam.edge.errors import TeachcamError
+    from teachcam.edge.link.control import MAX_SOCKET_PATH
 
     stream = stream or sys.stdout
     classes = list(OBJECTS)

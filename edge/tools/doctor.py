@@ -38,7 +38,7 @@ def _user_groups() -> set[str]:
 
 
 def check_runtime(bundle=None) -> Check:
-    from teachcam.edge.runtime import interpreter_module, load_interpreter
+    from teachcam.edge.model.runtime import interpreter_module, load_interpreter
 
     try:
         runtime = interpreter_module()
@@ -63,7 +63,7 @@ def check_runtime(bundle=None) -> Check:
 
 
 def check_bundle(config: DaemonConfig) -> tuple[Check, object]:
-    from teachcam.edge.bundle import load_bundle
+    from teachcam.edge.model.bundle import load_bundle
 
     try:
         bundle = load_bundle(config.bundle)
@@ -75,7 +75,7 @@ def check_bundle(config: DaemonConfig) -> tuple[Check, object]:
 
 
 def check_edgetpu(config: DaemonConfig, bundle) -> Check:
-    from teachcam.edge.runtime import edgetpu_available
+    from teachcam.edge.model.runtime import edgetpu_available
 
     compiled = bundle is not None and bundle.find("embedder", precision="int8", edgetpu=True) is not None
     library = edgetpu_available()
@@ -95,7 +95,7 @@ def check_edgetpu(config: DaemonConfig, bundle) -> Check:
 
 
 def check_store(config: DaemonConfig) -> Check:
-    from teachcam.edge.store import EnrollmentStore
+    from teachcam.edge.teaching.store import EnrollmentStore
 
     path = Path(config.store)
     if not path.exists():
@@ -123,7 +123,7 @@ def check_store(config: DaemonConfig) -> Check:
 
 
 def check_camera(config: DaemonConfig, timeout: float = 5.0) -> Check:
-    from teachcam.edge.camera import make_source
+    from teachcam.edge.devices.camera import make_source
 
     spec = config.camera.source
     try:
@@ -143,7 +143,7 @@ def check_camera(config: DaemonConfig, timeout: float = 5.0) -> Check:
 
 
 def check_gpio(config: DaemonConfig) -> Check:
-    from teachcam.edge.controls import pin_factory_problem, read_board_revision
+    from teachcam.edge.devices.panel import pin_factory_problem, read_board_revision
 
     if not (config.buttons.enabled or config.leds.enabled):
         return Check("gpio", "ok", "buttons and LEDs are disabled in the config")
@@ -186,8 +186,8 @@ def check_i2c(config: DaemonConfig) -> Check:
 
 def check_screen(config: DaemonConfig) -> Check:
     """The attached screen: the DRM device (Pi camera: picamera2's preview) or the framebuffer, and access."""
-    from teachcam.edge.camera import display_size
-    from teachcam.edge.screen import ScreenError, framebuffer_geometry
+    from teachcam.edge.devices.camera import display_size
+    from teachcam.edge.devices.screen import ScreenError, framebuffer_geometry
 
     if not config.output.screen:
         return Check("screen", "ok", "no screen configured ([output] screen = false)")
@@ -215,7 +215,7 @@ def check_screen(config: DaemonConfig) -> Check:
 
 def check_health(*, proc: str = "/proc", sys_root: str = "/sys", vcgencmd: str | None = None) -> Check:
     """The Pi's SoC temperature and the firmware's throttling flags (nothing claimed off a Pi)."""
-    from teachcam.edge.health import advice, health
+    from teachcam.edge.devices.health import advice, health
 
     found = health(proc=proc, sys_root=sys_root, vcgencmd=vcgencmd)
     if not found:

@@ -19,11 +19,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from teachcam.edge import adapters
-from teachcam.edge.bundle import Bundle, ModelEntry
-from teachcam.edge.config import PRECISIONS
 from teachcam.edge.errors import BundleError, ModelError
-from teachcam.edge.runtime import load_interpreter, probe_edgetpu, warn_edgetpu_fallback
+from teachcam.edge.model import adapters
+from teachcam.edge.model.bundle import Bundle, ModelEntry
+from teachcam.edge.model.runtime import PRECISIONS, load_interpreter, probe_edgetpu, warn_edgetpu_fallback
 
 log = logging.getLogger(__name__)
 

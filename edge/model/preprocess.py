@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from teachcam.edge.errors import BundleError
-from teachcam.edge.images import frame_small_greyscale
+from teachcam.edge.model.images import frame_small_greyscale
 
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
             "nearest": Image.Resampling.NEAREST, "area": Image.Resampling.BOX}

@@ -39,11 +39,11 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 
 from teachcam.edge import __version__
+from teachcam.edge.apps.web.auth import COOKIE, CSRF_HEADER, Guard
+from teachcam.edge.apps.web.link import DaemonLink
 from teachcam.edge.config import DaemonConfig
 from teachcam.edge.errors import ControlError, TeachcamError
-from teachcam.edge.images import IMAGE_SUFFIXES
-from teachcam.edge.web.auth import COOKIE, CSRF_HEADER, Guard
-from teachcam.edge.web.link import DaemonLink
+from teachcam.edge.teaching.archive import export_store, is_image_name, read_archive
 
 log = logging.getLogger(__name__)
 STATIC = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
@@ -55,7 +55,7 @@ PREVIEW_MIN_INTERVAL = 0.2  # live bars: at most 5 updates a second per page
 
 
 def _static(name: str) -> bytes:
-    return resources.files("teachcam.edge.web").joinpath("static", name).read_bytes()
+    return resources.files("teachcam.edge.apps.web").joinpath("static", name).read_bytes()
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -324,15 +324,9 @@ class WebApp:
     async def export(self, request):
         """The store's examples as a zip, read from the store on disk (read-only; a generation is complete),
         streamed from a temporary file (a Pi need not hold a thousand thumbnails in memory)."""
-        from teachcam.edge.teach import Teacher
-
-        def build(path: Path) -> int:
-            with Teacher.open(self.config.store, writable=False) as teacher:
-                return teacher.export(path)
-
         with tempfile.TemporaryDirectory(prefix="teachcam-export-") as tmp:
             path = Path(tmp) / "teachcam-examples.zip"
-            count = await asyncio.get_running_loop().run_in_executor(None, build, path)
+            count = await asyncio.get_running_loop().run_in_executor(None, export_store, self.config.store, path)
             response = web.StreamResponse(headers={
                 "Content-Type": "application/zip", "Content-Length": str(path.stat().st_size),
                 "Content-Disposition": 'attachment; filename="teachcam-examples.zip"', "X-Examples": str(count)})
@@ -346,8 +340,6 @@ class WebApp:
     async def upload(self, request):
         """Images (into the class named by the ``label`` field) and zips (one folder per class): each image
         through the daemon (``enroll_image``; the same picture twice in a class is skipped)."""
-        from teachcam.edge.teach import read_archive
-
         limit = self.web.max_upload_mb * 1024 * 1024
         if request.content_length and request.content_length > limit:
             return _error(413, f"the upload is {request.content_length / 1e6:.0f} MB; at most {self.web.max_upload_mb} MB")
@@ -379,7 +371,7 @@ class WebApp:
                     continue
                 if not items:
                     errors.append(f"{name}: no images in folders (the layout is one folder per class)")
-            elif name.lower().endswith(IMAGE_SUFFIXES) or data[:3] in (b"\xff\xd8\xff", b"\x89PN"):
+            elif is_image_name(name) or data[:3] in (b"\xff\xd8\xff", b"\x89PN"):
                 if not label:
                     errors.append(f"{name}: choose the class to add single images to")
                     continue

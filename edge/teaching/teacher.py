@@ -13,26 +13,21 @@ Example usage::
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from teachcam.edge.config import CAP_POLICIES
 from teachcam.edge.errors import ClassNameError, StoreError
-from teachcam.edge.images import IMAGE_SUFFIXES
-from teachcam.edge.knn import KNNConfig, KNNIndex, Prediction
-from teachcam.edge.store import EnrollmentStore, Example, Snapshot, check_class_name, normalize_rows
+from teachcam.edge.teaching.archive import export_archive
+from teachcam.edge.teaching.knn import KNNConfig, KNNIndex, Prediction
+from teachcam.edge.teaching.store import EnrollmentStore, Example, Snapshot, check_class_name, normalize_rows
 
 log = logging.getLogger(__name__)
-EXPORT_MANIFEST = "teachcam-export.json"
+CAP_POLICIES = ("oldest", "redundant")  # which example goes when a class is full
 
 
 class Teacher:
@@ -278,69 +273,5 @@ class Teacher:
 
     # -- exchange with the laptop --------------------------------------------------------------------
     def export(self, archive: Path) -> int:
-        """Write every example's thumbnail into a zip laid out one folder per class, plus labels.csv.
-
-        ``teachcam train --data ARCHIVE`` reads it as it is (and so does any tool that takes
-        a folder per class once unzipped).
-        """
-        archive = Path(archive)
-        rows = io.StringIO()
-        writer = csv.writer(rows)
-        writer.writerow(["path", "label"])
-        tmp = archive.with_name(f".{archive.name}.tmp")
-        try:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as out:
-                for example in self.snapshot.examples:
-                    member = f"{example.label}/{example.thumb[:16]}.png"
-                    out.write(self.store.thumb_path(example.thumb), member)
-                    writer.writerow([member, example.label])
-                out.writestr("labels.csv", rows.getvalue())
-                out.writestr(EXPORT_MANIFEST, json.dumps({
-                    "format": "teachcam-export", "version": 1, "fingerprint": self.snapshot.fingerprint,
-                    "classes": self.counts(), "exported": time.time()}, ensure_ascii=False, indent=2))
-            tmp.replace(archive)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise StoreError(f"cannot write {archive} ({exc.strerror or exc})") from None
-        return len(self.snapshot.examples)
-
-
-ARCHIVE_MAX_ENTRIES = 20_000
-ARCHIVE_MAX_ENTRY = 32 * 1024 * 1024  # bytes, uncompressed, one image
-ARCHIVE_MAX_TOTAL = 1024 * 1024 * 1024  # bytes, uncompressed, the whole archive
-ARCHIVE_MAX_RATIO = 200  # uncompressed / compressed for one entry above 1 MB: a zip bomb
-
-
-def read_archive(archive: Path | bytes) -> list[tuple[str, bytes]]:
-    """(label, image bytes) for every image in a teachcam export (or any zip with one folder per class):
-    a path, or the archive's bytes (an upload).
-
-    Raises:
-        StoreError: not a readable zip, or one that would expand past the limits (a zip bomb).
-    """
-    name = "the archive" if isinstance(archive, (bytes, bytearray)) else str(archive)
-    try:
-        with zipfile.ZipFile(io.BytesIO(archive) if isinstance(archive, (bytes, bytearray)) else archive) as zf:
-            entries = [i for i in zf.infolist() if not i.is_dir() and len(i.filename.split("/")) >= 2
-                       and i.filename.lower().endswith(IMAGE_SUFFIXES)]
-            if len(entries) > ARCHIVE_MAX_ENTRIES:
-                raise StoreError(f"{name} has {len(entries)} images; at most {ARCHIVE_MAX_ENTRIES} at a time")
-            total, out = 0, []
-            for info in entries:
-                if info.file_size > ARCHIVE_MAX_ENTRY or (
-                        info.file_size > 1024 * 1024 and info.file_size > ARCHIVE_MAX_RATIO * max(1, info.compress_size)):
-                    raise StoreError(f"{name}: {info.filename} would expand to {info.file_size:,} bytes — refused "
-                                     "(a zip bomb, or an image far larger than a camera's)")
-                with zf.open(info) as member:  # the header's size may lie: read no more than the limit
-                    data = member.read(ARCHIVE_MAX_ENTRY + 1)
-                if len(data) > ARCHIVE_MAX_ENTRY:
-                    raise StoreError(f"{name}: {info.filename} expands past {ARCHIVE_MAX_ENTRY:,} bytes — refused")
-                total += len(data)
-                if total > ARCHIVE_MAX_TOTAL:
-                    raise StoreError(f"{name} expands past {ARCHIVE_MAX_TOTAL:,} bytes — refused")
-                out.append((info.filename.split("/")[-2], data))
-            return out
-    except FileNotFoundError:
-        raise StoreError(f"archive not found: {archive}") from None
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise StoreError(f"{name} is not a readable zip archive ({exc})") from None
+        """Every example's thumbnail into a zip, one folder per class (see :func:`archive.export_archive`)."""
+        return export_archive(self.store, archive)

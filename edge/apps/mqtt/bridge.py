@@ -19,7 +19,7 @@ Topics, under ``<base>`` = ``teachcam/<device id>`` unless configured:
 ``<base>/request/<op>``        commands → ``<base>/response/<op>``: ``{"id", "status", "data", "error"}``
 ``teachcam/all/request/<op>``  the same for every device; each answers on its own response topic
 ``<base>/set/…``, ``<base>/teach_class``, ``<base>/paused``  Home Assistant's select, button and switch
-``teachcam/fleet/<group>/…``   fleet sync (:mod:`teachcam.edge.fleet`)
+``teachcam/fleet/<group>/…``   fleet sync (:mod:`teachcam.edge.apps.mqtt.fleet`)
 =============================  ============================================================
 """
 
@@ -37,10 +37,10 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from teachcam.edge import fleet, hass
+from teachcam.edge.apps.mqtt import fleet, hass
 from teachcam.edge.config import DaemonConfig
-from teachcam.edge.control import ControlClient
 from teachcam.edge.errors import ControlError, TeachcamError
+from teachcam.edge.link.control import ControlClient
 
 log = logging.getLogger(__name__)
 

@@ -312,7 +312,7 @@ def open_backend(source, device: str, max_fps: float):
     Raises:
         ScreenError: no screen (no framebuffer, or one that cannot be opened).
     """
-    from teachcam.edge.camera import Picamera2Source
+    from teachcam.edge.devices.camera import Picamera2Source
 
     if isinstance(source, Picamera2Source):
         source.preview = True  # started with the camera (and again whenever the camera is reopened)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from teachcam.edge.errors import CameraError, first_line
-from teachcam.edge.images import IMAGE_SUFFIXES, read_image
+from teachcam.edge.model.images import IMAGE_SUFFIXES, read_image
 from teachcam.edge.samples import sample_photos
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class Picamera2Source(Source):
         self.camera = camera
 
     def read(self) -> np.ndarray | None:
-        from teachcam.edge.yuv import yuv420_to_rgb
+        from teachcam.edge.devices.yuv import yuv420_to_rgb
 
         if self.camera is None:
             raise CameraError("picamera2 source read before open")
@@ -236,7 +236,7 @@ class ImagesSource(Source):
 
     def read(self) -> np.ndarray | None:
         from teachcam.edge.errors import ImageError
-        from teachcam.edge.images import read_image
+        from teachcam.edge.model.images import read_image
 
         for _ in range(len(self.paths)):
             if self.position >= len(self.paths):
@@ -381,7 +381,7 @@ class Frame:
     number: int
     captured: float
     pixels: np.ndarray | None = None
-    signature: np.ndarray | None = None  # a small luma thumbnail, for change gating (teachcam.edge.gate)
+    signature: np.ndarray | None = None  # a small luma thumbnail, for change gating (teachcam.edge.daemon.gate)
 
 
 class FrameGrabber:
@@ -396,7 +396,7 @@ class FrameGrabber:
                  summarize=None):
         self.source = source
         self.prepare = prepare  # e.g. the bundle's preprocessing: runs here, overlapping the previous invoke
-        self.summarize = summarize  # e.g. teachcam.edge.gate.signature: runs here too
+        self.summarize = summarize  # e.g. teachcam.edge.daemon.gate.signature: runs here too
         self.interval = (1.0 / fps) if fps and not source.paced else 0.0
         self._taken = threading.Event()  # unpaced sources: read the next frame only once this one is taken
         self._taken.set()

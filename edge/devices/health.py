@@ -26,7 +26,7 @@ HOT_C = 80.0  # the firmware starts throttling at 80-85 °C
 
 @cache
 def on_a_pi(proc: str = "/proc") -> bool:
-    from teachcam.edge.controls import read_board_revision
+    from teachcam.edge.devices.panel import read_board_revision
 
     return read_board_revision(proc)[0] is not None
 

@@ -1,0 +1,2 @@
+"""Jobs around the daemon: the doctor, the per-stage benchmark and the demo.
+"""
