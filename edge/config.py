@@ -111,7 +111,7 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class ControlConfig:
-    """The control socket (teachcam.edge.link.control): the CLI, the web page and MQTT reach the daemon through it."""
+    """The control socket (teachcam.edge.link): the CLI, the web page and MQTT reach the daemon through it."""
 
     enabled: bool = True
     socket: str = ""  # "": $TEACHCAM_SOCKET, else /run/teachcam/control.sock under systemd, else $XDG_RUNTIME_DIR/teachcam

@@ -24,6 +24,39 @@ import numpy as np
 
 PROTOCOL_VERSION = 1
 
+# Why an enrollment added nothing (the reply's ``skipped``): the frame already taught a moment ago, a near-copy
+# of an example the class has (``skip_similar``), the very picture the class already holds (``unique``),
+# and (a fleet example) one this daemon already has from the same source.
+SKIPPED_SAME_FRAME, SKIPPED_SIMILAR, SKIPPED_DUPLICATE, SKIPPED_KNOWN = "same frame", "similar", "duplicate", "known"
+
+
+# -- how a command's fields travel on the control socket --------------------------------------------------
+
+@dataclass(frozen=True)
+class Wire:
+    """A command field as JSON: its kind and limits, declared beside the field (see :func:`wire`).
+
+    Kinds: ``text`` (a non-empty string of at most 256 characters; ``cut``: longer ones are cut, not refused),
+    ``int`` and ``number`` (``low``..``high``), ``bool``, ``strings`` (a list of texts), ``image`` (base64
+    JPEG/PNG under the key ``image``, decoded to the model's input; ``exact``: taken as is when already that
+    size) and ``embedding`` (base64 of little-endian float32). Fields without a Wire are not accepted from
+    the socket.
+    """
+
+    kind: str
+    required: bool = False
+    low: float | None = None
+    high: float | None = None
+    cut: int = 0
+    exact: bool = False
+    hint: str = ""  # the error's words for what the value must be, when the kind's own are not enough
+
+
+def wire(default=None, kind: str = "text", **rules):
+    """A dataclass field with its :class:`Wire` (``default_factory`` is not needed: defaults are immutable)."""
+    return field(default=default, metadata={"wire": Wire(kind, **rules)},
+                 compare=kind not in ("image", "embedding"), repr=kind not in ("image", "embedding"))
+
 
 # -- commands: what someone asks for -----------------------------------------------------------------
 
@@ -32,7 +65,11 @@ class Command:
     """Base of every command. ``via`` says who asked (button, hold, key, cli, web, mqtt, socket)."""
 
     op: ClassVar[str] = ""
-    via: str = "button"
+    via: str = wire("button", cut=16)
+
+    def check(self) -> str:
+        """What is missing or inconsistent beyond each field's own rules ("" when nothing): the socket's error."""
+        return ""
 
 
 @dataclass(frozen=True)
@@ -40,11 +77,14 @@ class Enroll(Command):
     """Add the current camera frame to a class: by name, or by button index (the config's classes)."""
 
     op: ClassVar[str] = "enroll"
-    label: str | None = None
-    index: int | None = None
+    label: str | None = wire(None)
+    index: int | None = wire(None, "int")
     # > 0: skip the frame when it is at least this similar (KNN space) to an example the class already has
     # (hold-to-add on the web page: holding still on one object does not fill the class with copies)
-    skip_similar: float = 0.0
+    skip_similar: float = wire(0.0, "number", low=0, high=1, hint="a similarity from 0 (off) to 1")
+
+    def check(self) -> str:
+        return "label (a class name) is required" if self.label is None and self.index is None else ""
 
 
 @dataclass(frozen=True)
@@ -52,10 +92,10 @@ class EnrollImage(Command):
     """Add an uploaded image (already decoded and preprocessed to the model's input) to a class."""
 
     op: ClassVar[str] = "enroll_image"
-    label: str = ""
-    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
-    name: str = ""
-    unique: bool = False  # skip it when the class already has this very picture (store import)
+    label: str = wire("", required=True)
+    pixels: np.ndarray | None = wire(None, "image", required=True)
+    name: str = wire("")
+    unique: bool = wire(False, "bool")  # skip it when the class already has this very picture (store import)
 
 
 @dataclass(frozen=True)
@@ -63,8 +103,8 @@ class PredictImage(Command):
     """What the daemon's model says about an uploaded image (nothing is enrolled)."""
 
     op: ClassVar[str] = "predict_image"
-    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
-    name: str = ""
+    pixels: np.ndarray | None = wire(None, "image", required=True)
+    name: str = wire("")
 
 
 @dataclass(frozen=True)
@@ -73,9 +113,9 @@ class Notice(Command):
     page's pairing link, readable only by someone standing at the Pi."""
 
     op: ClassVar[str] = "notice"
-    text: str = ""
-    seconds: float = 60.0
-    link: str = ""  # a URL the attached screen also shows as a QR code (the pairing link: scan it to log in)
+    text: str = wire("", required=True)
+    seconds: float = wire(60.0, "number", low=1, high=600)
+    link: str = wire("")  # a URL the attached screen also shows as a QR code (the pairing link: scan it to log in)
 
 
 @dataclass(frozen=True)
@@ -83,7 +123,7 @@ class Explain(Command):
     """Why it thinks so: the examples nearest to the current frame, and which classes' examples are confused."""
 
     op: ClassVar[str] = "explain"
-    nearest: int = 6
+    nearest: int = wire(6, "int", low=1, high=24)
 
 
 @dataclass(frozen=True)
@@ -91,7 +131,7 @@ class ExampleData(Command):
     """One enrolled example in full — label, source, stored embedding, thumbnail: what a fleet bridge shares."""
 
     op: ClassVar[str] = "example"
-    example: str = ""
+    example: str = wire("", required=True)
 
 
 @dataclass(frozen=True)
@@ -101,11 +141,11 @@ class EnrollEmbedding(Command):
     ``source`` names it: the same source again updates its label instead of adding a copy."""
 
     op: ClassVar[str] = "enroll_embedding"
-    label: str = ""
-    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
-    fingerprint: str = ""
-    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
-    source: str = ""
+    label: str = wire("", required=True)
+    embedding: np.ndarray | None = wire(None, "embedding")
+    fingerprint: str = wire("")
+    pixels: np.ndarray | None = wire(None, "image", exact=True)  # a thumbnail: the model input already
+    source: str = wire("", required=True)
 
 
 @dataclass(frozen=True)
@@ -113,27 +153,27 @@ class RemoveExamples(Command):
     """Remove examples by id and/or by source (a fleet peer withdrew them); classes stay."""
 
     op: ClassVar[str] = "remove_examples"
-    examples: tuple = ()
-    sources: tuple = ()
+    examples: tuple = wire((), "strings")
+    sources: tuple = wire((), "strings")
 
 
 @dataclass(frozen=True)
 class AddClass(Command):
     op: ClassVar[str] = "add_class"
-    label: str = ""
+    label: str = wire("", required=True)
 
 
 @dataclass(frozen=True)
 class RenameClass(Command):
     op: ClassVar[str] = "rename_class"
-    old: str = ""
-    new: str = ""
+    old: str = wire("", required=True)
+    new: str = wire("", required=True)
 
 
 @dataclass(frozen=True)
 class RemoveClass(Command):
     op: ClassVar[str] = "remove_class"
-    label: str = ""
+    label: str = wire("", required=True)
 
 
 @dataclass(frozen=True)
@@ -166,7 +206,7 @@ class Snapshot(Command):
     """The current camera frame as a JPEG (at most ``max_size`` px on its longer side; 0: full size)."""
 
     op: ClassVar[str] = "snapshot"
-    max_size: int = 0
+    max_size: int = wire(0, "int", low=0, high=8192, hint="0 (full size) to 8192 pixels")
 
 
 @dataclass(frozen=True)
@@ -186,7 +226,7 @@ class Thumbnail(Command):
     """One enrolled example's thumbnail (PNG, model input size), by its thumbnail id."""
 
     op: ClassVar[str] = "thumbnail"
-    thumb: str = ""
+    thumb: str = wire("", required=True)
 
 
 @dataclass(frozen=True)
@@ -198,6 +238,10 @@ class Quit(Command):
 SOCKET_COMMANDS: dict[str, type[Command]] = {c.op: c for c in (
     Enroll, EnrollImage, PredictImage, AddClass, RenameClass, RemoveClass, Undo, Clear, Pause, Resume, Reload,
     Snapshot, Status, ListClasses, Thumbnail, ExampleData, EnrollEmbedding, RemoveExamples, Explain, Notice)}
+
+
+# Ops the control socket answers itself (no command for the daemon's loop).
+SOCKET_OPS = ("hello", "ping", "subscribe", "unsubscribe")
 
 
 # -- events: what the daemon has to say ---------------------------------------------------------------
@@ -345,3 +389,9 @@ class Stats(Event):
     embedded: int = 0
     temperature_c: float | None = None  # the SoC's, on a Raspberry Pi
     throttled: list = field(default_factory=list)  # the firmware's throttling flags now set, on a Pi
+
+
+# Every event, by kind (what a client's ``event_from_json`` turns back into types).
+EVENTS: dict[str, type[Event]] = {e.kind: e for e in (
+    PredictionChanged, Enrolled, Undone, NoticeShown, ExamplesRemoved, ClassAdded, Removed, Renamed, Cleared, Paused,
+    CameraTrouble, CameraBack, Reloaded, Error, Stats)}

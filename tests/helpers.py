@@ -20,7 +20,7 @@ from teachcam.edge.config import load_config
 from teachcam.edge.daemon.loop import Daemon
 from teachcam.edge.devices.camera import ArraySource, Source
 from teachcam.edge.errors import CameraError, ControlError
-from teachcam.edge.link.control import ControlClient
+from teachcam.edge.link.client import ControlClient
 from teachcam.edge.model.images import read_image
 from teachcam.edge.samples import sample_photos
 

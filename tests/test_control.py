@@ -22,7 +22,7 @@ from PIL import Image
 
 from teachcam.edge.config import DEFAULT_STORE, DaemonConfig, load_config
 from teachcam.edge.errors import ControlError
-from teachcam.edge.link.control import ControlClient
+from teachcam.edge.link.client import ControlClient
 from tests.helpers import RunningDaemon, augmented_views, run_python_as, run_teachcam, save_views, wait_for
 
 
@@ -216,7 +216,7 @@ def test_only_the_sockets_group_may_connect(bundle_path, tmp_path, monkeypatch):
         folder.mkdir(mode=0o755, exist_ok=True)
         folder.chmod(0o755)
         path = folder / "control.sock"
-        from teachcam.edge.link.control import ControlServer
+        from teachcam.edge.link.server import ControlServer
 
         server = ControlServer(str(path), lambda command, reply=None: None, group=names["group"]).start()
         try:
@@ -245,7 +245,7 @@ def test_only_the_sockets_group_may_connect(bundle_path, tmp_path, monkeypatch):
             folder.chmod(0o750)
             os.chown(folder, 0, grp.getgrnam(names["group"]).gr_gid)
             entry = pwd.getpwnam(names["other"])
-            cli = ("import sys; from pathlib import Path; import teachcam.edge.link.control as c; "
+            cli = ("import sys; from pathlib import Path; import teachcam.edge.link.protocol as c; "
                    "c.SERVICE_SOCKET = Path(sys.argv[1]); from teachcam.edge.cli import main; sys.exit(main(sys.argv[2:]))")
             photo = Path(f"/tmp/tc-photo-{os.getpid()}.jpg")
             Image.new("RGB", (64, 48), (200, 80, 20)).save(photo)
@@ -369,7 +369,7 @@ def test_the_socket_keeps_its_group_without_chown_when_it_is_born_in_it(tmp_path
     # SystemCallFilter=~@privileged refuses chown: no call, so no false warning at every start.
     import grp
 
-    from teachcam.edge.link.control import ControlServer
+    from teachcam.edge.link.server import ControlServer
 
     calls = []
 
@@ -389,7 +389,7 @@ def test_the_web_link_says_when_the_daemon_is_back(tmp_path, caplog):
     import logging
 
     from teachcam.edge.apps.web.link import DaemonLink
-    from teachcam.edge.link.control import ControlServer
+    from teachcam.edge.link.server import ControlServer
 
     path = tmp_path / "control.sock"
 

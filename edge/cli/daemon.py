@@ -195,7 +195,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from teachcam.edge.link.control import ControlClient
+    from teachcam.edge.link.client import ControlClient
 
     with ControlClient() as client:
         status = client.request("status")
@@ -217,7 +217,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    from teachcam.edge.link.control import ControlClient
+    from teachcam.edge.link.client import ControlClient
 
     with ControlClient(timeout=None) as client:
         client.request("subscribe", events=True, frames=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from teachcam.edge.cli.common import DEFAULT_STORE, add_bundle_flag, each_image
 from teachcam.edge.errors import StoreError
+from teachcam.edge.messages import SKIPPED_DUPLICATE
 from teachcam.edge.teaching.teacher import CAP_POLICIES
 
 
@@ -93,7 +94,7 @@ def register(sub) -> None:
 def _daemon(store: Path | None):
     """A connected control client when a daemon answers and ``store`` is its store (or not given), else None."""
     from teachcam.edge.errors import ControlAccessError, ControlError
-    from teachcam.edge.link.control import ControlClient
+    from teachcam.edge.link.client import ControlClient
 
     try:
         client = ControlClient().connect()
@@ -282,7 +283,7 @@ def _store_remote(client, args) -> int:
         for label, data in read_archive(args.archive):
             reply = client.request("enroll_image", label=label, image=base64.b64encode(data).decode(), name="import",
                                    unique=True)
-            duplicates += reply.get("skipped") == "duplicate"
+            duplicates += reply.get("skipped") == SKIPPED_DUPLICATE
             added += "skipped" not in reply
         print(f"imported {added} example(s) through the running daemon"
               + (f" ({duplicates} already there, skipped)" if duplicates else ""))

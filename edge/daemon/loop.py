@@ -286,7 +286,7 @@ class Daemon:
             ports.append(self.leds)
         if not self._kept:  # the control socket and ports handed in stay open across a reload
             if control.enabled:
-                from teachcam.edge.link.control import ControlServer
+                from teachcam.edge.link.server import ControlServer
 
                 try:
                     self.control = ControlServer(control.socket or None, self.post, preprocess=lambda: self.preprocess,
@@ -534,14 +534,14 @@ class Daemon:
                 teacher = self._teacher(command)
                 label = teacher.resolve_name(label, create=True)
                 if label in enrolled_this_frame:
-                    return {"label": label, "count": teacher.counts().get(label, 0), "skipped": "same frame"}
+                    return {"label": label, "count": teacher.counts().get(label, 0), "skipped": m.SKIPPED_SAME_FRAME}
                 embedding, pixels = self._frame_for_enrollment(current)
                 if skip_similar > 0:
                     view = self._insight_of(teacher)
                     rows = view.rows(label)
                     sims = view.similarities(embedding, rows)
                     if len(sims) and float(sims.max()) >= skip_similar:
-                        return {"label": label, "count": len(rows), "skipped": "similar",
+                        return {"label": label, "count": len(rows), "skipped": m.SKIPPED_SIMILAR,
                                 "similarity": round(float(sims.max()), 4)}
                 enrolled_this_frame.add(label)
                 return self._enrolled(teacher.add(label, embedding, pixels, source=via), via)
@@ -553,7 +553,7 @@ class Daemon:
 
                     digest = thumbnail_digest(pixels)
                     if any(e.label == label and e.thumb == digest for e in teacher.snapshot.examples):
-                        return {"label": label, "skipped": "duplicate"}
+                        return {"label": label, "skipped": m.SKIPPED_DUPLICATE}
                 return self._enrolled(teacher.add(label, self.embedder.embed(pixels), pixels, source=name or via), via)
             case m.PredictImage(pixels=pixels):
                 embedding = self.embedder.embed(pixels)
@@ -622,7 +622,7 @@ class Daemon:
             raise TeachcamError("enroll_embedding: source (who taught it) is required")
         known = [e for e in teacher.snapshot.examples if e.source == command.source]
         if known and all(e.label == label for e in known):
-            return {"label": label, "skipped": "known", "example": known[0].id}
+            return {"label": label, "skipped": m.SKIPPED_KNOWN, "example": known[0].id}
         if known:  # relabelled where it was taught: move it
             teacher.remove_examples(lambda e: e.source == command.source)
         vector = command.embedding

@@ -163,7 +163,7 @@ def run_web_demo(config, *, port: int = 8080, stream=None) -> int:
 
     from teachcam.edge.daemon.loop import Daemon
     from teachcam.edge.errors import TeachcamError
-    from teachcam.edge.link.control import MAX_SOCKET_PATH
+    from teachcam.edge.link.protocol import MAX_SOCKET_PATH
 
     stream = stream or sys.stdout
     classes = list(OBJECTS)

@@ -133,7 +133,7 @@ def control_rate(bundle_path: str, store: Path, frames: list, threads: int, clie
     or "preview" (one frame subscriber that reads)."""
     import threading
 
-    from teachcam.edge.link.control import ControlClient
+    from teachcam.edge.link.client import ControlClient
 
     config = load_config(None, {"bundle": bundle_path, "store": str(store), "classes": ["cat", "coffee", "rocket"],
                                 "threads": threads, "frames": len(frames), "camera": {"fps": 1000.0, "gate": 0.0},

@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemon import background_daemon, demo_frames, enroll  # noqa: E402  (scripts/bench/daemon.py)
 
-from teachcam.edge.link.control import ControlClient  # noqa: E402
+from teachcam.edge.link.client import ControlClient  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from teachcam.edge.apps.mqtt import fleet, hass
 from teachcam.edge.config import DaemonConfig
 from teachcam.edge.errors import ControlError, TeachcamError
-from teachcam.edge.link.control import ControlClient
+from teachcam.edge.link.client import ControlClient
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
 from pathlib import Path
 
 from teachcam.edge.errors import ControlError
-from teachcam.edge.link.control import MAX_LINE, access_advice, client_socket_path
-from teachcam.edge.messages import PROTOCOL_VERSION
+from teachcam.edge.link.protocol import (
+    MAX_LINE,
+    ClientCore,
+    access_advice,
+    check_hello,
+    client_socket_path,
+    decode,
+    event_from_json,
+)
 
 log = logging.getLogger(__name__)
 REPLY_TIMEOUT = 30.0
@@ -30,8 +36,8 @@ class DaemonLink:
         self.writer: asyncio.StreamWriter | None = None
         self.up = asyncio.Event()
         self.pending: dict[int, asyncio.Future] = {}
-        self.next_id = 0
-        self.listeners: list = []  # callables(message dict): events, and {"link": "up"/"down"}
+        self.core = ClientCore(self.path, via="web")
+        self.listeners: list = []  # callables: typed events (messages.Event), {"link": "up"/"down"}, {"preview": …}
         self.frame: dict | None = None  # the newest preview frame: {"number", "jpeg" (bytes), "label", ...}
         self.frame_changed = asyncio.Condition()
         self.viewers = 0
@@ -58,9 +64,7 @@ class DaemonLink:
     async def _session(self) -> None:
         """One connection: hello, subscribe, then read until it ends."""
         self.reader, self.writer = await asyncio.open_unix_connection(str(self.path), limit=MAX_LINE + 1)
-        hello = json.loads(await self.reader.readline())
-        if hello.get("hello") != "teachcam" or hello.get("protocol") != PROTOCOL_VERSION:
-            raise ControlError(f"{self.path} does not speak teachcam protocol {PROTOCOL_VERSION}")
+        check_hello(decode(await self.reader.readline()), self.path)
         self.up.set()
         if self.lost_at is None:
             log.info("connected to the daemon on %s", self.path)
@@ -82,9 +86,9 @@ class DaemonLink:
             if not line:
                 self._fail_pending()  # a request sent just before (subscribe) must not wait REPLY_TIMEOUT
                 raise ControlError("the daemon closed the connection")
-            message = json.loads(line)
-            if "ok" in message and "id" in message:
-                future = self.pending.pop(message["id"], None)
+            message = decode(line)
+            if (request_id := self.core.reply_id(message)) is not None:
+                future = self.pending.pop(request_id, None)
                 if future is not None and not future.done():
                     future.set_result(message)
             elif "frame" in message:
@@ -93,8 +97,8 @@ class DaemonLink:
                 async with self.frame_changed:
                     self.frame_changed.notify_all()
                 self._tell({"preview": {k: message.get(k) for k in ("frame", "label", "confidence", "confidences")}})
-            elif "event" in message:
-                self._tell(message)
+            elif "event" in message and (event := event_from_json(message)) is not None:
+                self._tell(event)
 
     def _fail_pending(self) -> None:
         for future in self.pending.values():
@@ -123,20 +127,21 @@ class DaemonLink:
         """One request; the reply's data. Raises ControlError with the daemon's one-line reason."""
         if self.writer is None:
             raise ControlError("the teachcam daemon is not running (or not reachable on its control socket)")
-        self.next_id += 1
-        request_id = self.next_id
+        request_id, line = self.core.request_line(op, fields)
         future = asyncio.get_running_loop().create_future()
         self.pending[request_id] = future
-        self.writer.write(json.dumps({"id": request_id, "op": op, "via": "web", **fields}).encode() + b"\n")
-        await self.writer.drain()
+        try:
+            self.writer.write(line)
+            await self.writer.drain()
+        except (OSError, RuntimeError) as exc:
+            self.pending.pop(request_id, None)
+            raise ControlError(f"{op}: the daemon went away ({type(exc).__name__})") from None
         try:
             reply = await asyncio.wait_for(future, REPLY_TIMEOUT)
         except TimeoutError:
             self.pending.pop(request_id, None)
             raise ControlError(f"{op}: the daemon did not answer in {REPLY_TIMEOUT:.0f} s") from None
-        if not reply.get("ok"):
-            raise ControlError(reply.get("error") or f"{op} refused")
-        return reply.get("data") or {}
+        return self.core.result(op, reply)
 
     async def watch(self, delta: int) -> None:
         """A live view opened (+1) or closed (−1): preview frames are subscribed only while someone watches."""

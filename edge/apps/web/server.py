@@ -39,6 +39,7 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 
 from teachcam.edge import __version__
+from teachcam.edge import messages as m
 from teachcam.edge.apps.web.auth import COOKIE, CSRF_HEADER, Guard
 from teachcam.edge.apps.web.link import DaemonLink
 from teachcam.edge.config import DaemonConfig
@@ -288,7 +289,7 @@ class WebApp:
             if self.web.skip_similar > 0:
                 fields["skip_similar"] = self.web.skip_similar
         result = await self.link.request("enroll", **fields)
-        if result.get("skipped") == "similar":
+        if result.get("skipped") == m.SKIPPED_SIMILAR:
             self.counters["hold_skipped_similar"] += 1
         elif not result.get("skipped"):
             self.counters["enrolled"] += 1
@@ -466,7 +467,14 @@ class WebApp:
                 pass
         queue.put_nowait(message)
 
-    def _from_daemon(self, message: dict) -> None:
+    def _from_daemon(self, message: dict | m.Event) -> None:
+        if isinstance(message, m.Event):
+            if isinstance(message, (m.Stats, m.NoticeShown)):  # a notice is for the device's own display
+                return
+            out = {"type": "event", **message.as_json()}
+            for queue in self.queues.values():
+                self._offer(queue, out)
+            return
         if message.get("link") == "up" and self.pairing:
             text, self.pairing = self.pairing, ""
             asyncio.ensure_future(self._notice(text, self.pairing_link))
@@ -475,9 +483,7 @@ class WebApp:
         elif "link" in message:
             out = {"type": "daemon", "up": message["link"] == "up"}
         else:
-            if message.get("event") in ("stats", "notice"):  # a notice is for the device's own display
-                return
-            out = {"type": "event", **message}
+            return
         for queue in self.queues.values():
             self._offer(queue, out)
 

@@ -1,31 +1,11 @@
-"""The control socket: the one way into a running daemon for the CLI, the web page and MQTT.
+"""The control socket's server: the daemon's end, a port on its own thread (an asyncio loop).
 
-A Unix-domain socket — never an IP one: the process that holds the camera, the pins and the
-store stays off the network; network-facing code runs in its own process and talks to this.
-Path: ``[control] socket`` in the config, else ``$TEACHCAM_SOCKET``, else
-``$RUNTIME_DIRECTORY/control.sock`` (systemd's ``RuntimeDirectory=teachcam``:
-``/run/teachcam/control.sock``), else ``$XDG_RUNTIME_DIR/teachcam/control.sock``. Mode 0660,
-group ``teachcam`` (who may connect).
-
-Protocol (version 1): newline-delimited JSON, UTF-8, one object per line, at most 8 MiB a line
-(a longer one gets an error and the connection is closed).
-
-* On connect the server says ``{"hello": "teachcam", "protocol": 1, "version": "0.1.0"}``. A
-  client may answer ``{"op": "hello", "protocol": 1}``; another protocol number is refused.
-* A request is ``{"id": ANY, "op": NAME, ...fields}``; its reply echoes the id:
-  ``{"id": ANY, "ok": true, "data": {...}}`` or ``{"id": ANY, "ok": false, "error": "one line"}``.
-  Every line that is not a valid request gets exactly one error reply.
-* Ops: ``enroll`` (``label`` — the current camera frame), ``enroll_image`` (``label``, ``image``:
-  base64 JPEG/PNG), ``predict_image`` (``image``), ``add_class``, ``rename_class`` (``old``,
-  ``new``), ``remove_class`` (``label``), ``undo``, ``clear``, ``pause``, ``resume``, ``reload``,
-  ``snapshot`` (data ``jpeg``: base64), ``status``, ``classes`` (counts, example and thumbnail
-  ids), ``thumbnail`` (``thumb`` → data ``png``: base64), ``subscribe`` (``events``: bool,
-  ``frames``: bool), ``unsubscribe``, ``ping``. ``via`` (optional) names the client in events.
-* Pushed to subscribers: events ``{"event": KIND, ...}`` and preview frames
-  ``{"frame": N, "width": W, "height": H, "label", "confidence", "confidences", "jpeg": BASE64}`` — JPEG, at most
-  ``preview_max_size`` px on the longer side and ``preview_max_fps`` a second, encoded once per
-  frame for all subscribers and never while nobody subscribes. A client that stops reading
-  loses frames (only the newest waits); one whose backlog passes 1,000 messages is disconnected.
+A Unix-domain socket — never an IP one: the process that holds the camera, the pins and the store stays off
+the network; network-facing code runs in its own process and talks to this. Requests become typed commands for
+the daemon's loop (:func:`protocol.command_from_json`), events and preview frames go out to subscribers — JPEG, at
+most ``preview_max_size`` px on the longer side and ``preview_max_fps`` a second, encoded once per frame for all
+subscribers and never while nobody subscribes. A client that stops reading loses frames (only the newest waits);
+one whose backlog passes 1,000 messages is disconnected. The protocol itself: :mod:`teachcam.edge.link.protocol`.
 
 Example (``socat`` or ``nc -U``)::
 
@@ -39,80 +19,35 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 import grp
 import io
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 
-from teachcam.edge import __version__
 from teachcam.edge import messages as m
-from teachcam.edge.errors import ControlAccessError, ControlError, TeachcamError
+from teachcam.edge.errors import ControlError, TeachcamError
+from teachcam.edge.link.client import is_answering
+from teachcam.edge.link.protocol import (
+    MAX_LINE,
+    MAX_SOCKET_PATH,
+    command_from_json,
+    encode,
+    encode_embedding,
+    hello,
+    server_socket_path,
+)
+from teachcam.edge.model.images import read_image_bytes
 from teachcam.edge.ports import Port
 
 log = logging.getLogger(__name__)
-MAX_LINE = 8 * 1024 * 1024
 MAX_BACKLOG = 1000
 REPLY_TIMEOUT = 60.0
-_TEXT_FIELDS = {"label", "old", "new", "thumb", "name", "via", "example", "fingerprint", "source", "text",
-                "link"}
-MAX_EMBEDDING = 16384  # floats in an embedding a client may send (MobileNetV2's is 1280)
-MAX_LIST = 100_000  # ids or sources in one remove_examples
-MAX_SOCKET_PATH = 100  # bytes: a Unix socket's path must fit sun_path (108 on Linux, less elsewhere)
-
-
-def server_socket_path(configured: str | None = None) -> Path:
-    """Where the daemon listens (see the module docstring)."""
-    if configured:
-        return Path(configured)
-    if os.environ.get("TEACHCAM_SOCKET"):
-        return Path(os.environ["TEACHCAM_SOCKET"])
-    if os.environ.get("RUNTIME_DIRECTORY"):  # systemd's RuntimeDirectory=teachcam
-        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / "control.sock"
-    return _user_runtime_dir() / "control.sock"
-
-
-SERVICE_SOCKET = Path("/run/teachcam/control.sock")  # systemd's RuntimeDirectory=teachcam (mode 0750)
-
-
-def client_socket_path() -> Path:
-    """Where a client looks for the daemon: $TEACHCAM_SOCKET, the service's, else the user's own."""
-    if os.environ.get("TEACHCAM_SOCKET"):
-        return Path(os.environ["TEACHCAM_SOCKET"])
-    try:
-        if SERVICE_SOCKET.exists():
-            return SERVICE_SOCKET
-    except PermissionError:  # the service's folder is its group's: connect() says what to do
-        return SERVICE_SOCKET
-    return _user_runtime_dir() / "control.sock"
-
-
-def access_advice(path: Path) -> str:
-    """One line for a user who may not use the socket at ``path``: who may, and what to run."""
-    import getpass
-
-    group = "teachcam"
-    for folder in (path, path.parent):
-        try:
-            group = grp.getgrgid(os.stat(folder).st_gid).gr_name
-            break
-        except (OSError, KeyError):
-            continue
-    return (f"permission denied on {path}: the teachcam service answers only members of group {group} — run "
-            f"`sudo usermod -aG {group} {getpass.getuser()}`, then log in again (or `newgrp {group}` in this shell)")
-
-
-def _user_runtime_dir() -> Path:
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(base) / "teachcam" if base else Path(f"/tmp/teachcam-{os.getuid()}")
 
 
 def _jpeg(frame: np.ndarray, max_size: int | None = None, quality: int = 80) -> tuple[bytes, int, int]:
@@ -140,7 +75,7 @@ class _Client:
     def send(self, message: dict | bytes) -> None:
         if self.closed:
             return
-        self.backlog.append(message if isinstance(message, bytes) else _encode(message))
+        self.backlog.append(message if isinstance(message, bytes) else encode(message))
         if len(self.backlog) > MAX_BACKLOG:
             log.warning("control client disconnected: it stopped reading (%d messages waiting)", len(self.backlog))
             self.close()
@@ -157,10 +92,6 @@ class _Client:
             self.backlog.clear()
             self.wake.set()
             self.writer.close()
-
-
-def _encode(message: dict) -> bytes:
-    return (json.dumps(message, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode()
 
 
 class ControlServer(Port):
@@ -271,7 +202,7 @@ class ControlServer(Port):
         self._last_encode = now
         jpeg, width, height = _jpeg(frame, self.preview_size)  # once per frame, for every subscriber
         self.jpeg_encodes += 1
-        line = _encode({"frame": view.frame, "width": width, "height": height,
+        line = encode({"frame": view.frame, "width": width, "height": height,
                         "label": view.label, "confidence": round(view.confidence, 4),
                         "confidences": {k: round(v, 4) for k, v in view.confidences.items()},
                         "jpeg": base64.b64encode(jpeg).decode()})
@@ -279,7 +210,7 @@ class ControlServer(Port):
 
     def event(self, event) -> None:
         if self.loop is not None and not self.loop.is_closed():
-            line = _encode(event.as_json())
+            line = encode(event.as_json())
             self.loop.call_soon_threadsafe(self._fan_out_event, line)
 
     def _fan_out_frame(self, line: bytes) -> None:
@@ -305,7 +236,7 @@ class ControlServer(Port):
         self.clients.add(client)
         self.connections += 1
         sender = asyncio.ensure_future(self._send_loop(client))
-        client.send({"hello": "teachcam", "protocol": m.PROTOCOL_VERSION, "version": __version__})
+        client.send(hello())
         try:
             while not client.closed:
                 try:
@@ -391,16 +322,15 @@ class ControlServer(Port):
                              "error": f"this daemon speaks protocol {m.PROTOCOL_VERSION}"})
                 client.close()
                 raise ControlError(f"protocol {request.get('protocol')!r} is not supported")
-            return {"protocol": m.PROTOCOL_VERSION, "version": __version__}
+            return {"protocol": m.PROTOCOL_VERSION, "version": hello()["version"]}
         if op == "ping":
             return {"pong": time.time()}
         if op in ("subscribe", "unsubscribe"):
             return self._subscribe(client, op, request)
-        command_type = m.SOCKET_COMMANDS.get(op)
-        if command_type is None:
-            known = ", ".join(sorted([*m.SOCKET_COMMANDS, "hello", "ping", "subscribe", "unsubscribe"]))
-            raise ControlError(f"unknown op {op!r} (known: {known})")
-        command = await self._command(command_type, request)
+        if "image" in request:  # decoding and preprocessing an upload takes a while: not on the socket's thread
+            command = await asyncio.get_running_loop().run_in_executor(None, command_from_json, request, self._decode_image)
+        else:
+            command = command_from_json(request, self._decode_image)
         result = await self._ask(command)
         return self._serializable(result)
 
@@ -422,68 +352,8 @@ class ControlServer(Port):
         return {"events": client.events, "frames": client.frames, "max_size": self.preview_size,
                 "max_fps": round(1 / self.preview_interval, 2)}
 
-    async def _command(self, command_type: type[m.Command], request: dict) -> m.Command:
-        fields = {f.name: f for f in dataclasses.fields(command_type)}
-        values: dict = {"via": "socket"}
-        for key, value in request.items():
-            if key in ("id", "op"):
-                continue
-            if key == "image" and "pixels" in fields:
-                exact = command_type is m.EnrollEmbedding  # a thumbnail: already the model input, when it fits
-                values["pixels"] = await asyncio.get_running_loop().run_in_executor(None, self._decode_image, value,
-                                                                                    exact)
-                continue
-            if key == "embedding" and "embedding" in fields:
-                values["embedding"] = _decode_embedding(value)
-                continue
-            if key not in fields or key == "pixels":
-                raise ControlError(f"{command_type.op}: unknown field {key!r}")
-            if key in _TEXT_FIELDS:
-                if not isinstance(value, str) or not value or len(value) > 256:
-                    raise ControlError(f"{command_type.op}: {key} must be a non-empty string (at most 256 characters)")
-                if key == "via":
-                    value = value[:16]
-            elif key == "index":
-                if not isinstance(value, int) or isinstance(value, bool):
-                    raise ControlError(f"{command_type.op}: index must be an integer")
-            elif key == "unique":
-                if not isinstance(value, bool):
-                    raise ControlError(f"{command_type.op}: unique must be true or false")
-            elif key == "skip_similar":
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-                    raise ControlError(f"{command_type.op}: skip_similar must be a similarity from 0 (off) to 1")
-                value = float(value)
-            elif key == "seconds":
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or not 1 <= value <= 600:
-                    raise ControlError(f"{command_type.op}: seconds must be 1 to 600")
-                value = float(value)
-            elif key == "nearest":
-                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 24:
-                    raise ControlError(f"{command_type.op}: nearest must be 1 to 24")
-            elif key == "max_size":
-                if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 8192:
-                    raise ControlError(f"{command_type.op}: max_size must be 0 (full size) to 8192 pixels")
-            elif key in ("examples", "sources"):
-                if (not isinstance(value, list) or len(value) > MAX_LIST
-                        or not all(isinstance(v, str) and 0 < len(v) <= 256 for v in value)):
-                    raise ControlError(f"{command_type.op}: {key} must be a list of strings")
-                value = tuple(value)
-            values[key] = value
-        if "pixels" in fields and "pixels" not in values:
-            raise ControlError(f"{command_type.op}: image (base64 JPEG or PNG) is required")
-        for required in ("label", "old", "new", "thumb", "example", "source", "text"):
-            if required in fields and fields[required].default == "" and required not in values:
-                raise ControlError(f"{command_type.op}: {required} is required")
-        if command_type is m.Enroll and "label" not in values and "index" not in values:
-            raise ControlError("enroll: label (a class name) is required")
-        return command_type(**values)
-
     def _decode_image(self, value, exact: bool = False) -> np.ndarray:
         """base64 JPEG/PNG → the model's input pixels (``exact``: taken as is when already that size)."""
-        from teachcam.edge.model.images import read_image_bytes
-
-        if not isinstance(value, str):
-            raise ControlError("image must be a base64 string")
         try:
             data = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
@@ -518,112 +388,5 @@ class ControlServer(Port):
         if isinstance(result.get("png"), bytes):
             result["png"] = base64.b64encode(result["png"]).decode()
         if isinstance(result.get("embedding"), np.ndarray):
-            result["embedding"] = base64.b64encode(result["embedding"].astype("<f4").tobytes()).decode()
+            result["embedding"] = encode_embedding(result["embedding"])
         return result
-
-
-def _decode_embedding(value) -> np.ndarray:
-    """base64 of little-endian float32 values → a finite vector (at most MAX_EMBEDDING values)."""
-    if not isinstance(value, str) or len(value) > MAX_EMBEDDING * 6:
-        raise ControlError("embedding must be base64 of little-endian float32 values")
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ControlError("embedding is not valid base64") from None
-    if not raw or len(raw) % 4:
-        raise ControlError(f"embedding has {len(raw)} bytes: not a whole number of float32 values")
-    vector = np.frombuffer(raw, "<f4").astype(np.float32)
-    if not np.all(np.isfinite(vector)):
-        raise ControlError("embedding holds NaN or infinite values")
-    return vector
-
-
-def is_answering(path: Path, timeout: float = 1.0) -> bool:
-    """True when a daemon accepts connections on ``path``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(timeout)
-        try:
-            probe.connect(str(path))
-            return True
-        except OSError:
-            return False
-
-
-class ControlClient:
-    """A blocking client of the control socket (the CLI's): ``request(op, **fields)`` → the reply's data.
-
-    Raises (``connect``):
-        ControlAccessError: a daemon may run, but this user is not in the socket's group (one line: what to run).
-        ControlError: no daemon answers (the CLI then opens the store itself).
-    """
-
-    def __init__(self, path: str | Path | None = None, timeout: float = 120.0):
-        self.path = Path(path) if path else client_socket_path()
-        self.timeout = timeout
-        self.sock: socket.socket | None = None
-        self._file = None
-        self._next_id = 0
-        self.hello: dict = {}
-
-    def connect(self) -> ControlClient:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(5.0 if self.timeout is None else min(self.timeout, 5.0))
-        try:
-            sock.connect(str(self.path))
-        except PermissionError:
-            sock.close()
-            raise ControlAccessError(access_advice(self.path)) from None
-        except OSError as exc:
-            sock.close()
-            raise ControlError(f"no teachcam daemon answers on {self.path} ({exc.strerror or exc})") from None
-        sock.settimeout(self.timeout)
-        self.sock, self._file = sock, sock.makefile("rb")
-        self.hello = self._read()
-        if self.hello.get("hello") != "teachcam" or self.hello.get("protocol") != m.PROTOCOL_VERSION:
-            self.close()
-            raise ControlError(f"{self.path} does not speak teachcam protocol {m.PROTOCOL_VERSION}")
-        return self
-
-    def _read(self) -> dict:
-        line = self._file.readline(MAX_LINE + 1)
-        if not line:
-            raise ControlError("the daemon closed the connection")
-        return json.loads(line)
-
-    def request(self, op: str, **fields) -> dict:
-        """Send one request and wait for its reply (events that arrive meanwhile are skipped).
-
-        Raises:
-            ControlError: the daemon refused the request (its one-line reason) or went away.
-        """
-        self._next_id += 1
-        request_id = self._next_id
-        self.sock.sendall(_encode({"id": request_id, "op": op, "via": "cli", **fields}))
-        while True:
-            message = self._read()
-            if message.get("id") == request_id and "ok" in message:
-                if not message["ok"]:
-                    raise ControlError(message.get("error", "refused"))
-                return message.get("data") or {}
-
-    def messages(self):
-        """Everything the daemon pushes (after ``request("subscribe", ...)``), forever."""
-        while True:
-            yield self._read()
-
-    def close(self) -> None:
-        if self.sock is not None:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading messages()
-            except OSError:
-                pass
-        for part in (self._file, self.sock):
-            if part is not None:
-                part.close()
-        self.sock = self._file = None
-
-    def __enter__(self) -> ControlClient:
-        return self.connect()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
