@@ -21,10 +21,14 @@ def module_names() -> dict[str, Path]:
 
 
 def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
-    """Every module of ours that ``name`` imports, at module level or inside a function."""
+    """Every module of ours that ``name`` imports, at module level or inside a function (not for type checks)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for block in ast.walk(tree):  # `if TYPE_CHECKING:` imports never run: annotations only, not dependencies
+        if isinstance(block, ast.If) and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING":
+            block.body = []
+    for node in ast.walk(tree):
         targets = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]

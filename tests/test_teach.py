@@ -148,3 +148,55 @@ def test_cli_predict_on_an_empty_store_and_a_corrupt_store(bundle_path, tmp_path
     assert result.returncode == 0
     assert json.loads(result.stdout)[0]["label"] == "coffee"
     assert "falling back to the previous generation" in result.stderr
+
+
+def test_the_cli_without_a_daemon_and_through_one_apply_the_same_rules(bundle_path, tmp_path):
+    # One sequence — files enrolled (one given twice), then an archive imported twice that holds a picture twice
+    # in one class — applied by the CLI on its own store, and by the CLI through a running daemon.
+    # teaching.lessons holds the rules for both: the two stores must end up the same.
+    import zipfile
+
+    from teachcam.edge.teaching.store import EnrollmentStore
+    from tests.helpers import RunningDaemon, save_views
+
+    views = save_views(tmp_path / "views", "chelsea.png", 3, seed=5) + save_views(tmp_path / "mugs", "coffee.png", 2, seed=6)
+    archive = tmp_path / "lesson.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, (label, path) in enumerate([("cat", views[0]), ("cat", views[1]), ("cat", views[0]),
+                                           ("mug", views[3])]):
+            zf.write(path, f"{label}/{i}.jpg")
+
+    def sequence(store_flag: list) -> list[str]:
+        outputs = []
+        for args in (["enroll", "-l", "mug", *(["--store", *store_flag] if store_flag else []), views[4], views[4],
+                      "--bundle", bundle_path],
+                     ["store", "import", *store_flag, archive, "--bundle", bundle_path],
+                     ["store", "import", *store_flag, archive, "--bundle", bundle_path]):  # all already there
+            result = run_teachcam(*args)
+            assert result.returncode == 0, result.stderr
+            outputs.append(result.stdout)
+        return outputs
+
+    alone = tmp_path / "alone"
+    sequence([alone])
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    (camera / "a.jpg").write_bytes(views[2].read_bytes())
+    daemon = RunningDaemon(bundle_path, tmp_path, camera)
+    try:
+        through = sequence([])
+    finally:
+        daemon.stop()
+    assert "through the running daemon" in through[0] and "4 already there" in through[2]
+
+    def contents(path):
+        with EnrollmentStore.open(path, writable=False) as store:
+            snap = store.snapshot
+            return snap.classes, sorted((e.label, e.thumb) for e in snap.examples)
+
+    classes_alone, examples_alone = contents(alone)
+    classes_daemon, examples_daemon = contents(daemon.store)
+    assert classes_alone == classes_daemon == ["mug", "cat"]
+    assert examples_alone == examples_daemon
+    # the duplicate in the archive and the second import added nothing; `enroll` takes a file given twice twice
+    assert [label for label, _ in examples_alone] == ["cat", "cat", "mug", "mug", "mug"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from teachcam.edge.cli.common import DEFAULT_STORE, add_bundle_flag, each_image
 from teachcam.edge.errors import StoreError
 from teachcam.edge.messages import SKIPPED_DUPLICATE
+from teachcam.edge.teaching.lessons import Lessons, Sample
 from teachcam.edge.teaching.teacher import CAP_POLICIES
 
 
@@ -169,12 +170,12 @@ def cmd_enroll(args) -> int:
     with Teacher.open(args.store or DEFAULT_STORE, embedder, **_knn_options(args)) as teacher:
         name = teacher.resolve_name(args.label, create=True)  # a bad name fails before any work
         failures: list[str] = []
-        items = [(name, embedder.embed(pixels), pixels, path.name)
+        # the daemon's rules (teaching.lessons), as `teachcam enroll` through a running daemon applies them
+        items = [(name, Sample(pixels, embed=embedder.embed), path.name[:200])
                  for path, pixels in each_image(args.images, preprocess, failures)]
-        if items:
-            teacher.add_many(items)
+        added = [o for o in Lessons(teacher).enroll_many(items) if not o.skipped]
         counts = teacher.counts()
-    print(f"enrolled {len(items)} example(s) of {name!r}; the store now holds "
+    print(f"enrolled {len(added)} example(s) of {name!r}; the store now holds "
           + ", ".join(f"{label}: {n}" for label, n in counts.items()))
     return 1 if failures else 0
 
@@ -296,28 +297,23 @@ def _import(args, members) -> int:
     import numpy as np
     from PIL import Image
 
-    from teachcam.edge.teaching.store import thumbnail_digest
     from teachcam.edge.teaching.teacher import Teacher
 
     preprocess, embedder = _pipeline(args)
     with Teacher.open(args.store, embedder) as teacher:
-        # Thumbnails are content-addressed: an example already in the same class is not added twice.
-        present = {(e.label, e.thumb) for e in teacher.snapshot.examples}
-        items, duplicates = [], 0
+        items = []
         for label, data in members:
             with Image.open(io.BytesIO(data)) as image:
                 pixels = np.asarray(image.convert("RGB"), np.uint8)
             if pixels.shape[:2] != (preprocess.crop_height, preprocess.crop_width):
                 pixels = preprocess(pixels)
-            if (label, thumbnail_digest(pixels)) in present:
-                duplicates += 1
-                continue
-            items.append((label, embedder.embed(pixels), pixels, "import"))
-        if not items and not duplicates:
+            items.append((label, Sample(pixels, embed=embedder.embed), "import"))
+        if not items:
             raise StoreError(f"{args.archive} holds no images in class folders")
-        if items:
-            teacher.add_many(items)
-        print(f"imported {len(items)} example(s) into {args.store}"
+        # Thumbnails are content-addressed: an example already in the same class is not added twice.
+        outcomes = Lessons(teacher).enroll_many(items, unique=True)
+        duplicates = sum(1 for o in outcomes if o.skipped)
+        print(f"imported {len(outcomes) - duplicates} example(s) into {args.store}"
               + (f" ({duplicates} already there, skipped)" if duplicates else "") + ": "
               + ", ".join(f"{k}: {v}" for k, v in teacher.counts().items()))
     return 0

@@ -1,0 +1,217 @@
+"""The command router: every command the daemon takes, applied in one place, on the main loop's thread.
+
+Each case is one teaching operation (the rules are :mod:`teachcam.edge.teaching.lessons`'), at most one event for
+every port, and the reply. A command that fails becomes an ``Error`` event and a one-line reply; nothing a command
+does may stop the camera.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from teachcam.edge import messages as m
+from teachcam.edge.errors import BundleError, StoreError, TeachcamError
+from teachcam.edge.teaching import insight
+from teachcam.edge.teaching.lessons import Lessons, Outcome, Sample
+
+if TYPE_CHECKING:
+    from teachcam.edge.daemon.loop import Daemon
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    """Applies commands to a :class:`Daemon`'s parts (its teacher, embedder, smoother, last frame)."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+        self.batches = 0  # one per call of apply_pending: the same-frame rule's frame
+
+    @property
+    def lessons(self) -> Lessons | None:
+        teacher = self.daemon.teacher
+        if teacher is None:
+            return None
+        if getattr(self, "_lessons", None) is None or self._lessons.teacher is not teacher:
+            self._lessons = Lessons(teacher)
+        return self._lessons
+
+    def apply_pending(self, commands: queue.Queue, current: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Apply the commands queued so far. ``current``: this frame's (embedding, pixels), or None (paused, or no
+        new frame): an enrollment then embeds the last frame itself. A command posted meanwhile — a client that
+        sends its next enrollment as soon as it has this one's reply — waits for the next call: were it taken now,
+        it would share this frame and be skipped as "same frame"."""
+        self.batches += 1
+        for _ in range(commands.qsize()):
+            try:
+                command, reply = commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                result = self.apply(command, current)
+            except TeachcamError as exc:  # a full disk or a bad name must not stop the camera
+                log.error("%s failed: %s", command.op, exc)
+                self.daemon.event(m.Error(message=str(exc), op=command.op), log_it=False)
+                result = exc
+            except Exception as exc:  # a bug in one command must not stop the camera either
+                log.error("%s failed: internal error %s: %s (please report it)", command.op, type(exc).__name__, exc)
+                log.debug("internal error applying %r", command, exc_info=True)
+                result = TeachcamError(f"{command.op}: internal error ({type(exc).__name__}); the daemon carries on")
+            if reply is not None:
+                try:
+                    reply(result)
+                except Exception as exc:  # a client that went away must not stop the camera
+                    log.debug("reply to %s failed: %s", command.op, exc)
+
+    def _taught(self, command: m.Command) -> Lessons:
+        if self.lessons is None:
+            raise BundleError(f"{command.op}: the bundle is a standalone classifier and cannot be taught by example")
+        return self._lessons
+
+    def _frame(self, current):
+        d = self.daemon
+        if current is not None:
+            return current
+        if d.last_frame is None:
+            raise StoreError("no camera frame yet: nothing to enroll (is the camera working?)")
+        pixels = d.preprocess(d.last_frame)
+        return d.embedder.embed(pixels), pixels
+
+    def _enrolled(self, outcome: Outcome, via: str) -> dict:
+        """The acknowledgement of an enrollment (durable when this runs): the event, and the reply."""
+        if outcome.example is not None and not outcome.skipped:
+            example = outcome.example
+            self.daemon.stats.enrolled += 1
+            self.daemon.event(m.Enrolled(label=example.label, count=outcome.count, example=example.id,
+                                         thumb=example.thumb, via=via))
+        return outcome.reply()
+
+    def apply(self, command: m.Command, current) -> dict | None:
+        """Apply one command; returns what its reply carries. One case per command type."""
+        d, via = self.daemon, command.via
+        match command:
+            case m.Quit():
+                d.stop()
+            case m.Status():
+                return d.status()
+            case m.Pause() | m.Resume():
+                d.paused = isinstance(command, m.Pause)
+                d.event(m.Paused(paused=d.paused, via=via))
+            case m.Reload():
+                d.request_reload()
+            case m.Snapshot(max_size=max_size):
+                if d.last_frame is None:
+                    raise TeachcamError("no camera frame yet")
+                return {"frame": d.last_frame, "max_size": max_size}
+            case m.ListClasses():
+                return self._classes()
+            case m.Thumbnail(thumb=thumb):
+                return {"png": self._taught(command).teacher.store.thumbnail_bytes(thumb)}
+            case m.Enroll(label=label, index=index, skip_similar=skip_similar):
+                if label is None:
+                    if index is None or not 0 <= index < len(d.config.classes):
+                        raise TeachcamError(f"enroll: no class button {index}")
+                    label = d.config.classes[index]
+                sample = Sample(take=lambda: self._frame(current))
+                return self._enrolled(self._taught(command).enroll(label, sample, source=via, batch=self.batches,
+                                                                   skip_similar=skip_similar), via)
+            case m.EnrollImage(label=label, pixels=pixels, name=name, unique=unique):
+                sample = Sample(pixels, embed=d.embedder.embed)
+                return self._enrolled(self._taught(command).enroll(label, sample, source=name or via, unique=unique),
+                                      via)
+            case m.EnrollEmbedding(label=label, source=source):
+                lessons = self._taught(command)
+                sample = Sample(command.pixels, command.embedding, embed=d.embedder.embed)
+                outcome = lessons.adopt(label, source, sample, fingerprint=command.fingerprint,
+                                        embedder_fingerprint=d.embedder.fingerprint,
+                                        embedding_size=int(np.prod(d.embedder.model.output.shape[1:])))
+                return self._enrolled(outcome, via)
+            case m.PredictImage(pixels=pixels):
+                label, score, confidence, confidences = d.predict(d.embedder.embed(pixels))
+                return {"label": label, "score": round(score, 4), "confidence": round(confidence, 4),
+                        "confidences": {k: round(v, 4) for k, v in confidences.items()}}
+            case m.AddClass(label=label):
+                label = self._taught(command).teacher.add_class(label)
+                d.event(m.ClassAdded(label=label, via=via))
+                return {"label": label}
+            case m.RenameClass(old=old, new=new):
+                teacher = self._taught(command).teacher
+                old, new = teacher.resolve_name(old, create=False), teacher.rename_class(old, new)
+                d.event(m.Renamed(old=old, new=new, via=via))
+                return {"old": old, "new": new}
+            case m.RemoveClass(label=label):
+                teacher = self._taught(command).teacher
+                label = teacher.resolve_name(label, create=False)
+                count = teacher.remove_class(label)
+                d.smoother.reset()
+                d.event(m.Removed(label=label, count=count, via=via))
+                return {"label": label, "count": count}
+            case m.Undo():
+                teacher = self._taught(command).teacher
+                example = teacher.undo_last()
+                if example is None:
+                    return {"undone": None}
+                count = teacher.counts().get(example.label, 0)
+                d.event(m.Undone(label=example.label, count=count, example=example.id, source=example.source, via=via))
+                return {"undone": example.label, "count": count}
+            case m.Clear():
+                count = self._taught(command).teacher.clear()
+                d.smoother.reset()
+                d.event(m.Cleared(count=count, via=via))
+                return {"count": count}
+            case m.ExampleData(example=example_id):
+                teacher = self._taught(command).teacher
+                example, embedding = teacher.example(example_id)
+                return {"id": example.id, "label": example.label, "thumb": example.thumb, "source": example.source,
+                        "added": round(example.added, 3), "fingerprint": teacher.store.fingerprint,
+                        "embedding": embedding, "png": teacher.store.thumbnail_bytes(example.thumb)}
+            case m.Explain(nearest=count):
+                return self._explain(count)
+            case m.Notice(text=text, seconds=seconds, link=link):
+                d.event(m.NoticeShown(text=text, seconds=seconds, link=link, via=via), log_it=False)  # a secret
+                return {"shown": True}
+            case m.RemoveExamples(examples=ids, sources=sources):
+                ids, sources = set(ids), set(sources)
+                gone = self._taught(command).teacher.remove_examples(lambda e: e.id in ids or e.source in sources)
+                if gone:
+                    d.event(m.ExamplesRemoved(count=len(gone), labels=tuple(sorted({e.label for e in gone})),
+                                              sources=tuple(sorted({e.source for e in gone if e.source})), via=via))
+                return {"count": len(gone)}
+            case _:
+                raise TeachcamError(f"unknown command {command!r}")
+        return {}
+
+    def _classes(self) -> dict:
+        lessons = self._taught(m.ListClasses())
+        teacher, view = lessons.teacher, lessons.insight()
+        examples: dict[str, list] = {label: [] for label in teacher.classes}
+        for example in teacher.snapshot.examples:
+            examples.setdefault(example.label, []).append({"id": example.id, "thumb": example.thumb,
+                                                           "source": example.source, "added": round(example.added, 3)})
+        return {"classes": [{"label": label, "count": len(items), "examples": items, "variety": view.variety(label)}
+                            for label, items in examples.items()]}
+
+    def _explain(self, count: int) -> dict:
+        """The examples nearest to the current frame; the examples a leave-one-out vote puts in another class."""
+        view = self._taught(m.Explain()).insight()
+        snap, last = view.snapshot, self.daemon.last_embedding
+        nearest = []
+        if last is not None and snap.examples:
+            sims = view.similarities(last)
+            for i in np.argsort(-sims)[: max(1, min(count, 24))]:
+                e = snap.examples[int(i)]
+                nearest.append({"id": e.id, "label": e.label, "thumb": e.thumb, "similarity": round(float(sims[i]), 4)})
+        confused = view.confused()
+
+        def brief(i: int) -> dict:
+            e = snap.examples[i]
+            return {"id": e.id, "label": e.label, "thumb": e.thumb}
+
+        return {"shown": self.daemon.shown, "nearest": nearest, "pairs": insight.confused_pairs(confused),
+                "confused": [{**brief(c["index"]), "looks_like": c["looks_like"], "neighbor": brief(c["neighbor"]),
+                              "similarity": c["similarity"]} for c in confused[:50]],
+                "examples": len(snap.examples)}
