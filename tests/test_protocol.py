@@ -150,3 +150,31 @@ def test_a_client_whose_daemon_goes_away_mid_request_gets_one_line(tmp_path):
     client.close()
     server.close()
     assert "\n" not in str(failed.value)
+
+
+def test_the_docs_tables_are_the_code():
+    # docs/control.md lists every op with its fields and every event with its fields: they may not drift.
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "control.md").read_text(encoding="utf-8")
+    tables, current = {}, None
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| op |") or line.startswith("| event |"):
+            current = tables.setdefault(cells[0], {})
+        elif line.startswith("| `") and current is not None:
+            current[cells[0].strip("`")] = re.findall(r"`([a-z_]+)`\*?", cells[1])
+        elif not line.startswith("|"):
+            current = None
+    documented_ops, events = tables["op"], tables["event"]
+    assert set(documented_ops) == set(m.SOCKET_COMMANDS) | set(m.SOCKET_OPS)
+    assert set(events) == set(m.EVENTS)
+    for op, command_type in m.SOCKET_COMMANDS.items():
+        assert documented_ops[op] == [k for k in wire_fields(command_type) if k != "via"], op
+    for kind, event_type in m.EVENTS.items():
+        assert events[kind] == [f.name for f in dataclasses.fields(event_type) if f.name != "time"], kind
+    required = {op: [k + "*" for k, (_, r) in wire_fields(c).items() if r.required] for op, c in m.SOCKET_COMMANDS.items()}
+    for op, marked in required.items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{op}` |"))
+        assert all(f"`{name[:-1]}`*" in row for name in marked), op

@@ -19,8 +19,8 @@ def register(sub) -> None:
                                    "commands from it, announce the device to Home Assistant (MQTT discovery), and "
                                    "share taught examples with the other Pis of a fleet group. Settings: [mqtt] in "
                                    "the config (host, port, tls, ca_file, username, password_file, device_id, "
-                                   "base_topic, discovery, fleet_group …); flags override them. Topics: README, "
-                                   "\"MQTT\". Runs until stopped; reconnects to the broker and the daemon by itself.")
+                                   "base_topic, discovery, fleet_group …); flags override them. Topics: docs/mqtt.md. "
+                                   "Runs until stopped; reconnects to the broker and the daemon by itself.")
     p.add_argument("-c", "--config", type=Path, default=None, help="TOML config file (the daemon's)")
     p.add_argument("--host", default=None, help="broker host (default localhost)")
     p.add_argument("--port", type=int, default=None, help="broker port (default 1883)")

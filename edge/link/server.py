@@ -304,7 +304,7 @@ class ControlServer(Port):
                 raise ControlError("id must be a string or a number")
             op = request.get("op")
             if not isinstance(op, str):
-                raise ControlError("op must be a string (the protocol: README, \"The control socket\")")
+                raise ControlError("op must be a string (the protocol: docs/control.md)")
             data = await self._dispatch(client, op, request)
             return {"id": request_id, "ok": True, "data": data}
         except TeachcamError as exc:

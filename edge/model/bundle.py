@@ -1,4 +1,4 @@
-"""Read a model bundle (contract 1 of DESIGN.md) and check it before anything runs.
+"""Read a model bundle (contract 1 of docs/contracts.md) and check it before anything runs.
 
 A bundle is a folder with ``manifest.json`` and the files it lists. The manifest is the
 single source of truth for what the device must reproduce: preprocessing, every model

@@ -1,4 +1,4 @@
-"""The enrollment store (contract 2 of DESIGN.md): what a person taught, kept through anything.
+"""The enrollment store (contract 2 of docs/contracts.md): what a person taught, kept through anything.
 
 Layout of a store folder::
 
