@@ -31,9 +31,14 @@ def test_while_the_broker_is_away_the_queue_is_bounded_and_keeps_the_newest():
 
 def test_a_notice_never_reaches_the_broker():
     """The daemon's notice carries the web page's pairing token for its own OLED: not an event to publish."""
-    from teachcam.edge.apps.mqtt.bridge import EVENT_KINDS
+    from teachcam.edge import messages as m
+    from teachcam.edge.apps.mqtt.bridge import Bridge
 
-    assert "notice" not in EVENT_KINDS
+    bridge = Bridge(load_config(None, {"mqtt.device_id": "pi1"}))
+    bridge._on_event(m.NoticeShown(text="log in: http://pi:8080/#token=secret", link="http://pi:8080/#token=secret"))
+    bridge._on_event(m.CameraBack(source="demo"))
+    assert list(bridge.pending) == ["teachcam/pi1/event"]
+    assert b"secret" not in bridge.pending["teachcam/pi1/event"][0]
 
 
 def example(**changes) -> bytes:

@@ -37,7 +37,9 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from teachcam.edge import messages as m
 from teachcam.edge.apps.mqtt import fleet, hass
+from teachcam.edge.apps.mqtt.sync import Ask, FleetSync, Publish, Share
 from teachcam.edge.config import DaemonConfig
 from teachcam.edge.errors import ControlError, TeachcamError
 from teachcam.edge.link.client import ControlClient
@@ -52,10 +54,11 @@ STATE_MIN_INTERVAL = 0.25  # at most 4 state messages a second
 STATS_INTERVAL = 60.0
 SNAPSHOT_SIZE = 320
 SNAPSHOT_MIN_INTERVAL = 1.0  # a JPEG is encoded in the daemon: at most one a second, of the newest class
-CATCH_UP_QUIET = 2.0  # seconds without a retained fleet message: the replay is over (if the marker never comes)
-EVENT_KINDS = {"prediction", "enrolled", "undone", "class_added", "removed", "renamed", "cleared", "paused",
-               "camera_trouble", "camera_back", "examples_removed", "error", "reloaded"}
-CHANGES = {"enrolled", "undone", "class_added", "removed", "renamed", "cleared", "examples_removed", "reloaded"}
+# The daemon events published on <base>/event (not stats: <base>/stats has them; not notices: they hold secrets),
+# and the ones that change what the store holds.
+PUBLISHED = (m.PredictionChanged, m.Enrolled, m.Undone, m.ClassAdded, m.Removed, m.Renamed, m.Cleared, m.Paused,
+             m.CameraTrouble, m.CameraBack, m.ExamplesRemoved, m.Error, m.Reloaded)
+CHANGES = (m.Enrolled, m.Undone, m.ClassAdded, m.Removed, m.Renamed, m.Cleared, m.ExamplesRemoved, m.Reloaded)
 
 
 def device_id(configured: str) -> str:
@@ -88,13 +91,7 @@ class Bridge:
         self.paused = False
         self.prediction: dict = {}
         self.fingerprint = ""
-        self.own: dict[str, str] = {}  # own example id -> label as published
-        self.fleet_seen: set[str] = set()
-        self.own_replayed: set[str] = set()  # own example ids the broker replayed while catching up
-        self.last_retained = 0.0
-        self.catching_up = False
-        self.replay_over = False  # our marker came back after the replay: catching up may end at once
-        self.marker = ""
+        self.sync = FleetSync(self.group, self.device) if self.group else None
         self.last_state = 0.0
         self.state_due = False
         self.last_stats = 0.0
@@ -165,9 +162,7 @@ class Bridge:
         self._put(("disconnected", str(reason_code)))
 
     def _on_message(self, client, userdata, message):
-        if message.retain and message.topic.startswith("teachcam/fleet/"):
-            self.last_retained = time.monotonic()
-        self._put(("message", message.topic, bytes(message.payload)))
+        self._put(("message", message.topic, bytes(message.payload), bool(message.retain), time.monotonic()))
 
     def _put(self, item) -> None:
         try:
@@ -215,9 +210,8 @@ class Bridge:
 
     def _read_events(self, client: ControlClient) -> None:
         try:
-            for message in client.messages():
-                if "event" in message:
-                    self._put(("event", message))
+            for event in client.events():
+                self._put(("event", event))
         except (ControlError, OSError, ValueError):
             pass
         self._put(("daemon_lost", client))
@@ -281,6 +275,8 @@ class Bridge:
             if self.connected:
                 log.warning("lost the MQTT broker (%s); reconnecting with backoff", item[1])
             self.connected = False
+            if self.sync is not None:
+                self.sync.disconnected()
         elif kind == "message":
             self._on_broker_message(*item[1:])
         elif kind == "event":
@@ -305,17 +301,13 @@ class Bridge:
             # examples lost 30. A lost connection replays them all again anyway.
             subscriptions += [(fleet.examples_filter(self.group), 0), (fleet.op_topic(self.group), 1),
                               (f"{self.base}/sync", 1)]
-            self.fleet_seen.clear()
-            self.catching_up, self.replay_over = True, False
-            self.last_retained = time.monotonic()
-            self.own.clear()  # every own example again once caught up (retained: idempotent), should the broker
-            # have lost them; not before: an op a peer sent while we were away (rename, withdraw) applies first
+            marker = secrets.token_hex(8)
+            self.sync.connected_to_broker(time.monotonic(), marker)
         self.client.subscribe(subscriptions)
         if self.group:
             # The broker sends the retained replay (and the ops queued for this session) before it handles a message
             # published after the subscription: when this one comes back, the replay is over.
-            self.marker = secrets.token_hex(8)
-            self.client.publish(f"{self.base}/sync", self.marker, qos=1)
+            self.client.publish(f"{self.base}/sync", marker, qos=1)
         pending, self.pending = self.pending, OrderedDict()
         if self.daemon_up:
             self._announce()
@@ -331,8 +323,8 @@ class Bridge:
         if self.prediction.get("label") is None and status.get("shown"):
             self.prediction = {"label": status["shown"], "confidence": 0.0, "confidences": {}}
         self._announce()
-        if self.group and self.connected:
-            self._sync_own()  # (waits while catching up)
+        if self.sync is not None and self.connected:
+            self._carry_out(self.sync.share_own(self._listing()))  # (nothing while catching up)
 
     def _announce(self) -> None:
         """Availability, discovery and every retained topic, as after a (re)connect."""
@@ -356,9 +348,7 @@ class Bridge:
             self._publish_snapshot()
         if self.daemon_up and now - self.last_stats >= STATS_INTERVAL:
             self._publish_stats()
-        if self.catching_up and self.connected and self.daemon_up and (
-                self.replay_over or now - self.last_retained > CATCH_UP_QUIET):
-            self.catching_up = False
+        if self.sync is not None and self.sync.tick(now, self.daemon_up):
             self._put(("catch_up_done",))  # after every fleet message already queued
 
     # -- what goes out -------------------------------------------------------------------------------
@@ -403,23 +393,22 @@ class Bridge:
         self.publish(f"{self.base}/snapshot", base64.b64decode(shot["jpeg"]), retain=True)
 
     # -- daemon events -------------------------------------------------------------------------------
-    def _on_event(self, event: dict) -> None:
-        kind = event.get("event")
-        if kind in EVENT_KINDS:
-            self.publish(f"{self.base}/event", event)
-        if kind == "prediction":
-            changed = event.get("label") != self.prediction.get("label")
-            self.prediction = event
-            self.classes = dict(event.get("counts") or self.classes)
+    def _on_event(self, event: m.Event) -> None:
+        if isinstance(event, PUBLISHED):
+            self.publish(f"{self.base}/event", event.as_json())
+        if isinstance(event, m.PredictionChanged):
+            changed = event.label != self.prediction.get("label")
+            self.prediction = event.as_json()
+            self.classes = dict(event.counts or self.classes)
             self.state_due = True
             if changed:
-                self.publish(f"{self.base}/event/class", {"event_type": event.get("label") or "unknown"})
+                self.publish(f"{self.base}/event/class", {"event_type": event.label or "unknown"})
                 self.snapshot_due = True
-        elif kind == "paused":
-            self.paused = bool(event.get("paused"))
+        elif isinstance(event, m.Paused):
+            self.paused = bool(event.paused)
             self.publish(f"{self.base}/paused", "ON" if self.paused else "OFF", retain=True)
             self.state_due = True
-        if kind in CHANGES:
+        if isinstance(event, CHANGES):
             listing = self._listing()  # one request serves the counts and the fleet's own examples
             before = list(self.classes)
             if listing is not None:
@@ -428,8 +417,8 @@ class Bridge:
             self.state_due = True
             if list(self.classes) != before:
                 self._publish_discovery()
-            if self.group:
-                self._fleet_after_change(event, listing)
+            if self.sync is not None:
+                self._carry_out(self.sync.changed(event, listing))
 
     def _listing(self) -> list[dict] | None:
         """The daemon's classes with their examples (the ``classes`` op), or None when it does not answer."""
@@ -439,12 +428,12 @@ class Bridge:
             return None
 
     # -- requests from the broker --------------------------------------------------------------------
-    def _on_broker_message(self, topic: str, payload: bytes) -> None:
-        if self.group and topic.startswith("teachcam/fleet/"):
-            self._on_fleet_message(topic, payload)
+    def _on_broker_message(self, topic: str, payload: bytes, retained: bool = False, received: float = 0.0) -> None:
+        if self.sync is not None and topic.startswith("teachcam/fleet/"):
+            self._carry_out(self.sync.message(topic, payload, retained=retained, now=received))
         elif topic == f"{self.base}/sync":
-            if self.catching_up and payload.decode(errors="replace") == self.marker:
-                self.replay_over = True
+            if self.sync is not None:
+                self.sync.sync_marker(payload)
         elif topic == f"{self.config.discovery_prefix}/status":
             if payload.strip().lower() == b"online":
                 log.info("Home Assistant came online: discovery and state again")
@@ -494,142 +483,36 @@ class Bridge:
         except ControlError as exc:
             log.warning("%s", exc)
 
-    # -- fleet ---------------------------------------------------------------------------------------
-    def _on_fleet_message(self, topic: str, payload: bytes) -> None:
-        if topic == fleet.op_topic(self.group):
-            try:
-                op = fleet.decode_op(payload, self.group)
-            except fleet.FleetError as exc:
-                log.warning("%s", exc)
-                return
-            if op["device"] == self.device:
-                return
-            if op["op"] == "withdraw":
-                self._withdrawn_by_peer(op)
-                return
-            fields = {k: op[k] for k in ("old", "new", "label") if k in op}
-            try:
-                self.ask(op["op"], via="fleet", **fields)
-            except ControlError as exc:
-                log.info("fleet %s from %s not applied here: %s", op["op"], op["device"], exc)
-            return
-        try:
-            device, example_id = fleet.parse_topic(topic, self.group)
-        except fleet.FleetError as exc:
-            log.warning("%s", exc)
-            return
-        source = fleet.source_of(device, example_id)
-        if device == self.device:  # our own, replayed: withdraw what no longer exists here
-            if payload and example_id not in self.own and not self.catching_up:
-                self.publish(topic, b"", retain=True, qos=1)
-            elif payload and self.catching_up:
-                self.own_replayed.add(example_id)
-            return
-        if not payload:
-            self.fleet_seen.discard(source)
-            self.ask("remove_examples", sources=[source], via="fleet")
-            return
-        try:
-            example = fleet.decode(topic, payload, self.group)
-        except fleet.FleetError as exc:
-            log.warning("fleet example refused: %s", exc)
-            return
-        self.fleet_seen.add(source)  # retained or live, the broker holds it (peers publish retained)
-        try:
-            self.ask("enroll_embedding", label=example.label, embedding=example.embedding,
-                     fingerprint=example.fingerprint, image=example.jpeg, source=source, via="fleet")
-        except ControlError as exc:
-            log.warning("fleet example %s/%s (%r) not enrolled: %s", device, example_id, example.label, exc)
-
-    def _withdrawn_by_peer(self, op: dict) -> None:
-        """A person on another device removed examples ``owner`` taught: the owner removes them from its store
-        (and so withdraws their retained messages, as for any removal); every other device drops them now."""
-        mine = op["owner"] == self.device
-        try:
-            if mine:
-                gone = self.ask("remove_examples", examples=op["ids"], via="fleet")["count"]
-            else:
-                gone = self.ask("remove_examples", sources=[fleet.source_of(op["owner"], i) for i in op["ids"]],
-                                via="fleet")["count"]
-        except ControlError as exc:
-            log.info("fleet withdraw from %s not applied here: %s", op["device"], exc)
-            return
-        if gone:
-            log.info("fleet: %s removed %d example(s) taught by %s; removed here too", op["device"], gone,
-                     "this device" if mine else op["owner"])
-
-    def _withdraw_peer_examples(self, event: dict) -> None:
-        """Examples another device taught were removed here by a person (undo, the page's delete): ask their owner
-        to withdraw them, so that the deletion holds on every device and after every reconnection."""
-        sources = [event.get("source", "")] if event.get("event") == "undone" else list(event.get("sources") or ())
-        owners: dict[str, list[str]] = {}
-        for source in sources:
-            owner = fleet.owner_of(source) if isinstance(source, str) else None
-            if owner is not None and owner[0] != self.device:
-                owners.setdefault(owner[0], []).append(owner[1])
-        for owner, ids in owners.items():
-            for start in range(0, len(ids), fleet.MAX_WITHDRAW):
-                chunk = ids[start:start + fleet.MAX_WITHDRAW]
-                self.publish(fleet.op_topic(self.group),
-                             fleet.op_payload(self.group, self.device, "withdraw", owner=owner, ids=chunk), qos=1)
-            log.info("fleet: %d example(s) taught by %s removed here; asked it to withdraw them", len(ids), owner)
-
+    # -- fleet: the sync decides (apps/mqtt/sync.py), the bridge carries it out --------------------------------
     def _finish_catch_up(self) -> None:
-        """The broker's retained replay is over: drop fleet examples it no longer has; withdraw stale own ones."""
-        listing = self._listing()
-        if listing is None:
-            return
-        held = {e["source"] for c in listing for e in c["examples"] if fleet.is_from_fleet(e["source"])}
-        stale = sorted(held - self.fleet_seen)
-        if stale:
-            log.info("fleet: %d example(s) were withdrawn while this device was away; removing them", len(stale))
-            self.ask("remove_examples", sources=stale, via="fleet")
-        self._sync_own()  # every own example again (after the ops that waited for us changed what we hold)
-        for example_id in sorted(self.own_replayed - set(self.own)):
-            self.publish(fleet.example_topic(self.group, self.device, example_id), b"", retain=True, qos=1)
-        self.own_replayed = set()
-        log.info("fleet %s: caught up (%d example(s) from other devices, %d of this one's published)", self.group,
-                 len(held) - len(stale), len(self.own))
+        self._carry_out(self.sync.caught_up(self._listing()))
 
-    def _fleet_after_change(self, event: dict, listing: list[dict] | None) -> None:
-        kind, via = event.get("event"), event.get("via")
-        if via != "fleet" and kind in ("renamed", "removed", "cleared"):
-            op = {"renamed": "rename_class", "removed": "remove_class", "cleared": "clear"}[kind]
-            fields = {"renamed": {"old": event.get("old"), "new": event.get("new")},
-                      "removed": {"label": event.get("label")}, "cleared": {}}[kind]
-            self.publish(fleet.op_topic(self.group), fleet.op_payload(self.group, self.device, op, **fields), qos=1)
-        elif via != "fleet" and kind in ("undone", "examples_removed"):
-            self._withdraw_peer_examples(event)
-        self._sync_own(listing)
+    def _carry_out(self, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, Publish):
+                self.publish(action.topic, action.payload, retain=action.retain, qos=action.qos)
+            elif isinstance(action, Ask):
+                try:
+                    self.ask(action.op, via="fleet", **action.fields)
+                except ControlError as exc:
+                    (log.warning if action.warn else log.info)("%s: %s", action.refused or action.op, exc)
+            elif isinstance(action, Share):
+                self._share(action)
 
-    def _sync_own(self, listing: list[dict] | None = None) -> None:
-        """Publish this device's own examples that are new or relabelled; withdraw the ones that went.
-        While the broker is away nothing is queued: the next connection publishes them all, once caught up."""
-        if not self.connected or self.catching_up:
-            return
-        listing = listing if listing is not None else self._listing()
-        if listing is None:
-            return
-        current = {e["id"]: c["label"] for c in listing for e in c["examples"]
-                   if not fleet.is_from_fleet(e.get("source", ""))}
-        for example_id in sorted(set(self.own) - set(current)):
-            self.publish(fleet.example_topic(self.group, self.device, example_id), b"", retain=True, qos=1)
-            del self.own[example_id]
-        for example_id, label in current.items():
-            if self.own.get(example_id) == label:
-                continue
-            try:
-                data = self.ask("example", example=example_id)
-            except ControlError as exc:
-                log.debug("example %s: %s", example_id, exc)
-                continue
-            from PIL import Image
+    def _share(self, action: Share) -> None:
+        """One of this device's own examples, retained for the fleet (the thumbnail as a JPEG)."""
+        from PIL import Image
 
-            with Image.open(io.BytesIO(base64.b64decode(data["png"]))) as image:
-                out = io.BytesIO()
-                image.convert("RGB").save(out, "JPEG", quality=90)
-            shared = fleet.FleetExample(self.group, self.device, example_id, data["label"], data["fingerprint"],
-                                        data["embedding"], base64.b64encode(out.getvalue()).decode(), data["added"])
-            self.publish(fleet.example_topic(self.group, self.device, example_id), shared.payload(), retain=True,
-                         qos=1)
-            self.own[example_id] = label
+        try:
+            data = self.ask("example", example=action.example_id)
+        except ControlError as exc:
+            log.debug("example %s: %s", action.example_id, exc)
+            self.sync.not_shared(action.example_id)
+            return
+        with Image.open(io.BytesIO(base64.b64decode(data["png"]))) as image:
+            out = io.BytesIO()
+            image.convert("RGB").save(out, "JPEG", quality=90)
+        shared = fleet.FleetExample(self.group, self.device, action.example_id, data["label"], data["fingerprint"],
+                                    data["embedding"], base64.b64encode(out.getvalue()).decode(), data["added"])
+        self.publish(fleet.example_topic(self.group, self.device, action.example_id), shared.payload(), retain=True,
+                     qos=1)
