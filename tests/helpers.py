@@ -18,7 +18,8 @@ from PIL import Image, ImageEnhance
 
 from teachcam.edge.config import load_config
 from teachcam.edge.daemon.loop import Daemon
-from teachcam.edge.devices.camera import ArraySource, Source
+from teachcam.edge.devices.camera import ArraySource
+from teachcam.edge.devices.source import Source
 from teachcam.edge.errors import CameraError, ControlError
 from teachcam.edge.link.client import ControlClient
 from teachcam.edge.model.images import read_image
@@ -158,7 +159,7 @@ DRIVER = textwrap.dedent("""
     from teachcam.edge.config import load_config
     from teachcam.edge.daemon.loop import Daemon
     from teachcam.edge.ports import Port
-    from teachcam.edge.devices.camera import DemoSource
+    from teachcam.edge.devices.scenes import DemoSource
 
     class Acks(Port):
         def event(self, event):

@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from teachcam.edge.devices.camera import FrameGrabber, make_source
+from teachcam.edge.devices.camera import make_source
+from teachcam.edge.devices.grabber import FrameGrabber
 from teachcam.edge.errors import CameraError
 from tests.helpers import FlakySource, augmented_views
 

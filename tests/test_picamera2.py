@@ -16,7 +16,8 @@ from PIL import Image
 
 from teachcam.edge.config import load_config
 from teachcam.edge.daemon.loop import Daemon
-from teachcam.edge.devices.camera import FrameGrabber, make_source
+from teachcam.edge.devices.camera import make_source
+from teachcam.edge.devices.grabber import FrameGrabber
 from teachcam.edge.errors import CameraError
 from teachcam.edge.samples import sample_photos
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from teachcam.edge.config import load_config
 from teachcam.edge.daemon.gate import ChangeGate, signature
 from teachcam.edge.daemon.smoothing import Smoother
-from teachcam.edge.devices.camera import FrameGrabber
 from teachcam.edge.devices.camera import make_source as open_source
+from teachcam.edge.devices.grabber import FrameGrabber
 from teachcam.edge.devices.panel import ButtonPanel, KeyboardControls, LedPanel, gpio_available
 from teachcam.edge.devices.sinks import JsonLinesSink, OledSink, PreviewSink, TerminalSink
 from teachcam.edge.errors import BundleError, ConfigError, TeachcamError

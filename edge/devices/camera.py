@@ -1,4 +1,4 @@
-"""Camera sources by spec string, and a grabber thread that keeps only the newest frame.
+"""Camera sources by spec string (the grabber thread that reads them is :mod:`.grabber`).
 
 Specs: ``picamera2`` (Raspberry Pi camera; the low-resolution stream feeds inference),
 ``opencv:N`` (USB webcam N), ``file:PATH`` (a video), ``images:DIR_OR_GLOB``, ``demo``
@@ -12,37 +12,17 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
 
+from teachcam.edge.devices.scenes import DemoSource
+from teachcam.edge.devices.source import Source
 from teachcam.edge.errors import CameraError, first_line
 from teachcam.edge.model.images import IMAGE_SUFFIXES, read_image
-from teachcam.edge.samples import sample_photos
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # before cv2 is imported: failures are reported by teachcam
-
-
-class Source:
-    """The camera protocol: open, read frames (RGB uint8, or None when none is ready), close."""
-
-    name = "source"
-    paced = False  # True: read() itself waits for the next frame (a real camera)
-    finite = False  # True: None from read() means the end (a video or image list without --loop)
-
-    def open(self) -> None:
-        pass
-
-    def read(self) -> np.ndarray | None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
 
 
 class Picamera2Source(Source):
@@ -236,7 +216,6 @@ class ImagesSource(Source):
 
     def read(self) -> np.ndarray | None:
         from teachcam.edge.errors import ImageError
-        from teachcam.edge.model.images import read_image
 
         for _ in range(len(self.paths)):
             if self.position >= len(self.paths):
@@ -273,81 +252,6 @@ class ArraySource(Source):
         return self.frames[self.position - 1]
 
 
-# -- the demo camera: sample photos filmed like a hand-held camera (`teachcam demo`, benchmarks, tests) --------
-OBJECTS = {"cat": "chelsea.png", "coffee": "coffee.png", "rocket": "rocket.jpg"}
-BACKGROUND = ("nothing", "astronaut.png")  # a scene nobody taught: should read as unknown
-
-
-@dataclass(frozen=True)
-class Scene:
-    label: str  # the truth: a class name, or "unknown"
-    photo: str
-    seconds: float
-    teach: bool = False
-
-
-def default_schedule() -> list[Scene]:
-    teach = [Scene(label, photo, 2.5, teach=True) for label, photo in OBJECTS.items()]
-    order = ["cat", "nothing", "coffee", "rocket", "cat", "nothing", "coffee", "rocket"]
-    photos = {**OBJECTS, BACKGROUND[0]: BACKGROUND[1]}
-    show = [Scene(label if label in OBJECTS else "unknown", photos[label], 3.0) for label in order]
-    return teach + show
-
-
-class DemoSource(Source):
-    """Frames of a scripted scene sequence; frame ``n`` shows ``scene_at(n)``. Loops forever."""
-
-    name = "demo"
-
-    def __init__(self, fps: float = 30.0, schedule: list[Scene] | None = None, size=(640, 480), seed: int = 0):
-        self.fps = fps
-        self.schedule = schedule or default_schedule()
-        self.size = size
-        self.rng = np.random.default_rng(seed)
-        self.index = 0
-        self.photos: dict[str, Image.Image] = {}
-        self._bounds = np.cumsum([round(s.seconds * fps) for s in self.schedule])
-
-    def open(self) -> None:
-        for scene in self.schedule:
-            if scene.photo not in self.photos:
-                found = sample_photos((scene.photo,))
-                if not found:
-                    raise CameraError("the demo camera films sample photos from scikit-image: "
-                                      "pip install 'teachcam[demo]'")
-                self.photos[scene.photo] = Image.fromarray(read_image(found[0]))
-        self._noise = [self.rng.normal(0, 5, (self.size[1], self.size[0], 3)).astype(np.int16) for _ in range(4)]
-
-    @property
-    def total_frames(self) -> int:
-        return int(self._bounds[-1])
-
-    def scene_at(self, number: int) -> tuple[int, Scene, int]:
-        """(scene index, scene, frames since the scene started) for frame ``number`` (1-based)."""
-        position = (number - 1) % self.total_frames
-        i = int(np.searchsorted(self._bounds, position, side="right"))
-        start = int(self._bounds[i - 1]) if i else 0
-        return i, self.schedule[i], position - start
-
-    def read(self) -> np.ndarray:
-        self.index += 1
-        _, scene, _ = self.scene_at(self.index)
-        photo = self.photos[scene.photo]
-        t = self.index / self.fps
-        keep = 0.8 + 0.08 * np.sin(t * 0.9) + self.rng.uniform(-0.02, 0.02)
-        w, h = photo.width * keep, photo.height * keep
-        aspect = self.size[0] / self.size[1]
-        w, h = (min(w, h * aspect), min(h, w / aspect))
-        cx = photo.width / 2 + photo.width * (0.05 * np.sin(t * 1.3) + self.rng.uniform(-0.01, 0.01))
-        cy = photo.height / 2 + photo.height * (0.05 * np.cos(t * 1.1) + self.rng.uniform(-0.01, 0.01))
-        left, top = max(0.0, min(photo.width - w, cx - w / 2)), max(0.0, min(photo.height - h, cy - h / 2))
-        frame = photo.resize(self.size, Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
-        frame = ImageEnhance.Brightness(frame).enhance(1.0 + 0.2 * np.sin(t * 0.7))
-        noisy = np.asarray(frame, np.int16) + self._noise[self.index % len(self._noise)]
-        return np.clip(noisy, 0, 255).astype(np.uint8)
-
-
-
 def make_source(spec: str, *, width: int = 640, height: int = 480, loop: bool = True, fps: float = 30.0,
                 inference_size: tuple[int, int] | None = None) -> Source:
     """Build the source a spec string names.
@@ -370,162 +274,3 @@ def make_source(spec: str, *, width: int = 640, height: int = 480, loop: bool = 
     if spec == "demo":
         return DemoSource(fps=fps)
     raise CameraError(f"unknown camera source {spec!r}: use picamera2, opencv:N, file:PATH, images:DIR_OR_GLOB or demo")
-
-
-@dataclass
-class Frame:
-    """A captured frame with its sequence number, capture time (time.monotonic()) and, when the
-    grabber was given a ``prepare`` function, the model-ready pixels made in the capture thread."""
-
-    image: np.ndarray
-    number: int
-    captured: float
-    pixels: np.ndarray | None = None
-    signature: np.ndarray | None = None  # a small luma thumbnail, for change gating (teachcam.edge.daemon.gate)
-
-
-class FrameGrabber:
-    """Reads a source in its own thread and keeps only the newest frame.
-
-    The interpreter never waits on the camera and latency never builds up: a slow consumer
-    skips frames instead of queueing them. Errors are logged, the source is reopened with
-    exponential backoff (0.5 s doubling to 10 s), and the daemon keeps its state.
-    """
-
-    def __init__(self, source: Source, *, fps: float | None = None, max_backoff: float = 10.0, prepare=None,
-                 summarize=None):
-        self.source = source
-        self.prepare = prepare  # e.g. the bundle's preprocessing: runs here, overlapping the previous invoke
-        self.summarize = summarize  # e.g. teachcam.edge.daemon.gate.signature: runs here too
-        self.interval = (1.0 / fps) if fps and not source.paced else 0.0
-        self._taken = threading.Event()  # unpaced sources: read the next frame only once this one is taken
-        self._taken.set()
-        self.max_backoff = max_backoff
-        self._lock = threading.Condition()
-        self._woken = False
-        self._frame: Frame | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.frames_captured = 0
-        self.timings: dict[str, list[float]] = {"capture": [], "preprocess": []}  # seconds, the last 2,000
-        self.errors = 0
-        self.last_error: str | None = None
-        self.last_error_time = 0.0  # time.monotonic() of the last camera error
-        self.last_frame_time = 0.0  # ... and of the last frame
-        self.ended = False
-
-    def start(self) -> FrameGrabber:
-        self._thread = threading.Thread(target=self._run, name="teachcam-capture", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        backoff = 0.5
-        opened = False
-        empty_reads = 0
-        next_due = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                if not opened:
-                    self.source.open()
-                    opened = True
-                    if self.errors:
-                        log.warning("camera %s is back", self.source.name)
-                read_started = time.perf_counter()
-                image = self.source.read()
-                read_seconds = time.perf_counter() - read_started
-            except Exception as exc:  # CameraError, or whatever a driver raises: never a dead capture thread
-                if not isinstance(exc, CameraError):
-                    exc = CameraError(f"{type(exc).__name__}: {first_line(exc)}")
-                self.errors += 1
-                self.last_error = str(exc)
-                self.last_error_time = time.monotonic()
-                log.error("camera %s: %s; retrying in %.1f s", self.source.name, exc, backoff)
-                if opened:
-                    self._close_quietly()
-                    opened = False
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            if image is None:
-                empty_reads += 1
-                if self.source.finite:
-                    self.ended = True
-                    with self._lock:
-                        self._lock.notify_all()
-                    break
-                self._stop.wait(min(0.05 * empty_reads, 1.0))
-                continue
-            empty_reads, backoff = 0, 0.5
-            captured = self.last_frame_time = time.monotonic()
-            prepare = self.prepare
-            prepare_started = time.perf_counter()
-            pixels = prepare(image) if prepare is not None else None
-            summary = self.summarize(image) if self.summarize is not None else None
-            self._record("capture", read_seconds)
-            self._record("preprocess", time.perf_counter() - prepare_started)
-            self.frames_captured += 1
-            with self._lock:
-                self._frame = Frame(image, self.frames_captured, captured, pixels, summary)
-                self._taken.clear()
-                self._lock.notify_all()
-            if not self.source.paced and not self.interval:
-                # A file or an in-memory source can produce frames faster than anyone uses them:
-                # stay exactly one frame ahead instead of spinning (and holding the GIL).
-                while not self._taken.wait(0.1) and not self._stop.is_set():
-                    pass
-            elif self.interval:
-                next_due = max(next_due + self.interval, time.monotonic() - self.interval)
-                self._stop.wait(max(0.0, next_due - time.monotonic()))
-        if opened:
-            self._close_quietly()
-
-    def _record(self, stage: str, seconds: float) -> None:
-        values = self.timings[stage]
-        values.append(seconds)
-        if len(values) > 4000:
-            del values[:2000]
-
-    def _close_quietly(self) -> None:
-        try:
-            self.source.close()
-        except Exception as exc:  # a dying camera may fail to close; that must not kill capture
-            log.debug("closing %s failed: %s", self.source.name, exc)
-
-    def latest(self, after: int = 0, timeout: float = 1.0) -> Frame | None:
-        """The newest frame with a number greater than ``after``, waiting up to ``timeout`` seconds
-        (or until :meth:`wake`: then None)."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while (self._frame is None or self._frame.number <= after) and not self.ended:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._woken:
-                    self._woken = False
-                    return None
-                self._lock.wait(remaining)
-            frame = self._frame
-            if frame is not None and frame.number > after:
-                self._taken.set()
-                return frame
-            return None
-
-    def wake(self) -> None:
-        """Make a waiting :meth:`latest` return now (the main loop has a command to apply)."""
-        with self._lock:
-            self._woken = True
-            self._lock.notify_all()
-
-    def wait_for_first(self, timeout: float) -> bool:
-        """True once a frame has been captured (or the source ended); False after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while self.frames_captured == 0 and not self.ended and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.frames_captured > 0 or self.ended
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._taken.set()
-        with self._lock:
-            self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=5)

@@ -1,6 +1,6 @@
 """The live demo on any machine: a synthetic camera, scripted button presses, real everything else.
 
-The camera is :class:`teachcam.edge.devices.camera.DemoSource` (sample photos filmed the way a
+The camera is :class:`teachcam.edge.devices.scenes.DemoSource` (sample photos filmed the way a
 hand-held camera would). ``run_demo`` starts the real daemon on it with gpiozero's mock pins, presses the class
 buttons while each object is in view (teaching three objects), then shows them again in
 another order, with an untaught scene in between, and reports the accuracy and frame rate
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from teachcam.edge.config import DEFAULT_STORE
-from teachcam.edge.devices.camera import OBJECTS, DemoSource
+from teachcam.edge.devices.scenes import OBJECTS, DemoSource
 from teachcam.edge.ports import Port
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def frames_of(n, size):
-    from teachcam.edge.devices.camera import DemoSource
+    from teachcam.edge.devices.scenes import DemoSource
 
     source = DemoSource(fps=30, size=size)
     source.open()

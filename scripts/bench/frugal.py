@@ -31,7 +31,8 @@ import numpy as np
 
 from teachcam.edge.config import load_config
 from teachcam.edge.daemon.loop import Daemon
-from teachcam.edge.devices.camera import ArraySource, DemoSource
+from teachcam.edge.devices.camera import ArraySource
+from teachcam.edge.devices.scenes import DemoSource
 from teachcam.edge.model.bundle import load_bundle
 from teachcam.edge.model.models import Embedder
 from teachcam.edge.model.preprocess import Preprocessor
