@@ -16,7 +16,8 @@ pytest.importorskip("paho.mqtt.client")
 
 
 def test_while_the_broker_is_away_the_queue_is_bounded_and_keeps_the_newest():
-    from teachcam.edge.apps.mqtt.bridge import MAX_PENDING, Bridge
+    from teachcam.edge.apps.mqtt.bridge import Bridge
+    from teachcam.edge.apps.mqtt.transport import MAX_PENDING
 
     bridge = Bridge(load_config(None, {"mqtt.device_id": "pi1"}))
     assert not bridge.connected

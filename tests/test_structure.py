@@ -158,3 +158,17 @@ def test_only_the_bundle_writer_writes_bundles():
                if path.name != "bundle_writer.py" and any(word in path.read_text(encoding="utf-8") for word in
                                                           ("write_manifest", "staging_folder", "MANIFEST"))]
     assert writers == []
+
+
+def test_rooms_stay_small():
+    # No module of the device package over 450 lines, no class over 350, at most 12 loose modules at its top.
+    too_big = []
+    for path in sorted((ROOT / "edge").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > 450:
+            too_big.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 350:
+                too_big.append(f"{path.relative_to(ROOT)}: class {node.name} {node.end_lineno - node.lineno + 1} lines")
+    assert too_big == []
+    assert len(list((ROOT / "edge").glob("*.py"))) <= 12

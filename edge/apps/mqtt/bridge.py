@@ -34,22 +34,21 @@ import secrets
 import socket
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 from teachcam.edge import messages as m
 from teachcam.edge.apps.mqtt import fleet, hass
+from teachcam.edge.apps.mqtt.daemon_link import DaemonConnection
 from teachcam.edge.apps.mqtt.sync import Ask, FleetSync, Publish, Share
+from teachcam.edge.apps.mqtt.transport import Transport
 from teachcam.edge.config import DaemonConfig
-from teachcam.edge.errors import ControlError, TeachcamError
-from teachcam.edge.link.client import ControlClient
+from teachcam.edge.errors import ControlError
 
 log = logging.getLogger(__name__)
 
 REQUEST_OPS = {"enroll", "add_class", "rename_class", "remove_class", "undo", "clear", "pause", "resume", "snapshot",
                "status", "classes"}
 MAX_REQUEST = 64 * 1024
-MAX_PENDING = 1000  # messages kept while the broker is away (newest win; per topic, the last one)
 STATE_MIN_INTERVAL = 0.25  # at most 4 state messages a second
 STATS_INTERVAL = 60.0
 SNAPSHOT_SIZE = 320
@@ -80,12 +79,8 @@ class Bridge:
         self.group = self.config.fleet_group
         self.socket_path = socket_path
         self.work: queue.Queue = queue.Queue(maxsize=20_000)
-        self.pending: OrderedDict[str, tuple[bytes, bool, int]] = OrderedDict()
-        self.connected = False
-        self.daemon_up = False
         self.stopping = threading.Event()
-        self.requests: ControlClient | None = None
-        self.events_client: ControlClient | None = None
+        self.daemon = DaemonConnection(socket_path, self._put)
         self.classes: dict[str, int] = {}
         self.teach_class = ""
         self.paused = False
@@ -98,71 +93,7 @@ class Bridge:
         self.last_snapshot = 0.0
         self.snapshot_due = False
         self.dropped = 0  # work items dropped because the worker fell 20,000 behind
-        self.refused_reason = ""
-        self.client = self._make_client()
-
-    # -- the MQTT client -----------------------------------------------------------------------------
-    def _make_client(self):
-        import paho.mqtt.client as paho
-
-        # A persistent session: fleet ops (QoS 1) sent while this device was away wait for it at the broker.
-        # Commands are taken at QoS 0, so none of them is run late, hours after it was sent.
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.config.client_id or f"teachcam-{self.device}",
-                             clean_session=False, protocol=paho.MQTTv311)
-        client.will_set(f"{self.base}/availability", "offline", qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        if self.config.username:
-            password = None
-            if self.config.password_file:
-                try:
-                    password = Path(self.config.password_file).read_text(encoding="utf-8").splitlines()[0].strip()
-                except (OSError, IndexError) as exc:
-                    raise TeachcamError(f"mqtt.password_file {self.config.password_file}: cannot read it ({exc})") \
-                        from None
-            client.username_pw_set(self.config.username, password)
-        if self.config.tls:
-            import ssl
-
-            try:
-                client.tls_set(ca_certs=self.config.ca_file or None, certfile=self.config.cert_file or None,
-                               keyfile=self.config.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise TeachcamError(f"mqtt TLS: {exc} (mqtt.ca_file / cert_file / key_file)") from None
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        return client
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties):
-        if reason_code.is_failure:
-            reason = str(reason_code)
-            if reason != self.refused_reason:  # one line per new reason, not one per retry
-                log.error("the MQTT broker %s:%d refused the connection: %s (check mqtt.username / "
-                          "password_file and the broker's ACL); retrying with backoff", self.config.host,
-                          self.config.port, reason)
-                self.refused_reason = reason
-            return
-        self.refused_reason = ""
-        self._put(("connected",))
-
-    def _on_connect_fail(self, client, userdata):
-        """No connection at all (paho gives no reason): a name that does not resolve, or nothing listening."""
-        try:
-            socket.getaddrinfo(self.config.host, self.config.port, proto=socket.IPPROTO_TCP)
-            reason = "nothing answers there (is the broker running? mqtt.host / mqtt.port)"
-        except OSError as exc:
-            reason = f"the name {self.config.host!r} does not resolve ({exc.strerror or exc}; mqtt.host)"
-        if reason != self.refused_reason:  # one line per new reason, not one per retry
-            log.error("cannot reach the MQTT broker %s:%d: %s; retrying with backoff", self.config.host,
-                      self.config.port, reason)
-            self.refused_reason = reason
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
-        self._put(("disconnected", str(reason_code)))
-
-    def _on_message(self, client, userdata, message):
-        self._put(("message", message.topic, bytes(message.payload), bool(message.retain), time.monotonic()))
+        self.transport = Transport(self.config, device=self.device, will_topic=f"{self.base}/availability", put=self._put)
 
     def _put(self, item) -> None:
         try:
@@ -172,66 +103,33 @@ class Bridge:
             if self.dropped % 1000 == 1:
                 log.warning("the bridge is %d messages behind: %d dropped so far", self.work.qsize(), self.dropped)
 
+
     def publish(self, topic: str, payload, *, retain: bool = False, qos: int = 0) -> None:
-        """Publish now, or keep it (the newest per topic, at most MAX_PENDING) until the broker is back."""
-        data = payload if isinstance(payload, bytes) else (
-            payload.encode() if isinstance(payload, str) else json.dumps(payload, separators=(",", ":")).encode())
-        if self.connected:
-            info = self.client.publish(topic, data, qos=qos, retain=retain)
-            if info.rc == 0:
-                return
-        self.pending.pop(topic, None)
-        self.pending[topic] = (data, retain, qos)
-        while len(self.pending) > MAX_PENDING:
-            self.pending.popitem(last=False)
+        self.transport.publish(topic, payload, retain=retain, qos=qos)
+
+    @property
+    def connected(self) -> bool:
+        return self.transport.connected
+
+    @property
+    def pending(self):
+        return self.transport.pending
 
     # -- the daemon ----------------------------------------------------------------------------------
-    def _connect_daemon(self) -> bool:
-        try:
-            self.requests = ControlClient(self.socket_path, timeout=30.0).connect()
-            self.events_client = ControlClient(self.socket_path, timeout=None).connect()
-            self.events_client.request("subscribe", events=True, frames=False)
-        except (ControlError, OSError) as exc:
-            self._close_daemon()
-            log.debug("daemon not reachable: %s", exc)
-            return False
-        threading.Thread(target=self._read_events, args=(self.events_client,), name="mqtt-events",
-                         daemon=True).start()
-        self.daemon_up = True
-        log.info("connected to the daemon on %s", self.requests.path)
-        return True
-
-    def _close_daemon(self) -> None:
-        for client in (self.requests, self.events_client):
-            if client is not None:
-                client.close()
-        self.requests = self.events_client = None
-        self.daemon_up = False
-
-    def _read_events(self, client: ControlClient) -> None:
-        try:
-            for event in client.events():
-                self._put(("event", event))
-        except (ControlError, OSError, ValueError):
-            pass
-        self._put(("daemon_lost", client))
-
     def ask(self, op: str, **fields) -> dict:
         """One control-socket request (raises ControlError with the daemon's one-line reason)."""
-        if self.requests is None:
-            raise ControlError("the daemon is not reachable")
-        try:
-            return self.requests.request(op, **fields)
-        except OSError as exc:
-            raise ControlError(f"the daemon went away ({exc})") from None
+        return self.daemon.ask(op, **fields)
+
+    @property
+    def daemon_up(self) -> bool:
+        return self.daemon.up
 
     # -- running -------------------------------------------------------------------------------------
     def run(self) -> None:
         log.info("teachcam mqtt: device %s, base topic %s, broker %s:%d%s%s", self.device, self.base,
                  self.config.host, self.config.port, " (TLS)" if self.config.tls else "",
                  f", fleet group {self.group}" if self.group else "")
-        self.client.connect_async(self.config.host, self.config.port, keepalive=30)
-        self.client.loop_start()
+        self.transport.start()
         retry_daemon = 0.0
         try:
             while not self.stopping.is_set():
@@ -239,11 +137,11 @@ class Bridge:
                 if not self.daemon_up and now >= retry_daemon:
                     retry_daemon = now + 2.0
                     try:
-                        if self._connect_daemon():
+                        if self.daemon.connect():
                             self._daemon_ready()
                     except ControlError as exc:  # e.g. a daemon still starting: its loop does not answer yet
                         log.warning("the daemon does not answer yet (%s); retrying", exc)
-                        self._close_daemon()
+                        self.daemon.close()
                 try:
                     item = self.work.get(timeout=0.25)
                 except queue.Empty:
@@ -258,11 +156,8 @@ class Bridge:
                     log.error("internal error: %s: %s (please report it); carrying on", type(exc).__name__, exc)
                     log.debug("internal error", exc_info=True)
         finally:
-            if self.connected:
-                self.client.publish(f"{self.base}/availability", "offline", qos=1, retain=True).wait_for_publish(2)
-            self.client.disconnect()
-            self.client.loop_stop()
-            self._close_daemon()
+            self.transport.stop()
+            self.daemon.close()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -274,7 +169,7 @@ class Bridge:
         elif kind == "disconnected":
             if self.connected:
                 log.warning("lost the MQTT broker (%s); reconnecting with backoff", item[1])
-            self.connected = False
+            self.transport.connected = False
             if self.sync is not None:
                 self.sync.disconnected()
         elif kind == "message":
@@ -282,15 +177,15 @@ class Bridge:
         elif kind == "event":
             self._on_event(item[1])
         elif kind == "daemon_lost":
-            if item[1] is self.events_client:
+            if item[1] is self.daemon.events_client:
                 log.warning("lost the daemon's control socket; retrying every 2 s")
-                self._close_daemon()
+                self.daemon.close()
                 self.publish(f"{self.base}/availability", "offline", retain=True, qos=1)
         elif kind == "catch_up_done":
             self._finish_catch_up()
 
     def _on_broker_up(self) -> None:
-        self.connected = True
+        self.transport.connected = True
         log.info("connected to the MQTT broker %s:%d", self.config.host, self.config.port)
         subscriptions = [(f"{self.base}/request/+", 0), ("teachcam/all/request/+", 0), (f"{self.base}/set/+", 0)]
         if self.config.discovery:
@@ -303,12 +198,12 @@ class Bridge:
                               (f"{self.base}/sync", 1)]
             marker = secrets.token_hex(8)
             self.sync.connected_to_broker(time.monotonic(), marker)
-        self.client.subscribe(subscriptions)
+        self.transport.client.subscribe(subscriptions)
         if self.group:
             # The broker sends the retained replay (and the ops queued for this session) before it handles a message
             # published after the subscription: when this one comes back, the replay is over.
-            self.client.publish(f"{self.base}/sync", marker, qos=1)
-        pending, self.pending = self.pending, OrderedDict()
+            self.transport.client.publish(f"{self.base}/sync", marker, qos=1)
+        pending = self.transport.take_pending()
         if self.daemon_up:
             self._announce()
         for topic, (data, retain, qos) in pending.items():

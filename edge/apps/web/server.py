@@ -36,12 +36,13 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from teachcam.edge import __version__
 from teachcam.edge import messages as m
 from teachcam.edge.apps.web.auth import COOKIE, CSRF_HEADER, Guard
 from teachcam.edge.apps.web.link import DaemonLink
+from teachcam.edge.apps.web.live import Live
 from teachcam.edge.config import DaemonConfig
 from teachcam.edge.errors import ControlError, TeachcamError
 from teachcam.edge.teaching.archive import export_store, is_image_name, read_archive
@@ -50,9 +51,6 @@ log = logging.getLogger(__name__)
 STATIC = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
 PUBLIC = {"/", "/healthz", "/login", "/api/login", "/api/session"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-STATUS_INTERVAL = 2.0
-WS_QUEUE = 200
-PREVIEW_MIN_INTERVAL = 0.2  # live bars: at most 5 updates a second per page
 
 
 def _static(name: str) -> bytes:
@@ -67,14 +65,11 @@ class WebApp:
     def __init__(self, config: DaemonConfig, link: DaemonLink, guard: Guard, *, pairing: str = "",
                  pairing_link: str = ""):
         self.config, self.web, self.link, self.guard = config, config.web, link, guard
-        self.pairing = pairing  # shown once on the device's own outputs (the OLED) when the daemon first answers
-        self.pairing_link = pairing_link  # and as a QR code on its attached screen
-        self.sockets: set[web.WebSocketResponse] = set()
-        self.queues: dict[web.WebSocketResponse, asyncio.Queue] = {}
         self.last_hold: dict[str, float] = {}
         self.counters = {"requests": 0, "enrolled": 0, "hold_skipped_rate": 0, "hold_skipped_similar": 0,
                          "stream_frames": 0, "refused": 0}
-        self.link.listeners.append(self._from_daemon)
+        self.live = Live(link, hold_rate=self.web.hold_rate, counters=self.counters, web_stats=self._web_stats,
+                         pairing=pairing, pairing_link=pairing_link)
         self.assets = {name: _static(name) for name in STATIC}
 
     # -- the application ---------------------------------------------------------------------------------
@@ -102,21 +97,20 @@ class WebApp:
         r.add_post("/api/examples/remove", self.remove_examples)
         r.add_get("/api/export.zip", self.export)
         r.add_post("/api/upload", self.upload)
-        r.add_get("/stream.mjpg", self.stream)
-        r.add_get("/ws", self.websocket)
+        r.add_get("/stream.mjpg", self.live.stream)
+        r.add_get("/ws", self.live.websocket)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
 
     async def _start(self, app) -> None:
         app["link"] = asyncio.ensure_future(self.link.run())
-        app["status"] = asyncio.ensure_future(self._status_loop())
+        app["status"] = asyncio.ensure_future(self.live.status_loop())
 
     async def _stop(self, app) -> None:
         for key in ("link", "status"):
             app[key].cancel()
-        for ws in list(self.sockets):
-            await ws.close()
+        await self.live.close_all()
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
@@ -226,7 +220,7 @@ class WebApp:
         return web.json_response({**status, "web": self._web_stats()})
 
     def _web_stats(self) -> dict:
-        return {"pages": len(self.sockets), "viewers": self.link.viewers, **self.counters}
+        return {"pages": len(self.live.sockets), "viewers": self.link.viewers, **self.counters}
 
     async def classes(self, request):
         return web.json_response(await self.link.request("classes"))
@@ -266,7 +260,7 @@ class WebApp:
                 escaped = label.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
                 lines.append(f'teachcam_class_examples{{class="{escaped}"}} {count}')
         lines += ["# HELP teachcam_web_pages pages with a live feed open", "# TYPE teachcam_web_pages gauge",
-                  f"teachcam_web_pages {len(self.sockets)}",
+                  f"teachcam_web_pages {len(self.live.sockets)}",
                   "# HELP teachcam_web_stream_frames_total MJPEG frames sent", "# TYPE teachcam_web_stream_frames_total counter",
                   f"teachcam_web_stream_frames_total {self.counters['stream_frames']}",
                   "# HELP teachcam_web_refused_total requests refused (auth, origin, host)",
@@ -398,113 +392,6 @@ class WebApp:
                                   "more_errors": max(0, len(errors) - 50)}, status=200 if enrolled or not errors else 400)
 
     # -- live ------------------------------------------------------------------------------------------------
-    async def stream(self, request):
-        response = web.StreamResponse(headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame",
-                                               "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
-        await response.prepare(request)
-        await self.link.watch(+1)
-        last = -1
-        try:
-            while True:
-                frame = await self.link.next_frame(last, timeout=5.0)
-                if frame is None:
-                    continue
-                last = frame["frame"]
-                jpeg = frame["jpeg"]
-                await response.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                     + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
-                self.counters["stream_frames"] += 1
-        except (ConnectionResetError, asyncio.CancelledError, RuntimeError):
-            pass
-        finally:
-            await self.link.watch(-1)
-        return response
-
-    async def websocket(self, request):
-        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024)
-        await ws.prepare(request)
-        queue: asyncio.Queue = asyncio.Queue(WS_QUEUE)
-        self.sockets.add(ws)
-        self.queues[ws] = queue
-        sender = asyncio.ensure_future(self._send_loop(ws, queue))
-        try:
-            hello = {"type": "hello", "daemon": self.link.up.is_set(), "hold_rate": self.web.hold_rate}
-            if self.link.up.is_set():
-                try:
-                    hello["status"] = await self.link.request("status")
-                except ControlError:
-                    pass
-            self._offer(queue, hello)
-            async for message in ws:  # the page sends nothing it needs answered; read to notice closing
-                if message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
-                    break
-        finally:
-            sender.cancel()
-            self.sockets.discard(ws)
-            self.queues.pop(ws, None)
-        return ws
-
-    async def _send_loop(self, ws, queue: asyncio.Queue) -> None:
-        last_preview = 0.0
-        try:
-            while True:
-                message = await queue.get()
-                if message.get("type") == "preview":
-                    now = time.monotonic()
-                    if now - last_preview < PREVIEW_MIN_INTERVAL:
-                        continue
-                    last_preview = now
-                await ws.send_str(json.dumps(message))
-        except (ConnectionResetError, RuntimeError, asyncio.CancelledError):
-            pass
-
-    @staticmethod
-    def _offer(queue: asyncio.Queue, message: dict) -> None:
-        if queue.full():  # a page that does not keep up loses the oldest, never blocks the others
-            try:
-                queue.get_nowait()
-            except asyncio.QueueEmpty:
-                pass
-        queue.put_nowait(message)
-
-    def _from_daemon(self, message: dict | m.Event) -> None:
-        if isinstance(message, m.Event):
-            if isinstance(message, (m.Stats, m.NoticeShown)):  # a notice is for the device's own display
-                return
-            out = {"type": "event", **message.as_json()}
-            for queue in self.queues.values():
-                self._offer(queue, out)
-            return
-        if message.get("link") == "up" and self.pairing:
-            text, self.pairing = self.pairing, ""
-            asyncio.ensure_future(self._notice(text, self.pairing_link))
-        if "preview" in message:
-            out = {"type": "preview", **message["preview"]}
-        elif "link" in message:
-            out = {"type": "daemon", "up": message["link"] == "up"}
-        else:
-            return
-        for queue in self.queues.values():
-            self._offer(queue, out)
-
-    async def _notice(self, text: str, link: str) -> None:
-        try:
-            await self.link.request("notice", text=text, seconds=120, **({"link": link} if link else {}))
-        except ControlError as exc:
-            log.debug("notice: %s", exc)
-
-    async def _status_loop(self) -> None:
-        while True:
-            await asyncio.sleep(STATUS_INTERVAL)
-            if not self.queues or not self.link.up.is_set():
-                continue
-            try:
-                status = await self.link.request("status")
-            except ControlError:
-                continue
-            out = {"type": "status", **status, "web": self._web_stats()}
-            for queue in self.queues.values():
-                self._offer(queue, out)
 
 
 def serve(config: DaemonConfig, *, host: str, port: int, token: str | None, socket_path=None, on_ready=None,
