@@ -70,6 +70,14 @@ class ControlAccessError(ControlError, PermissionError):
     """A daemon runs, but this user may not use its control socket (not in its group)."""
 
 
+class ScreenError(TeachcamError):
+    """No screen to draw on, or it cannot be opened."""
+
+
+class FleetError(TeachcamError, ValueError):
+    """A fleet message that cannot be used (one line: what is wrong)."""
+
+
 class CameraError(TeachcamError):
     """A camera source cannot be opened or stopped delivering frames."""
 

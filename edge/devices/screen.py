@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from teachcam.edge.errors import TeachcamError
+from teachcam.edge.errors import ScreenError
 from teachcam.edge.ports import Port
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,6 @@ UNKNOWN = (200, 200, 200)
 BANNER_SECONDS = 2.0
 STEADY_POINTS = 10  # a shown percentage moves only when the value moved this much: no redraw for jitter
 OVERLAY_MAX_FPS = 4.0  # a person reads a label, not a flicker: the overlay is redrawn at most this often
-
-
-class ScreenError(TeachcamError):
-    """No screen to draw on, or it cannot be opened."""
 
 
 @dataclass(frozen=True)

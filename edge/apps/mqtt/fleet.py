@@ -32,14 +32,12 @@ import binascii
 import json
 from dataclasses import dataclass
 
+from teachcam.edge.errors import FleetError
+
 FORMAT = 1
 MAX_PAYLOAD = 512 * 1024  # one example: ~7 KB of embedding + a ~15 KB thumbnail
 MAX_EMBEDDING = 16384
 SOURCE_PREFIX = "fleet:"
-
-
-class FleetError(ValueError):
-    """A fleet message that cannot be used (one line: what is wrong)."""
 
 
 def example_topic(group: str, device: str, example_id: str) -> str:
