@@ -163,6 +163,14 @@ class Pi:
         self.sync.disconnected()
 
 
+def group(*names: str) -> tuple[Broker, tuple[Pi, ...]]:
+    """A broker and Pis of the group, all online and caught up at time 0."""
+    broker = Broker()
+    pis = tuple(Pi(name, broker) for name in names)
+    online(broker, 0.0, *pis)
+    return broker, pis
+
+
 def online(broker: Broker, now: float, *pis: Pi) -> None:
     for pi in pis:
         broker.connect(pi, now)
@@ -210,9 +218,7 @@ def test_the_quiet_rule_ends_a_replay_whose_marker_never_comes():
 
 
 def test_what_was_withdrawn_while_a_pi_was_away_goes_when_it_returns():
-    broker = Broker()
-    a, b = Pi("a", broker), Pi("b", broker)
-    online(broker, 0.0, a, b)
+    broker, (a, b) = group("a", "b")
     keep, drop = a.teach("cat"), a.teach("cat")
     broker.pump(0.0)
     assert len(b.examples) == 2
@@ -225,9 +231,7 @@ def test_what_was_withdrawn_while_a_pi_was_away_goes_when_it_returns():
 
 def test_a_rename_made_while_a_pi_was_away_holds_when_it_returns():
     # The bug this sync was built against: the returning Pi's own examples brought the old name back.
-    broker = Broker()
-    a, b = Pi("a", broker), Pi("b", broker)
-    online(broker, 0.0, a, b)
+    broker, (a, b) = group("a", "b")
     a.teach("cat"), b.teach("cat")
     broker.pump(0.0)
     b.go_away()
@@ -241,9 +245,7 @@ def test_a_rename_made_while_a_pi_was_away_holds_when_it_returns():
 
 
 def test_ops_sent_while_away_apply_before_the_replay_and_other_ops_travel():
-    broker = Broker()
-    a, b, c = Pi("a", broker), Pi("b", broker), Pi("c", broker)
-    online(broker, 0.0, a, b, c)
+    broker, (a, b, c) = group("a", "b", "c")
     a.teach("cat"), a.teach("mug"), b.teach("mug"), c.teach("pen")
     broker.pump(0.0)
     c.go_away()
@@ -259,9 +261,7 @@ def test_ops_sent_while_away_apply_before_the_replay_and_other_ops_travel():
 
 
 def test_deleting_an_example_another_pi_taught_asks_its_owner_to_withdraw_it():
-    broker = Broker()
-    a, b, c = Pi("a", broker), Pi("b", broker), Pi("c", broker)
-    online(broker, 0.0, a, b, c)
+    broker, (a, b, c) = group("a", "b", "c")
     taught = a.teach("cat")
     a.teach("cat")
     broker.pump(0.0)
@@ -279,9 +279,7 @@ def test_deleting_an_example_another_pi_taught_asks_its_owner_to_withdraw_it():
 
 
 def test_an_own_example_the_broker_replays_but_this_pi_no_longer_has_is_withdrawn():
-    broker = Broker()
-    a = Pi("a", broker)
-    online(broker, 0.0, a)
+    broker, (a,) = group("a")
     gone = a.teach("cat")
     broker.pump(0.0)
     a.go_away()
@@ -306,9 +304,7 @@ def test_a_share_the_daemon_cannot_give_is_tried_again_at_the_next_change():
 
 def test_a_returning_pi_never_withdraws_its_own_examples_that_still_exist():
     # Peers would see each of them vanish and come back: the replayed own examples are only noted while catching up.
-    broker = Broker()
-    a, b = Pi("a", broker), Pi("b", broker)
-    online(broker, 0.0, a, b)
+    broker, (a, b) = group("a", "b")
     a.teach("cat"), a.teach("mug")
     broker.pump(0.0)
     a.go_away()

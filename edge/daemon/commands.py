@@ -30,15 +30,7 @@ class Router:
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
         self.batches = 0  # one per call of apply_pending: the same-frame rule's frame
-
-    @property
-    def lessons(self) -> Lessons | None:
-        teacher = self.daemon.teacher
-        if teacher is None:
-            return None
-        if getattr(self, "_lessons", None) is None or self._lessons.teacher is not teacher:
-            self._lessons = Lessons(teacher)
-        return self._lessons
+        self._lessons: Lessons | None = None  # over the daemon's current teacher (a reload may replace it)
 
     def apply_pending(self, commands: queue.Queue, current: tuple[np.ndarray, np.ndarray] | None) -> None:
         """Apply the commands queued so far. ``current``: this frame's (embedding, pixels), or None (paused, or no
@@ -68,8 +60,11 @@ class Router:
                     log.debug("reply to %s failed: %s", command.op, exc)
 
     def _taught(self, command: m.Command) -> Lessons:
-        if self.lessons is None:
+        teacher = self.daemon.teacher
+        if teacher is None:
             raise BundleError(f"{command.op}: the bundle is a standalone classifier and cannot be taught by example")
+        if self._lessons is None or self._lessons.teacher is not teacher:
+            self._lessons = Lessons(teacher)
         return self._lessons
 
     def _frame(self, current):
@@ -124,11 +119,9 @@ class Router:
                 return self._enrolled(self._taught(command).enroll(label, sample, source=name or via, unique=unique),
                                       via)
             case m.EnrollEmbedding(label=label, source=source):
-                lessons = self._taught(command)
-                sample = Sample(command.pixels, command.embedding, embed=d.embedder.embed)
-                outcome = lessons.adopt(label, source, sample, fingerprint=command.fingerprint,
-                                        embedder_fingerprint=d.embedder.fingerprint,
-                                        embedding_size=int(np.prod(d.embedder.model.output.shape[1:])))
+                outcome = self._taught(command).adopt(
+                    label, source, command.pixels, command.embedding, fingerprint=command.fingerprint,
+                    embedder=d.embedder, embedding_size=int(np.prod(d.embedder.model.output.shape[1:])))
                 return self._enrolled(outcome, via)
             case m.PredictImage(pixels=pixels):
                 label, score, confidence, confidences = d.predict(d.embedder.embed(pixels))

@@ -42,7 +42,7 @@ class ControlClient:
     def __init__(self, path: str | Path | None = None, timeout: float | None = 120.0, via: str = "cli"):
         self.path = Path(path) if path else client_socket_path()
         self.timeout = timeout
-        self.core = ClientCore(self.path, via)
+        self.core = ClientCore(via)
         self.sock: socket.socket | None = None
         self._file = None
         self.hello: dict = {}

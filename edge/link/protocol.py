@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import getpass
 import grp
 import json
@@ -97,7 +98,7 @@ def connection_failure(exc: BaseException, path: Path) -> ControlError:
         return exc
     if isinstance(exc, PermissionError):
         return ControlAccessError(access_advice(path))
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError, EOFError)) or type(exc).__name__ == "IncompleteReadError":
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, EOFError)):  # asyncio's IncompleteReadError too
         return ControlError(f"the teachcam daemon on {path} went away mid-request (restarting?); try again")
     if isinstance(exc, TimeoutError):
         return ControlError(f"the teachcam daemon on {path} did not answer in time")
@@ -244,18 +245,22 @@ def event_from_json(message: dict) -> m.Event | None:
     event_type = m.EVENTS.get(message.get("event"))
     if event_type is None:
         return None
-    hints = typing.get_type_hints(event_type)
     values = {}
-    for f in dataclasses.fields(event_type):
-        if f.name in message:
-            value = message[f.name]
-            if isinstance(value, list) and _is_tuple(hints.get(f.name)):
-                value = tuple(value)
-            values[f.name] = value
+    for name, is_tuple in _event_fields(event_type):
+        if name in message:
+            value = message[name]
+            values[name] = tuple(value) if is_tuple and isinstance(value, list) else value
     try:
         return event_type(**values)
     except TypeError:
         return None
+
+
+@functools.cache
+def _event_fields(event_type: type[m.Event]) -> tuple[tuple[str, bool], ...]:
+    """An event's fields, and which are tuples (JSON brings them back as lists): worked out once per type."""
+    hints = typing.get_type_hints(event_type)
+    return tuple((f.name, _is_tuple(hints.get(f.name))) for f in dataclasses.fields(event_type))
 
 
 def _is_tuple(hint) -> bool:
@@ -268,8 +273,8 @@ class ClientCore:
     """What the blocking and the asyncio client share, with no I/O: request lines with fresh ids, replies
     matched to them, and a refusal turned into the daemon's one-line reason."""
 
-    def __init__(self, path: Path, via: str):
-        self.path, self.via = path, via
+    def __init__(self, via: str):
+        self.via = via
         self.next_id = 0
 
     def request_line(self, op: str, fields: dict) -> tuple[int, bytes]:

@@ -30,6 +30,7 @@ from collections import deque
 
 import numpy as np
 
+from teachcam.edge import __version__
 from teachcam.edge import messages as m
 from teachcam.edge.errors import ControlError, TeachcamError
 from teachcam.edge.link.client import is_answering
@@ -322,7 +323,7 @@ class ControlServer(Port):
                              "error": f"this daemon speaks protocol {m.PROTOCOL_VERSION}"})
                 client.close()
                 raise ControlError(f"protocol {request.get('protocol')!r} is not supported")
-            return {"protocol": m.PROTOCOL_VERSION, "version": hello()["version"]}
+            return {"protocol": m.PROTOCOL_VERSION, "version": __version__}
         if op == "ping":
             return {"pong": time.time()}
         if op in ("subscribe", "unsubscribe"):

@@ -34,12 +34,12 @@ from teachcam.edge.teaching.teacher import Teacher
 
 class Sample:
     """What an example is made of — the model-input pixels and their embedding — each taken only when a rule
-    lets it through (embedding costs an inference; the camera's frame may not exist yet)."""
+    lets it through (embedding costs an inference; the camera's frame may not exist yet). Either ``pixels`` with
+    ``embed`` (an upload, a file), or ``take`` that returns (embedding, pixels) (the camera's frame)."""
 
-    def __init__(self, pixels: np.ndarray | None = None, embedding: np.ndarray | None = None, *,
-                 embed: Callable[[np.ndarray], np.ndarray] | None = None,
+    def __init__(self, pixels: np.ndarray | None = None, *, embed: Callable[[np.ndarray], np.ndarray] | None = None,
                  take: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None):
-        self._pixels, self._embedding, self._embed, self._take = pixels, embedding, embed, take
+        self._pixels, self._embedding, self._embed, self._take = pixels, None, embed, take
 
     @property
     def pixels(self) -> np.ndarray:
@@ -50,10 +50,10 @@ class Sample:
     @property
     def embedding(self) -> np.ndarray:
         if self._embedding is None:
-            if self._take is not None and self._pixels is None:
+            if self._pixels is None:  # the camera's frame: both at once
                 self._embedding, self._pixels = self._take()
             else:
-                self._embedding = self._embed(self.pixels)
+                self._embedding = self._embed(self._pixels)
         return self._embedding
 
 
@@ -148,9 +148,10 @@ class Lessons:
         return [Outcome(label, counts.get(label, 0), skipped=m.SKIPPED_DUPLICATE) if skip
                 else Outcome(label, counts.get(label, 0), next(added)) for label, skip in zip(labels, skipped, strict=True)]
 
-    def adopt(self, label: str, source: str, sample: Sample, *, fingerprint: str, embedder_fingerprint: str,
-              embedding_size: int) -> Outcome:
-        """An example taught elsewhere (a fleet peer), named by ``source``."""
+    def adopt(self, label: str, source: str, pixels: np.ndarray | None, embedding: np.ndarray | None, *,
+              fingerprint: str, embedder, embedding_size: int) -> Outcome:
+        """An example taught elsewhere (a fleet peer), named by ``source``: its ``embedding`` is used as is when it
+        came from ``embedder`` (same fingerprint and size), else its ``pixels`` are embedded."""
         teacher = self.teacher
         if not source:
             raise TeachcamError("enroll_embedding: source (who taught it) is required")
@@ -160,9 +161,9 @@ class Lessons:
             return Outcome(label, self._count(label), known[0], skipped=m.SKIPPED_KNOWN)
         if known:  # relabelled where it was taught: move it
             teacher.remove_examples(lambda e: e.source == source)
-        vector = sample._embedding
         size = teacher.snapshot.embedding_size or embedding_size
-        reuse = vector is not None and fingerprint == embedder_fingerprint and vector.size == size
-        embedding = vector if reuse else sample._embed(sample._pixels)
-        example = teacher.add(label, embedding, sample._pixels, source=source)
+        reuse = embedding is not None and fingerprint == embedder.fingerprint and embedding.size == size
+        if not reuse:
+            embedding = embedder.embed(pixels)
+        example = teacher.add(label, embedding, pixels, source=source)
         return Outcome(example.label, self._count(example.label), example, reembedded=not reuse)

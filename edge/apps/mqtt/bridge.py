@@ -77,7 +77,6 @@ class Bridge:
         self.device = device_id(self.config.device_id)
         self.base = self.config.base_topic or f"teachcam/{self.device}"
         self.group = self.config.fleet_group
-        self.socket_path = socket_path
         self.work: queue.Queue = queue.Queue(maxsize=20_000)
         self.stopping = threading.Event()
         self.daemon = DaemonConnection(socket_path, self._put)

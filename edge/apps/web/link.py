@@ -36,7 +36,7 @@ class DaemonLink:
         self.writer: asyncio.StreamWriter | None = None
         self.up = asyncio.Event()
         self.pending: dict[int, asyncio.Future] = {}
-        self.core = ClientCore(self.path, via="web")
+        self.core = ClientCore(via="web")
         self.listeners: list = []  # callables: typed events (messages.Event), {"link": "up"/"down"}, {"preview": …}
         self.frame: dict | None = None  # the newest preview frame: {"number", "jpeg" (bytes), "label", ...}
         self.frame_changed = asyncio.Condition()
