@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from teachcam.edge.ports import Mailbox, Port
+from teachcam.edge.ports import FAILURE_REST, Mailbox, Port
 from tests.helpers import wait_for
 
 
@@ -95,15 +96,63 @@ def test_a_failing_port_is_logged_once_per_kind_and_counted(caplog):
     box.close()
 
 
-def test_a_rate_limited_port_is_not_woken_for_views_in_between():
-    port = Recorder()
-    port.gate.set()
-    box = Mailbox(port, view_interval=3600)
-    for i in range(50):
+class Counter(Port):
+    """A port that records what it is handed and how often its thread was woken for a view."""
+
+    name = "counter"
+
+    def __init__(self, interval=0.0, key=None, fail=False):
+        self.view_interval, self.key, self.fail, self.got = interval, key, fail, []
+
+    def view_key(self, view):
+        return self.key(view) if self.key else None
+
+    def update(self, view, frame=None):
+        self.got.append((time.monotonic(), view))
+        if self.fail:
+            raise OSError(121, "Remote I/O error")
+
+    def event(self, event):
+        self.got.append((time.monotonic(), event))
+
+
+def test_a_rate_limited_port_gets_the_newest_view_after_its_interval_and_is_not_woken_in_between():
+    port = Counter(interval=0.4)
+    box = Mailbox(port)
+    box.offer_view(0)
+    assert wait_for(lambda: port.got)
+    for i in range(1, 50):
         box.offer_view(i)
     box.offer_event("e")
-    assert box.wait_idle() and wait_for(lambda: len(port.got) == 2)
-    assert sorted(map(str, port.got)) == ["0", "e"] and box.dropped_views == 49  # events are never rate-limited
+    assert box.wait_idle() and len(port.got) == 3
+    assert [item for _, item in port.got] == [0, "e", 49]  # events are never rate-limited; the newest view waited
+    assert port.got[2][0] - port.got[0][0] >= 0.4 and box.dropped_views == 48 and box.delivered == 3
+    box.close()
+
+
+def test_a_view_that_changes_nothing_the_port_shows_is_not_delivered():
+    port = Counter(key=lambda view: view["label"])
+    box = Mailbox(port, views=10)  # room for them all: only the key decides
+    for label in ("a", "a", "a", "b", "b", "a"):
+        box.offer_view({"label": label})
+    assert box.wait_idle() and [view["label"] for _, view in port.got] == ["a", "b", "a"]
+    assert box.unchanged_views == 3 and box.dropped_views == 0
+    box.close()
+
+
+def test_after_a_failed_view_the_same_view_is_tried_again_after_a_rest(caplog):
+    port = Counter(key=lambda view: view, fail=True)
+    box = Mailbox(port)
+    box.offer_view("same")
+    assert wait_for(lambda: box.failures == 1)
+    box.offer_view("same")  # the port failed to show it: not "unchanged", but not before the rest is over
+    assert box.unchanged_views == 0 and wait_for(lambda: len(port.got) == 2)
+    assert port.got[1][0] - port.got[0][0] >= FAILURE_REST * 0.99
+    port.fail = False
+    box.offer_view("same")  # shown now: the next identical view is skipped again
+    assert wait_for(lambda: len(port.got) == 3)
+    box.offer_view("same")
+    assert box.wait_idle() and box.unchanged_views == 1 and box.failures == 2
     box.close()
 
 

@@ -178,3 +178,14 @@ def test_the_docs_tables_are_the_code():
     for op, marked in required.items():
         row = next(line for line in text.splitlines() if line.startswith(f"| `{op}` |"))
         assert all(f"`{name[:-1]}`*" in row for name in marked), op
+
+
+def test_teachcam_watch_describes_every_event_kind_in_one_line_from_its_typed_event():
+    from teachcam.edge.cli.daemon import _describe
+
+    for kind, event_type in m.EVENTS.items():
+        line = _describe(event_type().as_json())
+        assert "\n" not in line and (kind in line or kind in ("prediction", "enrolled", "stats")), line
+    assert _describe(m.Enrolled(label="mug", count=3, via="button").as_json()).endswith(
+        "enrolled an example of mug (3 now, via button)")
+    assert _describe({"event": "from_a_newer_daemon", "x": 1}).endswith('from_a_newer_daemon {"x": 1}')

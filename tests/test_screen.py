@@ -18,8 +18,8 @@ from teachcam.edge.config import load_config
 from teachcam.edge.daemon.loop import Daemon
 from teachcam.edge.devices.camera import ArraySource
 from teachcam.edge.devices.screen import Framebuffer, ScreenPort, Shown, render_overlay, to_pixels
-from teachcam.edge.devices.sinks import View
 from teachcam.edge.messages import CameraTrouble, Enroll, Enrolled
+from teachcam.edge.ports import View
 from tests.helpers import augmented_views, wait_for
 
 FAKES = Path(__file__).parent / "fakes"

@@ -235,17 +235,23 @@ def cmd_watch(args) -> int:
     return 0
 
 
-def _describe(event: dict) -> str:
-    when = time.strftime("%H:%M:%S", time.localtime(event.get("time", time.time())))
-    kind = event.pop("event")
-    event.pop("time", None)
-    text = {"prediction": lambda e: f"now {e['label']} (similarity {e['score']:.2f})",
-            "enrolled": lambda e: f"enrolled an example of {e['label']} ({e['count']} now, via {e['via']})",
-            "stats": lambda e: f"{e['fps']:.1f} frames/s, inference {e['inference_ms']:.1f} ms, {e['examples']} examples"}
-    try:
-        return f"{when}  {text[kind](event)}" if kind in text else f"{when}  {kind} {json.dumps(event, ensure_ascii=False)}"
-    except (KeyError, TypeError, ValueError):
-        return f"{when}  {kind} {event}"
+def _describe(message: dict) -> str:
+    """One line for a person: the typed event (link.protocol.event_from_json), matched on its type."""
+    from teachcam.edge import messages as m
+    from teachcam.edge.link.protocol import event_from_json
+
+    event = event_from_json(message)
+    when = time.strftime("%H:%M:%S", time.localtime(message.get("time", time.time())))
+    if isinstance(event, m.PredictionChanged):
+        text = f"now {event.label} (similarity {event.score:.2f})"
+    elif isinstance(event, m.Enrolled):
+        text = f"enrolled an example of {event.label} ({event.count} now, via {event.via})"
+    elif isinstance(event, m.Stats):
+        text = f"{event.fps:.1f} frames/s, inference {event.inference_ms:.1f} ms, {event.examples} examples"
+    else:  # every other kind (and a newer daemon's) as its fields
+        fields = {k: v for k, v in message.items() if k not in ("event", "time")}
+        text = f"{message.get('event')} {json.dumps(fields, ensure_ascii=False)}"
+    return f"{when}  {text}"
 
 
 COMMANDS = {"status": cmd_status, "watch": cmd_watch, "run": cmd_run, "demo": cmd_demo, "doctor": cmd_doctor, "bench": cmd_bench}

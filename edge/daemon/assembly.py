@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from teachcam.edge.config import load_config
+from teachcam.edge.daemon import memory
 from teachcam.edge.daemon.gate import ChangeGate, signature
 from teachcam.edge.daemon.smoothing import Smoother
 from teachcam.edge.devices.camera import make_source as open_source
@@ -39,6 +40,7 @@ def assemble(d: Daemon) -> None:
     Raises:
         TeachcamError: a bad bundle, store, config or missing hardware the config asks for.
     """
+    memory.fix_mmap_threshold()
     load_models(d)
     open_controls(d)
     d.source = camera_source(d)  # before the outputs: the screen draws on the camera's own preview
@@ -178,9 +180,7 @@ def open_outputs(d: Daemon) -> None:
                 log.error("control socket: %s; running without it (teachcam enroll/status cannot reach "
                           "this daemon)", exc)
         d.kept = [Mailbox(port) for port in [*([d.control] if d.control else []), *d.extra_ports]]
-    # A screen needs no more than ~20 views a second: it is not even woken for the others.
-    d.mailboxes = [Mailbox(port, view_interval=0.05 if port.name == "screen" else 0.0)
-                      for port in ports] + d.kept
+    d.mailboxes = [Mailbox(port) for port in ports] + d.kept
 
 
 def camera_source(d: Daemon):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from teachcam.edge import messages as m
+from teachcam.edge.daemon import memory
 from teachcam.edge.errors import BundleError, StoreError, TeachcamError
 from teachcam.edge.teaching import insight
 from teachcam.edge.teaching.lessons import Lessons, Outcome, Sample
@@ -38,6 +39,15 @@ class Router:
         sends its next enrollment as soon as it has this one's reply — waits for the next call: were it taken now,
         it would share this frame and be skipped as "same frame"."""
         self.batches += 1
+        teacher = self.daemon.teacher
+        before = teacher.snapshot if teacher is not None else None
+        self._apply_each(commands, current)
+        if teacher is not None and teacher.snapshot is not before:
+            if self.daemon.head is None:
+                _ = teacher.index  # built now rather than at the next frame: what building it freed is given back too
+            memory.give_back()
+
+    def _apply_each(self, commands: queue.Queue, current: tuple[np.ndarray, np.ndarray] | None) -> None:
         for _ in range(commands.qsize()):
             try:
                 command, reply = commands.get_nowait()

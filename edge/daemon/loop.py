@@ -33,8 +33,7 @@ from teachcam.edge.daemon.commands import Router
 from teachcam.edge.daemon.smoothing import Smoother
 from teachcam.edge.daemon.systemd import Notifier
 from teachcam.edge.devices.health import health_fields
-from teachcam.edge.devices.sinks import View
-from teachcam.edge.ports import Mailbox, Port
+from teachcam.edge.ports import Mailbox, Port, View
 
 log = logging.getLogger(__name__)
 

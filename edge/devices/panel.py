@@ -95,6 +95,11 @@ class ButtonPanel:
                 button.close()
 
 
+def _level(confidence: float) -> float:
+    """An LED's brightness for a confidence: never below 15 % (a lit LED must look lit), in steps of 1 %."""
+    return round(max(0.15, min(1.0, confidence)), 2)
+
+
 class LedPanel(Port):
     """One LED per class: the shown class lit (PWM brightness = confidence when the pin can), all
     dark for unknown; a class LED blinks once to acknowledge an enrollment (from any source)."""
@@ -118,9 +123,15 @@ class LedPanel(Port):
         self.classes = list(classes)
         self._shown: tuple[int, float] | None = None
         self._blinking: dict[int, float] = {}
+        self._blink_until = 0.0
 
     def _index(self, label: str) -> int | None:
         return self.classes.index(label) if label in self.classes else None
+
+    def view_key(self, view) -> object:
+        # what the LEDs show; and whether a blink is on, so that the view after it lights the LED again
+        return view.label, _level(view.confidence if view.label == view.raw_label else 1.0), \
+            time.monotonic() < self._blink_until
 
     def update(self, view, frame=None) -> None:
         self.show(self._index(view.label), view.confidence if view.label == view.raw_label else 1.0)
@@ -132,7 +143,7 @@ class LedPanel(Port):
     def show(self, index: int | None, confidence: float = 1.0) -> None:
         """Light the LED of class ``index`` (None: all dark)."""
         now = time.monotonic()
-        level = round(max(0.15, min(1.0, confidence)), 2)
+        level = _level(confidence)
         state = (index, level) if index is not None else None
         if state == self._shown and not self._blinking:
             return
@@ -151,7 +162,7 @@ class LedPanel(Port):
     def blink(self, index: int) -> None:
         """Acknowledge an enrollment on the class LED (one short blink, non-blocking)."""
         if 0 <= index < len(self.leds):
-            self._blinking[index] = time.monotonic() + 0.25
+            self._blinking[index] = self._blink_until = time.monotonic() + 0.25
             self.leds[index].blink(on_time=0.12, off_time=0.12, n=1, background=True)
 
     def close(self) -> None:

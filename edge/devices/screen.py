@@ -334,6 +334,7 @@ class ScreenPort(Port):
     """The attached screen as a port (see the module docstring)."""
 
     name = "screen"
+    view_interval = 0.05  # a screen needs no more than ~20 views a second: it is not even woken for the others
 
     def __init__(self, backend, classes: list[str], runs_on: str = ""):
         self.backend, self.classes = backend, list(classes)

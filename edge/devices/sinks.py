@@ -11,30 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
+import textwrap
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
+from teachcam.edge.errors import ConfigError, first_line
 from teachcam.edge.messages import PredictionChanged
-from teachcam.edge.ports import Port
+from teachcam.edge.ports import Port, View
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class View:
-    """What a person should see about the current frame."""
-
-    label: str  # smoothed: what the LEDs show
-    raw_label: str
-    score: float
-    confidence: float
-    confidences: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    fps: float = 0.0
-    latency_ms: float = 0.0
-    frame: int = 0
-    mode: str = "knn"
 
 
 class JsonLinesSink(Port):
@@ -52,6 +37,9 @@ class JsonLinesSink(Port):
             self.stream.flush()
         except (BrokenPipeError, ValueError):
             pass
+
+    def view_key(self, view: View) -> object:
+        return view.label
 
     def update(self, view: View, frame=None) -> None:
         if view.label == self._last:
@@ -86,7 +74,6 @@ class TerminalSink(Port):
         self.messages: list[str] = []
         self.live = Live(console=self.console, refresh_per_second=8, transient=False)
         self.live.start()
-        self._last_draw = 0.0
 
     def _render(self, view: View):
         from rich.table import Table
@@ -113,11 +100,9 @@ class TerminalSink(Port):
         table.add_row(Text(f"  {self.hint}", style="dim"))
         return table
 
+    view_interval = 0.1  # ten redraws a second are plenty for a terminal
+
     def update(self, view: View, frame=None) -> None:
-        now = time.monotonic()
-        if now - self._last_draw < 0.1:
-            return
-        self._last_draw = now
         self.live.update(self._render(view))
 
     def event(self, event) -> None:
@@ -136,17 +121,15 @@ class TerminalSink(Port):
 class OledSink(Port):
     """A small I2C OLED (SSD1306 128×64 by default) through luma.oled: class, confidence, examples.
 
-    A full redraw of an SSD1306 over I2C at the Pi's default 100 kHz takes about 90 ms, so it never
-    happens in the main loop: ``update`` only hands the newest view over, and a thread draws it
-    when what is shown changed, at most ``max_fps`` times a second. I2C errors (a loose wire:
-    ``OSError: [Errno 121] Remote I/O error``) are logged once per kind and retried.
+    A full redraw of an SSD1306 over I2C at the Pi's default 100 kHz takes about 90 ms, so it never happens in the
+    main loop: its :class:`~teachcam.edge.ports.Mailbox` thread draws, at most ``max_fps`` times a second and only
+    when what is shown changed (:meth:`view_key`). I2C errors (a loose wire: ``OSError: [Errno 121] Remote I/O
+    error``) are the mailbox's to handle: logged once per kind, counted, and the next view is drawn after a rest.
     """
 
     name = "oled"
 
     def __init__(self, device=None, *, port: int = 1, address: int = 0x3C, max_fps: float = 4.0):
-        from teachcam.edge.errors import ConfigError, first_line
-
         if device is None:
             try:
                 from luma.core.interface.serial import i2c
@@ -162,99 +145,38 @@ class OledSink(Port):
                                   f"the wiring and `i2cdetect -y {port}`, and that I2C is on "
                                   "(sudo raspi-config nonint do_i2c 0)") from None
         self.device = device
-        self.interval = 1.0 / max_fps
-        self.draws = self.errors = 0
-        self._queued: tuple | None = None
-        self._pending: View | None = None
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._stop = threading.Event()
-        self._last_error: str | None = None
-        self._notice: tuple[list[str], float] | None = None  # (lines, until): shown instead of the class
-        self._last_view: View | None = None
-        self._thread = threading.Thread(target=self._run, name="teachcam-oled", daemon=True)
-        self._thread.start()
+        self.view_interval = 1.0 / max_fps
+        self.draws = 0
+        self._notice_until = 0.0  # time.monotonic() until which a notice stays up instead of the class
+
+    def view_key(self, view: View) -> object:
+        return (view.label, round(view.confidence, 1), sum(view.counts.values()),
+                time.monotonic() < self._notice_until)
 
     def update(self, view: View, frame=None) -> None:
-        self._last_view = view
-        if self._notice is not None:
-            if time.monotonic() < self._notice[1]:
-                return  # the notice stays up
-            self._notice, self._queued = None, None  # expired: the class again
-        shown = (view.label, round(view.confidence, 1), sum(view.counts.values()))
-        if shown == self._queued:
-            return
-        self._queued = shown
-        with self._lock:
-            self._pending = view
-            self._idle.clear()
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            with self._lock:
-                view, self._pending = self._pending, None
-            if view is None or self._stop.is_set():
-                self._idle.set()
-                continue
-            try:
-                self._draw(view)
-                self.draws += 1
-                self._last_error = None
-            except Exception as exc:  # the display must never take the daemon down
-                self.errors += 1
-                message = f"{type(exc).__name__}: {exc}"
-                if message != self._last_error:
-                    log.error("OLED: %s; retrying", message)
-                    self._last_error = message
-                with self._lock:
-                    self._pending = self._pending or view  # draw it again after a pause, unless a newer one came
-                self._stop.wait(1.0)
-                self._wake.set()
-                continue
-            with self._lock:
-                if self._pending is None:
-                    self._idle.set()
-            self._stop.wait(self.interval)
-
-    def event(self, event) -> None:
-        if event.kind == "notice":
-            import textwrap
-
-            lines = [part for line in event.text.splitlines() for part in (textwrap.wrap(line, 21) or [""])]
-            self._notice = (lines[:6], time.monotonic() + event.seconds)
-            with self._lock:
-                self._pending = self._last_view or View("", "", 0.0, 0.0)
-                self._idle.clear()
-            self._wake.set()
-
-    def _draw(self, view: View) -> None:
+        if time.monotonic() < self._notice_until:
+            return  # the notice stays up
         from luma.core.render import canvas
 
-        notice = self._notice
-        if notice is not None and time.monotonic() < notice[1]:
-            with canvas(self.device) as draw:
-                for i, line in enumerate(notice[0]):
-                    draw.text((0, i * 10), line, fill="white")
-            return
         with canvas(self.device) as draw:
             draw.text((0, 0), view.label[:21], fill="white")
             draw.rectangle((0, 20, int(view.confidence * (self.device.width - 1)), 30), outline="white", fill="white")
             draw.text((0, 40), f"{sum(view.counts.values())} examples  {view.fps:.0f} fps", fill="white")
+        self.draws += 1
 
-    def wait_drawn(self, timeout: float = 5.0) -> bool:
-        """True once every handed-over view has been drawn (or given up on); for tests and shutdown."""
-        return self._idle.wait(timeout)
+    def event(self, event) -> None:
+        if event.kind != "notice":
+            return
+        from luma.core.render import canvas
+
+        lines = [part for line in event.text.splitlines() for part in (textwrap.wrap(line, 21) or [""])]
+        self._notice_until = time.monotonic() + event.seconds
+        with canvas(self.device) as draw:
+            for i, line in enumerate(lines[:6]):
+                draw.text((0, i * 10), line, fill="white")
+        self.draws += 1
 
     def close(self) -> None:
-        self.wait_drawn(1.0)
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=2)
         try:
             self.device.cleanup()
         except Exception as exc:  # luma devices may fail to clear on shutdown; not worth dying for

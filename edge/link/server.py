@@ -106,11 +106,11 @@ class ControlServer(Port):
         self.path = server_socket_path(path)
         self.post, self.preprocess, self.group = post, preprocess, group
         self.preview_size, self.preview_interval = preview_size, 1.0 / preview_fps
+        self.view_interval = self.preview_interval  # the mailbox delivers at most one view per preview frame
         self.loop: asyncio.AbstractEventLoop | None = None
         self.clients: set[_Client] = set()
         self.jpeg_encodes = self.frames_sent = self.bad_requests = self.connections = 0
         self._frame_subscribers = 0
-        self._last_encode = 0.0
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -194,13 +194,13 @@ class ControlServer(Port):
             pass
 
     # -- the port side (called from the control port's mailbox thread) -------------------------------
+    def view_key(self, view) -> object:
+        # views only make preview frames: while nobody subscribes to them, this thread is not woken for views
+        return None if self._frame_subscribers else "no preview subscriber"
+
     def update(self, view, frame=None) -> None:
         if not self._frame_subscribers or frame is None or self.loop is None:
             return  # never encoded while nobody subscribes
-        now = time.monotonic()
-        if now - self._last_encode < self.preview_interval:
-            return
-        self._last_encode = now
         jpeg, width, height = _jpeg(frame, self.preview_size)  # once per frame, for every subscriber
         self.jpeg_encodes += 1
         line = encode({"frame": view.frame, "width": width, "height": height,
