@@ -107,10 +107,12 @@ class Watcher:
 
 
 class BridgeProcess:
-    def __init__(self, tmp: Path, name: str, socket_path: Path, port: int, *extra: str, config: Path | None = None):
+    def __init__(self, tmp: Path, name: str, socket_path: Path, port: int, *extra: str, config: Path | None = None,
+                 debug: bool = False):
         self.log = tmp / f"bridge-{name}.log"
-        self.args = [sys.executable, "-m", "teachcam.edge.cli", "mqtt", "--port", str(port), "--device-id", name,
-                     "--socket", str(socket_path), *(["--config", str(config)] if config else []), *extra]
+        self.args = [sys.executable, "-m", "teachcam.edge.cli", *(["-vv"] if debug else []), "mqtt",
+                     "--port", str(port), "--device-id", name, "--socket", str(socket_path),
+                     *(["--config", str(config)] if config else []), *extra]
         self.proc = None
         self.start()
 
@@ -376,7 +378,7 @@ def test_broker_outage_and_restart_lose_nothing(bundle_path, tmp_path, broker, c
     time.sleep(1.5)  # the broker's autosave (1 s) has the retained messages
     broker.kill()
     a.request("enroll", label="cat")  # taught while the broker is down
-    time.sleep(1.0)
+    assert wait_for(lambda: a.status()["classes"] == {"cat": 2})
     broker.start()
     watcher = Watcher(broker.port)
     cleanup(watcher)
@@ -434,10 +436,11 @@ def test_passwords_an_acl_and_tls(bundle_path, tmp_path, cleanup):
     secret.write_text("wrong\n")
     config = tmp_path / "teachcam.toml"
     config.write_text(f'[mqtt]\nusername = "pi1"\npassword_file = "{secret}"\n')
-    wrong = BridgeProcess(tmp_path, "pi1", daemon.socket, broker.port, config=config)
+    wrong = BridgeProcess(tmp_path, "pi1", daemon.socket, broker.port, config=config, debug=True)
     cleanup(wrong)
     assert wait_for(lambda: "refused the connection" in wrong.text(), timeout=20), wrong.text()
-    time.sleep(4)  # it retries with backoff and says so once, not once per retry
+    # it retries with backoff and says so once, not once per retry (each retry is a debug line)
+    assert wait_for(lambda: wrong.text().count("connection attempt refused") >= 3, timeout=30), wrong.text()
     assert wrong.alive() and wrong.text().count("refused the connection") == 1, wrong.text()
     assert not any(t == "teachcam/pi1/availability" for t, _ in seen)
     wrong.stop()
@@ -485,8 +488,8 @@ def test_a_pi_that_joins_late_catches_up_on_more_than_the_brokers_queue_holds(bu
     bridge = BridgeProcess(tmp_path, "pilate", late.socket, broker.port, "--fleet-group", "shop")
     cleanup(bridge)
     assert wait_for(lambda: late.status()["examples"] == 1100, timeout=120), (late.status()["examples"], bridge.text())
-    time.sleep(3)  # past the catch-up's end: nothing removed
-    assert late.status()["examples"] == 1100
+    assert wait_for(lambda: "caught up" in bridge.text(), timeout=30), bridge.text()  # past the catch-up's end:
+    assert late.status()["examples"] == 1100  # nothing removed
 
 
 @pytest.mark.parametrize("host, reason", [
@@ -496,9 +499,9 @@ def test_a_pi_that_joins_late_catches_up_on_more_than_the_brokers_queue_holds(bu
 def test_a_broker_that_cannot_be_reached_is_one_line_then_quiet_retries(tmp_path, cleanup, host, reason):
     # A system without "localhost" in /etc/hosts, a broker not started yet: paho retries silently, so say it once.
     port = free_port()  # nothing listens there
-    bridge = BridgeProcess(tmp_path, "pi1", tmp_path / "no-daemon.sock", port, "--host", host)
+    bridge = BridgeProcess(tmp_path, "pi1", tmp_path / "no-daemon.sock", port, "--host", host, debug=True)
     cleanup(bridge)
     line = f"cannot reach the MQTT broker {host}:{port}: {reason}"
     assert wait_for(lambda: line in bridge.text(), timeout=20), bridge.text()
-    time.sleep(4)  # several retries (backoff from 1 s)
+    assert wait_for(lambda: bridge.text().count("connection attempt failed") >= 3, timeout=30), bridge.text()  # retries
     assert bridge.alive() and bridge.text().count("cannot reach the MQTT broker") == 1, bridge.text()

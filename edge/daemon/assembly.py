@@ -18,8 +18,10 @@ from teachcam.edge.daemon.smoothing import Smoother
 from teachcam.edge.devices.camera import make_source as open_source
 from teachcam.edge.devices.grabber import FrameGrabber
 from teachcam.edge.devices.panel import ButtonPanel, KeyboardControls, LedPanel, gpio_available
+from teachcam.edge.devices.screen import ScreenPort, open_backend
 from teachcam.edge.devices.sinks import JsonLinesSink, OledSink, PreviewSink, TerminalSink
-from teachcam.edge.errors import BundleError, ConfigError, TeachcamError
+from teachcam.edge.errors import BundleError, ConfigError, ScreenError, TeachcamError
+from teachcam.edge.link.server import ControlServer
 from teachcam.edge.messages import Reloaded
 from teachcam.edge.model.bundle import load_bundle as read_bundle
 from teachcam.edge.model.models import Classifier, Embedder, Head, LogitsHead
@@ -157,8 +159,6 @@ def open_outputs(d: Daemon) -> None:
     if output.preview:
         ports.append(PreviewSink())
     if output.screen:
-        from teachcam.edge.devices.screen import ScreenError, ScreenPort, open_backend
-
         try:
             backend = open_backend(d.source, output.screen_device, output.screen_max_fps)
             runs_on = {"edgetpu": "Edge TPU", "xnnpack": "CPU"}.get(d.embedder.kernels, "CPU (no XNNPACK)")
@@ -170,8 +170,6 @@ def open_outputs(d: Daemon) -> None:
         ports.append(d.leds)
     if not d.kept:  # the control socket and ports handed in stay open across a reload
         if control.enabled:
-            from teachcam.edge.link.server import ControlServer
-
             try:
                 d.control = ControlServer(control.socket or None, d.post, preprocess=lambda: d.preprocess,
                                              group=control.group, preview_size=control.preview_max_size,

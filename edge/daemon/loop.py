@@ -33,6 +33,7 @@ from teachcam.edge.daemon.commands import Router
 from teachcam.edge.daemon.smoothing import Smoother
 from teachcam.edge.daemon.systemd import Notifier
 from teachcam.edge.devices.health import health_fields
+from teachcam.edge.model.runtime import interpreter_module
 from teachcam.edge.ports import Mailbox, Port, View
 
 log = logging.getLogger(__name__)
@@ -275,8 +276,6 @@ class Daemon:
 
     def status(self) -> dict:
         """One screen of facts for ``teachcam status`` (and the web page, and MQTT)."""
-        from teachcam.edge.model.runtime import interpreter_module
-
         runtime = interpreter_module()
         return {**self._stats_fields(), "camera": self.config.camera.source,
                 "camera_ok": not self._camera_trouble,

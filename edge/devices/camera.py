@@ -18,7 +18,8 @@ import numpy as np
 
 from teachcam.edge.devices.scenes import DemoSource
 from teachcam.edge.devices.source import Source
-from teachcam.edge.errors import CameraError, first_line
+from teachcam.edge.devices.yuv import yuv420_to_rgb
+from teachcam.edge.errors import CameraError, ImageError, first_line
 from teachcam.edge.model.images import IMAGE_SUFFIXES, read_image
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,6 @@ class Picamera2Source(Source):
         self.camera = camera
 
     def read(self) -> np.ndarray | None:
-        from teachcam.edge.devices.yuv import yuv420_to_rgb
-
         if self.camera is None:
             raise CameraError("picamera2 source read before open")
         try:
@@ -215,8 +214,6 @@ class ImagesSource(Source):
         self.paths, self.position = paths, 0
 
     def read(self) -> np.ndarray | None:
-        from teachcam.edge.errors import ImageError
-
         for _ in range(len(self.paths)):
             if self.position >= len(self.paths):
                 if not self.loop:

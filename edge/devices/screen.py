@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from teachcam.edge.devices.camera import Picamera2Source
 from teachcam.edge.errors import ScreenError
 from teachcam.edge.ports import Port
 
@@ -308,8 +309,6 @@ def open_backend(source, device: str, max_fps: float):
     Raises:
         ScreenError: no screen (no framebuffer, or one that cannot be opened).
     """
-    from teachcam.edge.devices.camera import Picamera2Source
-
     if isinstance(source, Picamera2Source):
         source.preview = True  # started with the camera (and again whenever the camera is reopened)
         return DrmOverlay(lambda: source.camera, source.size)

@@ -189,8 +189,6 @@ class PreviewSink(Port):
     name = "preview"
 
     def __init__(self):
-        from teachcam.edge.errors import ConfigError
-
         try:
             import cv2
         except ImportError:
@@ -199,8 +197,6 @@ class PreviewSink(Port):
         try:
             cv2.namedWindow("teachcam", cv2.WINDOW_NORMAL)
         except cv2.error:
-            from teachcam.edge.errors import ConfigError
-
             raise ConfigError("output.preview needs OpenCV with a GUI (opencv-python, not -headless) and a display") \
                 from None
 

@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from teachcam.edge.config import DEFAULT_STORE
+from teachcam.edge.daemon.loop import Daemon
 from teachcam.edge.devices.scenes import OBJECTS, DemoSource
+from teachcam.edge.errors import TeachcamError
+from teachcam.edge.link.protocol import MAX_SOCKET_PATH
 from teachcam.edge.ports import Port
 
 log = logging.getLogger(__name__)
@@ -98,8 +101,6 @@ def run_demo(config, *, stream=None) -> dict:
     """Run the scripted demo with ``config`` (bundle, precision); return its figures."""
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-    from teachcam.edge.daemon.loop import Daemon
-
     stream = stream or sys.stdout
     classes = list(OBJECTS)
     with tempfile.TemporaryDirectory(prefix="teachcam-demo-") as tmp:
@@ -160,10 +161,6 @@ def run_web_demo(config, *, port: int = 8080, stream=None) -> int:
     import subprocess
 
     from gpiozero.pins.mock import MockFactory, MockPWMPin
-
-    from teachcam.edge.daemon.loop import Daemon
-    from teachcam.edge.errors import TeachcamError
-    from teachcam.edge.link.protocol import MAX_SOCKET_PATH
 
     stream = stream or sys.stdout
     classes = list(OBJECTS)

@@ -76,6 +76,7 @@ class Transport:
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
             reason = str(reason_code)
+            log.debug("connection attempt refused (%s); paho retries with backoff", reason)
             if reason != self.refused_reason:  # one line per new reason, not one per retry
                 log.error("the MQTT broker %s:%d refused the connection: %s (check mqtt.username / "
                           "password_file and the broker's ACL); retrying with backoff", self.config.host,
@@ -92,6 +93,7 @@ class Transport:
             reason = "nothing answers there (is the broker running? mqtt.host / mqtt.port)"
         except OSError as exc:
             reason = f"the name {self.config.host!r} does not resolve ({exc.strerror or exc}; mqtt.host)"
+        log.debug("connection attempt failed (%s); paho retries with backoff", reason)
         if reason != self.refused_reason:  # one line per new reason, not one per retry
             log.error("cannot reach the MQTT broker %s:%d: %s; retrying with backoff", self.config.host,
                       self.config.port, reason)
