@@ -440,3 +440,28 @@ def test_demo_web_serves_the_page_against_the_demo_camera_until_ctrl_c(bundle_pa
     assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
     assert list(scratch.iterdir()) == []  # its temporary store, socket and token went with it
     assert not Path(f"/tmp/teachcam-web-demo-{proc.pid}.sock").exists()  # (the socket is here: $TMPDIR is too long)
+
+
+def test_every_response_carries_the_security_headers_and_no_versions(running):
+    _, web = running
+
+    def headers(path: str, *, token: str | None = "") -> tuple[int, dict]:
+        connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+        connection.request("GET", path, headers={"Authorization": f"Bearer {token or web.token}"} if token is not None
+                           else {})
+        response = connection.getresponse()  # the stream never ends: its headers are enough
+        status, found = response.status, {k.lower(): v for k, v in response.getheaders()}
+        connection.close()
+        return status, found
+
+    for path, token, status in (("/static/app.js", "", 200), ("/api/status", "", 200), ("/stream.mjpg", "", 200),
+                                ("/api/thumb/" + "0" * 64, "", 409), ("/api/status", None, 401), ("/", None, 200),
+                                (f"/login?token={web.token}", None, 302), ("/no/such/page", "", 404)):
+        got, found = headers(path, token=token)
+        assert got == status, (path, got)
+        assert found["x-content-type-options"] == "nosniff", path
+        assert found["cross-origin-resource-policy"] == "same-origin", path
+        assert found["referrer-policy"] == "no-referrer", path
+        assert found["server"] == "teachcam", path  # no Python or aiohttp version
+        if found.get("content-type", "").startswith("text/html"):
+            assert found["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in found["content-security-policy"]

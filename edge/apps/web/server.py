@@ -53,6 +53,22 @@ PUBLIC = {"/", "/healthz", "/login", "/api/login", "/api/session"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
+# On every response: no MIME sniffing, no reading by another site's page (the stream and thumbnails are the camera's
+# pictures), no referrer (the login link carries the token), and no versions in Server. On HTML: no framing, and
+# nothing loaded or connected to but this origin.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cross-Origin-Resource-Policy": "same-origin",
+                    "Referrer-Policy": "no-referrer"}
+HTML_HEADERS = {"X-Frame-Options": "DENY",
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+                                           "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"}
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for key, value in {**SECURITY_HEADERS, **(HTML_HEADERS if response.content_type == "text/html" else {})}.items():
+        response.headers.setdefault(key, value)
+    response.headers["Server"] = "teachcam"  # aiohttp would say "Python/3.x aiohttp/3.x"
+
+
 def _static(name: str) -> bytes:
     return resources.files("teachcam.edge.apps.web").joinpath("static", name).read_bytes()
 
@@ -75,6 +91,7 @@ class WebApp:
     # -- the application ---------------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=self.web.max_upload_mb * 1024 * 1024)
+        app.on_response_prepare.append(_security_headers)
         r = app.router
         r.add_get("/", self.index)
         r.add_get("/static/{name}", self.static)
@@ -159,11 +176,7 @@ class WebApp:
 
     # -- pages and sessions --------------------------------------------------------------------------------
     async def index(self, request):
-        return web.Response(body=self.assets["index.html"], content_type="text/html",
-                            headers={"Cache-Control": "no-cache", "X-Frame-Options": "DENY",
-                                     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
-                                                                "connect-src 'self'; frame-ancestors 'none'",
-                                     "Referrer-Policy": "no-referrer"})
+        return web.Response(body=self.assets["index.html"], content_type="text/html", headers={"Cache-Control": "no-cache"})
 
     async def static(self, request):
         name = request.match_info["name"]
