@@ -74,7 +74,7 @@ class Mailbox:
 
     At most ``views`` views wait (a newer one pushes the oldest out: ``dropped_views``) and at
     most ``events`` events (then the oldest event goes: ``dropped_events``). ``offer_*`` never block.
-    The port's ``view_interval`` (or the ``view_interval`` given here): after a view is delivered the next one
+    The port's ``view_interval``: after a view is delivered the next one
     waits that long, and only the newest waiting one is delivered — the thread is not woken in between. A view
     whose :meth:`Port.view_key` equals the last accepted one is skipped (``unchanged_views``); after a view the
     port failed to show, the next one is delivered whatever its key, ``FAILURE_REST`` later. Events are never
@@ -83,10 +83,9 @@ class Mailbox:
 
     _NO_KEY = object()
 
-    def __init__(self, port: Port, *, views: int = 1, events: int = 256, view_interval: float | None = None):
+    def __init__(self, port: Port, *, views: int = 1, events: int = 256):
         self.port = port
         self.max_views, self.max_events = views, events
-        self.view_interval = port.view_interval if view_interval is None else view_interval
         self._rest_until = 0.0  # no view is delivered before this time.monotonic()
         self._last_key: object = self._NO_KEY
         self._views: collections.deque = collections.deque()
@@ -131,7 +130,7 @@ class Mailbox:
                 return "event", self._events.popleft()
             now = time.monotonic()
             if self._views and (now >= self._rest_until or self._closing):
-                self._rest_until = now + self.view_interval
+                self._rest_until = now + self.port.view_interval
                 return "view", self._views.popleft()
             if self._closing:
                 return None

@@ -14,9 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import logging
 
-log = logging.getLogger(__name__)
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 MMAP_THRESHOLD = 128 * 1024  # glibc's default start value, kept fixed
 

@@ -100,6 +100,11 @@ def _level(confidence: float) -> float:
     return round(max(0.15, min(1.0, confidence)), 2)
 
 
+def _shown_confidence(view) -> float:
+    """The confidence the LED shows: the view's, or full while smoothing holds a class the frame did not say."""
+    return view.confidence if view.label == view.raw_label else 1.0
+
+
 class LedPanel(Port):
     """One LED per class: the shown class lit (PWM brightness = confidence when the pin can), all
     dark for unknown; a class LED blinks once to acknowledge an enrollment (from any source)."""
@@ -130,11 +135,10 @@ class LedPanel(Port):
 
     def view_key(self, view) -> object:
         # what the LEDs show; and whether a blink is on, so that the view after it lights the LED again
-        return view.label, _level(view.confidence if view.label == view.raw_label else 1.0), \
-            time.monotonic() < self._blink_until
+        return view.label, _level(_shown_confidence(view)), time.monotonic() < self._blink_until
 
     def update(self, view, frame=None) -> None:
-        self.show(self._index(view.label), view.confidence if view.label == view.raw_label else 1.0)
+        self.show(self._index(view.label), _shown_confidence(view))
 
     def event(self, event) -> None:
         if isinstance(event, Enrolled) and self._index(event.label) is not None:

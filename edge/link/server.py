@@ -105,8 +105,8 @@ class ControlServer(Port):
                  preview_fps: float = 10.0):
         self.path = server_socket_path(path)
         self.post, self.preprocess, self.group = post, preprocess, group
-        self.preview_size, self.preview_interval = preview_size, 1.0 / preview_fps
-        self.view_interval = self.preview_interval  # the mailbox delivers at most one view per preview frame
+        self.preview_size = preview_size
+        self.view_interval = 1.0 / preview_fps  # its mailbox delivers at most one view per preview frame
         self.loop: asyncio.AbstractEventLoop | None = None
         self.clients: set[_Client] = set()
         self.jpeg_encodes = self.frames_sent = self.bad_requests = self.connections = 0
@@ -351,7 +351,7 @@ class ControlServer(Port):
                 self._frame_subscribers -= 1
             client.frames = frames
         return {"events": client.events, "frames": client.frames, "max_size": self.preview_size,
-                "max_fps": round(1 / self.preview_interval, 2)}
+                "max_fps": round(1 / self.view_interval, 2)}
 
     def _decode_image(self, value, exact: bool = False) -> np.ndarray:
         """base64 JPEG/PNG → the model's input pixels (``exact``: taken as is when already that size)."""

@@ -87,16 +87,17 @@ def main() -> int:
         socket, config = Path(tmp) / "control.sock", Path(tmp) / "teachcam.toml"
         config.write_text(f'classes = ["cat", "coffee", "rocket"]\n[knn]\ncap = {args.examples}\n'
                           f'[control]\nsocket = "{socket}"\n')
-        log = open(Path(tmp) / "daemon.log", "w+")
-        daemon = subprocess.Popen([sys.executable, "-m", "teachcam.edge.cli", "run", "-c", str(config), "--bundle",
-                                   args.bundle, "--store", str(Path(tmp) / "store"), "--source", "demo", "--no-gpio",
-                                   "--json"], stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
+        log = Path(tmp) / "daemon.log"
+        with open(log, "w") as stderr:  # the daemon keeps its own copy of the descriptor
+            daemon = subprocess.Popen([sys.executable, "-m", "teachcam.edge.cli", "run", "-c", str(config), "--bundle",
+                                       args.bundle, "--store", str(Path(tmp) / "store"), "--source", "demo",
+                                       "--no-gpio", "--json"], stdout=subprocess.DEVNULL, stderr=stderr,
+                                      stdin=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 60
             while not socket.exists():
                 if daemon.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    print(f"soak: the daemon did not start: {log.read()[-400:]}", file=sys.stderr)
+                    print(f"soak: the daemon did not start: {log.read_text()[-400:]}", file=sys.stderr)
                     return 1
                 time.sleep(0.1)
             client = ControlClient(socket, timeout=30).connect()
@@ -130,8 +131,7 @@ def main() -> int:
         finally:
             daemon.terminate()
             daemon.wait(timeout=30)
-        log.seek(0)
-        journal_errors = [line for line in log.read().splitlines() if " ERROR " in line or "Traceback" in line]
+        journal_errors = [line for line in log.read_text().splitlines() if " ERROR " in line or "Traceback" in line]
     fit = np.array(samples[args.warmup:], float)
     slope_kb = float(np.polyfit(fit[:, 0], fit[:, 1], 1)[0] * 1024) if len(fit) > 2 else float("nan")
     out = {"examples_taught": args.examples, "examples_held": held, "undos": args.examples - held,
