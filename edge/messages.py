@@ -82,6 +82,7 @@ class Enroll(Command):
     # > 0: skip the frame when it is at least this similar (KNN space) to an example the class already has
     # (hold-to-add on the web page: holding still on one object does not fill the class with copies)
     skip_similar: float = wire(0.0, "number", low=0, high=1, hint="a similarity from 0 (off) to 1")
+    group: str = wire("", cut=64)  # enrollments of one hold (the page makes up its id): one action for undo
 
     def check(self) -> str:
         return "label (a class name) is required" if self.label is None and self.index is None else ""
@@ -96,6 +97,7 @@ class EnrollImage(Command):
     pixels: np.ndarray | None = wire(None, "image", required=True)
     name: str = wire("")
     unique: bool = wire(False, "bool")  # skip it when the class already has this very picture (store import)
+    group: str = wire("", cut=64)  # the images of one upload: one action for undo
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,12 @@ class RemoveClass(Command):
 
 @dataclass(frozen=True)
 class Undo(Command):
+    """Take back the last action done here (an enrollment, a hold's or an upload's batch, a new class, a rename,
+    a deletion, a clear) — or exactly the one named by ``action`` (an id from ``status``' or ``classes``' ``undo``:
+    what a page offered), whatever happened since. Changes made meanwhile stay."""
+
     op: ClassVar[str] = "undo"
+    action: str = wire("")
 
 
 @dataclass(frozen=True)
@@ -285,10 +292,12 @@ class Enrolled(Event):
 @dataclass(frozen=True)
 class Undone(Event):
     kind: ClassVar[str] = "undone"
-    label: str = ""
-    count: int = 0
-    example: str = ""  # the id of the example that went
-    source: str = ""  # where it came from (e.g. ``fleet:<device>:<id>``: another Pi taught it)
+    action: str = ""  # the id of the action taken back
+    text: str = ""  # what it was: "add 3 examples to 'cat'", "delete 'camera' (3 examples)"
+    labels: tuple = ()  # the classes it concerned
+    removed: int = 0  # examples the undo removed (an enrollment taken back)
+    restored: int = 0  # examples it brought back (a deletion or a clear taken back)
+    sources: tuple = ()  # where the removed examples came from (``fleet:<device>:<id>``: another Pi taught it)
     via: str = ""
 
 

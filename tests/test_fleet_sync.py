@@ -130,8 +130,11 @@ class Pi:
         self.changed(self.apply(op, fields, via="web"))
 
     def undo(self, example_id: str) -> None:
+        """Undo of an enrollment made here (a fleet peer's example is never one: those are deleted instead)."""
         label, source = self.examples.pop(example_id)
-        self.changed(m.Undone(label=label, example=example_id, source=source, via="button"))
+        assert not fleet.is_from_fleet(source)
+        self.changed(m.Undone(text=f"add 1 example to {label!r}", labels=(label,), removed=1,
+                              sources=(source,) if source else (), via="button"))
 
     # -- the bridge ------------------------------------------------------------------------------------------
     def receive(self, topic: str, payload: bytes, retained: bool, now: float) -> None:
@@ -266,7 +269,7 @@ def test_deleting_an_example_another_pi_taught_asks_its_owner_to_withdraw_it():
     a.teach("cat")
     broker.pump(0.0)
     copy_at_b = next(i for i, (_, s) in b.examples.items() if s == f"fleet:a:{taught}")
-    b.undo(copy_at_b)  # a person at b removes what a taught
+    b.person("remove_examples", examples=[copy_at_b])  # a person at b deletes what a taught (the page's delete)
     broker.pump(1.0)
     assert taught not in a.examples  # the owner removed it (and withdrew its retained message)
     assert fleet.example_topic(GROUP, "a", taught) not in broker.retained

@@ -183,7 +183,7 @@ def test_undo_remove_rename_clear(tmp_path):
     store = tmp_path / "s"
     fill(store, n=6, labels=("a", "b", "c"))
     with open_teacher(store) as teacher:
-        assert teacher.undo_last().label == "c"
+        assert teacher.undo().action.labels == ("c",)
         assert teacher.counts() == {"a": 2, "b": 2, "c": 1}
         teacher.rename_class("b", "bee")
         assert teacher.remove_class("a") == 2

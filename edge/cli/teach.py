@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 from teachcam.edge.cli.common import DEFAULT_STORE, add_bundle_flag, each_image
@@ -67,8 +69,10 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
 
-    p = sub.add_parser("store", help="list, rename, remove, clear, export or import enrolled classes",
-                       description="Manage an enrollment store. Every change is atomic; the previous generation is kept.")
+    p = sub.add_parser("store", help="list, rename, remove, clear, undo, export or import enrolled classes",
+                       description="Manage an enrollment store. Every change is atomic; the last 10 changes can be undone "
+                                   "(`teachcam store undo`), one at a time, whoever made them (a button, the page, MQTT, "
+                                   "this command).")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     a = actions.add_parser("list", help="classes and example counts")
     a.add_argument("store", type=Path, nargs="?", default=None, help="default: the running daemon's store")
@@ -83,6 +87,13 @@ def register(sub) -> None:
     a = actions.add_parser("clear", help="forget every class")
     a.add_argument("store", type=Path, nargs="?", default=None, help="default: the running daemon's store")
     a.add_argument("--yes", action="store_true", help="do not ask")
+    a = actions.add_parser("undo", help="take back the last change (an enrollment or a batch of them, a new class, a "
+                                        "rename, a deletion, a clear); what happened since stays",
+                           description="Take back the newest change to the store, or with --action the one named (ids: "
+                                       "`teachcam store list --json`'s history). Changes made since it stay.")
+    a.add_argument("store", type=Path, nargs="?", default=None, help="default: the running daemon's store")
+    a.add_argument("--action", dest="action_id", default="", help="the id of the change to take back (default: the newest)")
+    a.add_argument("--json", action="store_true", help="print what was undone as JSON")
     a = actions.add_parser("export", help="write thumbnails + labels to a zip that `teachcam train --data` reads")
     a.add_argument("store", type=Path, nargs="?", default=None, help="default: the running daemon's store")
     a.add_argument("archive", type=Path)
@@ -127,8 +138,9 @@ def _each_remote(client, images, op: str, failures: list[str], **fields):
     """Yield ``(path, reply data)`` for each image sent through the daemon; a bad one is one line."""
     from teachcam.edge.errors import TeachcamError
 
+    group = f"cli-{os.getpid()}-{time.time():.0f}"  # the files of one command: one action for undo
     for path in images:
-        named = {"name": path.name[:200]} if op == "enroll_image" else {}
+        named = {"name": path.name[:200], "group": group} if op == "enroll_image" else {}
         try:
             yield path, client.request(op, image=_image_b64(path), **fields, **named)
         except TeachcamError as exc:
@@ -222,7 +234,9 @@ def cmd_store(args) -> int:
         with Teacher.open(args.store, writable=False) as teacher:
             counts, snap = teacher.counts(), teacher.snapshot
         _print_listing(args.json, {"store": str(args.store), "generation": snap.generation,
-                                   "fingerprint": snap.fingerprint, "classes": counts}, f"generation {snap.generation}")
+                                   "fingerprint": snap.fingerprint, "classes": counts,
+                                   "history": [a.brief() for a in reversed(snap.history)]},
+                       f"generation {snap.generation}")
         return 0
     if not args.store.is_dir():
         raise StoreError(f"no store at {args.store}")
@@ -230,16 +244,21 @@ def cmd_store(args) -> int:
         return _import(args, read_archive(args.archive))
     with Teacher.open(args.store) as teacher:
         if args.action == "rename":
-            teacher.rename_class(args.old, args.new)
+            teacher.rename_class(args.old, args.new, via="cli")
             print(f"renamed {args.old!r} to {args.new!r}")
         elif args.action == "remove-class":
-            print(f"removed {teacher.remove_class(args.label)} example(s) of {args.label!r}")
+            print(f"removed {teacher.remove_class(args.label, via='cli')} example(s) of {args.label!r}")
         elif args.action == "clear":
             if not args.yes and sys.stdin.isatty():
                 if input(f"forget all {len(teacher)} example(s) in {args.store}? [y/N] ").strip().lower() != "y":
                     print("nothing changed")
                     return 1
-            print(f"cleared {teacher.clear()} example(s); the previous generation stays on disk until the next change")
+            print(f"cleared {teacher.clear(via='cli')} example(s); `teachcam store undo` brings them back")
+        elif args.action == "undo":
+            done = teacher.undo(args.action_id or None)
+            _print_undone(args.json, None if done is None else {
+                "undone": done.action.text, "action": done.action.id, "removed": len(done.removed),
+                "restored": len(done.restored), "undo": teacher.history[-1].brief() if teacher.history else None})
         elif args.action == "export":
             print(f"exported {teacher.export(args.archive)} example(s) to {args.archive}")
     return 0
@@ -255,6 +274,18 @@ def _print_listing(as_json: bool, listing: dict, where: str) -> None:
           f"{(listing.get('fingerprint') or '-')[:12]}")
     for label, n in counts.items():
         print(f"  {n:5d}  {label}")
+    if listing.get("history"):
+        print(f"undo would take back: {listing['history'][0]['text']} ({listing['history'][0]['via'] or '?'})")
+
+
+def _print_undone(as_json: bool, reply: dict | None) -> None:
+    """What ``store undo`` did, directly or through the daemon."""
+    if as_json:
+        print(json.dumps(reply or {"undone": None}, indent=2, ensure_ascii=False))
+    elif reply is None or not reply.get("undone"):
+        print("nothing to undo")
+    else:
+        print(f"undid: {reply['undone']}" + (f"; next: {reply['undo']['text']}" if reply.get("undo") else ""))
 
 
 def _store_remote(client, args) -> int:
@@ -262,9 +293,11 @@ def _store_remote(client, args) -> int:
     from teachcam.edge.teaching.archive import read_archive
 
     if args.action == "list":
-        status, classes = client.request("status"), client.request("classes")["classes"]
+        status, listing = client.request("status"), client.request("classes")
         _print_listing(args.json, {"store": status.get("store"), "daemon": True, "fingerprint": status.get("fingerprint"),
-                                   "classes": {c["label"]: c["count"] for c in classes}}, "through the running daemon")
+                                   "classes": {c["label"]: c["count"] for c in listing["classes"]},
+                                   "history": [listing["undo"]] if listing.get("undo") else []},
+                       "through the running daemon")
     elif args.action == "rename":
         data = client.request("rename_class", old=args.old, new=args.new)
         print(f"renamed {data['old']!r} to {data['new']!r}")
@@ -276,14 +309,18 @@ def _store_remote(client, args) -> int:
             if input("forget every example the running daemon knows? [y/N] ").strip().lower() != "y":
                 print("nothing changed")
                 return 1
-        print(f"cleared {client.request('clear')['count']} example(s)")
+        print(f"cleared {client.request('clear')['count']} example(s); `teachcam store undo` brings them back")
+    elif args.action == "undo":
+        reply = client.request("undo", action=args.action_id) if args.action_id else client.request("undo")
+        _print_undone(args.json, reply)
     elif args.action == "import":
         import base64
 
         added = duplicates = 0
+        group = f"import-{os.getpid()}-{time.time():.0f}"  # one import, one action for undo
         for label, data in read_archive(args.archive):
             reply = client.request("enroll_image", label=label, image=base64.b64encode(data).decode(), name="import",
-                                   unique=True)
+                                   unique=True, group=group)
             duplicates += reply.get("skipped") == SKIPPED_DUPLICATE
             added += "skipped" not in reply
         print(f"imported {added} example(s) through the running daemon"

@@ -116,53 +116,57 @@ class Router:
                 return self._classes()
             case m.Thumbnail(thumb=thumb):
                 return {"png": self._taught(command).teacher.store.thumbnail_bytes(thumb)}
-            case m.Enroll(label=label, index=index, skip_similar=skip_similar):
+            case m.Enroll(label=label, index=index, skip_similar=skip_similar, group=group):
                 if label is None:
                     if index is None or not 0 <= index < len(d.config.classes):
                         raise TeachcamError(f"enroll: no class button {index}")
                     label = d.config.classes[index]
                 sample = Sample(take=lambda: self._frame(current))
                 return self._enrolled(self._taught(command).enroll(label, sample, source=via, batch=self.batches,
-                                                                   skip_similar=skip_similar), via)
-            case m.EnrollImage(label=label, pixels=pixels, name=name, unique=unique):
+                                                                   skip_similar=skip_similar, via=via, group=group), via)
+            case m.EnrollImage(label=label, pixels=pixels, name=name, unique=unique, group=group):
                 sample = Sample(pixels, embed=d.embedder.embed)
-                return self._enrolled(self._taught(command).enroll(label, sample, source=name or via, unique=unique),
-                                      via)
+                return self._enrolled(self._taught(command).enroll(label, sample, source=name or via, unique=unique,
+                                                                   via=via, group=group), via)
             case m.EnrollEmbedding(label=label, source=source):
                 outcome = self._taught(command).adopt(
                     label, source, command.pixels, command.embedding, fingerprint=command.fingerprint,
-                    embedder=d.embedder, embedding_size=int(np.prod(d.embedder.model.output.shape[1:])))
+                    embedder=d.embedder, embedding_size=int(np.prod(d.embedder.model.output.shape[1:])), via=via)
                 return self._enrolled(outcome, via)
             case m.PredictImage(pixels=pixels):
                 label, score, confidence, confidences = d.predict(d.embedder.embed(pixels))
                 return {"label": label, "score": round(score, 4), "confidence": round(confidence, 4),
                         "confidences": {k: round(v, 4) for k, v in confidences.items()}}
             case m.AddClass(label=label):
-                label = self._taught(command).teacher.add_class(label)
+                label = self._taught(command).teacher.add_class(label, via=via)
                 d.event(m.ClassAdded(label=label, via=via))
                 return {"label": label}
             case m.RenameClass(old=old, new=new):
                 teacher = self._taught(command).teacher
-                old, new = teacher.resolve_name(old, create=False), teacher.rename_class(old, new)
+                old, new = teacher.resolve_name(old, create=False), teacher.rename_class(old, new, via=via)
                 d.event(m.Renamed(old=old, new=new, via=via))
                 return {"old": old, "new": new}
             case m.RemoveClass(label=label):
                 teacher = self._taught(command).teacher
                 label = teacher.resolve_name(label, create=False)
-                count = teacher.remove_class(label)
+                count = teacher.remove_class(label, via=via)
                 d.smoother.reset()
                 d.event(m.Removed(label=label, count=count, via=via))
                 return {"label": label, "count": count}
-            case m.Undo():
+            case m.Undo(action=action_id):
                 teacher = self._taught(command).teacher
-                example = teacher.undo_last()
-                if example is None:
-                    return {"undone": None}
-                count = teacher.counts().get(example.label, 0)
-                d.event(m.Undone(label=example.label, count=count, example=example.id, source=example.source, via=via))
-                return {"undone": example.label, "count": count}
+                done = teacher.undo(action_id or None)
+                if done is None:
+                    return {"undone": None, "undo": None}
+                d.smoother.reset()
+                action = done.action
+                d.event(m.Undone(action=action.id, text=action.text, labels=action.labels, removed=len(done.removed),
+                                 restored=len(done.restored), sources=tuple(sorted({e.source for e in done.removed
+                                                                                     if e.source})), via=via))
+                return {"undone": action.text, "action": action.id, "removed": len(done.removed),
+                        "restored": len(done.restored), "undo": self._next_undo(teacher)}
             case m.Clear():
-                count = self._taught(command).teacher.clear()
+                count = self._taught(command).teacher.clear(via=via)
                 d.smoother.reset()
                 d.event(m.Cleared(count=count, via=via))
                 return {"count": count}
@@ -179,7 +183,8 @@ class Router:
                 return {"shown": True}
             case m.RemoveExamples(examples=ids, sources=sources):
                 ids, sources = set(ids), set(sources)
-                gone = self._taught(command).teacher.remove_examples(lambda e: e.id in ids or e.source in sources)
+                gone = self._taught(command).teacher.remove_examples(lambda e: e.id in ids or e.source in sources,
+                                                                     via=via)
                 if gone:
                     d.event(m.ExamplesRemoved(count=len(gone), labels=tuple(sorted({e.label for e in gone})),
                                               sources=tuple(sorted({e.source for e in gone if e.source})), via=via))
@@ -196,7 +201,13 @@ class Router:
             examples.setdefault(example.label, []).append({"id": example.id, "thumb": example.thumb,
                                                            "source": example.source, "added": round(example.added, 3)})
         return {"classes": [{"label": label, "count": len(items), "examples": items, "variety": view.variety(label)}
-                            for label, items in examples.items()]}
+                            for label, items in examples.items()], "undo": self._next_undo(teacher)}
+
+    @staticmethod
+    def _next_undo(teacher) -> dict | None:
+        """What undo would take back now (its id, its description), or None."""
+        history = teacher.history
+        return history[-1].brief() if history else None
 
     def _explain(self, count: int) -> dict:
         """The examples nearest to the current frame; the examples a leave-one-out vote puts in another class."""

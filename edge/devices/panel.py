@@ -43,6 +43,8 @@ class ButtonPanel:
         self._last_edge: dict[int, float] = {}  # the last press or release of each button (-1: clear)
         self._clear_press_counts = False
         self._clear_was_held = False
+        # a press and the enrollments of its hold share one group (one action for undo), unique across restarts
+        self._presses, self._session = 0, f"{time.time():.3f}"
         # While a class button is held, gpiozero calls when_held every hold_time (hold_repeat).
         bounce = bounce_time or None
         self.buttons = [Button(pin, pull_up=pull_up, bounce_time=bounce, hold_time=hold_time, hold_repeat=True,
@@ -50,7 +52,7 @@ class ButtonPanel:
         for index, button in enumerate(self.buttons):
             button.when_pressed = lambda _b=None, i=index: self._pressed(i)
             button.when_released = lambda _b=None, i=index: self._edge(i)
-            button.when_held = lambda _b=None, i=index: self.post(Enroll(index=i, via="hold"))
+            button.when_held = lambda _b=None, i=index: self.post(Enroll(index=i, via="hold", group=self._group(i)))
         self.clear_button = None
         if clear_pin is not None:
             self.clear_button = Button(clear_pin, pull_up=pull_up, bounce_time=bounce, hold_time=clear_hold_time,
@@ -71,9 +73,13 @@ class ButtonPanel:
         self._last_edge[key] = now
         return still
 
+    def _group(self, index: int) -> str:
+        return f"button-{self._session}-{index}-{self._presses}"
+
     def _pressed(self, index: int) -> None:
         if self._edge(index):
-            self.post(Enroll(index=index, via="button"))
+            self._presses += 1
+            self.post(Enroll(index=index, via="button", group=self._group(index)))
 
     def _clear_pressed(self) -> None:
         self._clear_press_counts = self._edge(-1)

@@ -106,7 +106,7 @@ class TerminalSink(Port):
         self.live.update(self._render(view))
 
     def event(self, event) -> None:
-        text = {"enrolled": "enrolled an example of {label} ({count} now)", "undone": "undid the last example of {label}",
+        text = {"enrolled": "enrolled an example of {label} ({count} now)", "undone": "undid: {text}",
                 "cleared": "cleared {count} examples", "camera_trouble": "camera: {message}",
                 "camera_back": "camera is back", "removed": "removed class {label}",
                 "renamed": "renamed {old} to {new}", "class_added": "added class {label}", "error": "error: {message}",

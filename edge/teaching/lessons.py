@@ -101,9 +101,10 @@ class Lessons:
         return self.teacher.counts().get(label, 0)
 
     def enroll(self, label: str, sample: Sample, *, source: str, batch: object = None, skip_similar: float = 0.0,
-               unique: bool = False) -> Outcome:
+               unique: bool = False, via: str = "", group: str = "") -> Outcome:
         """Add ``sample`` to class ``label`` (created if new) unless a rule says no. ``batch``: the frame the
-        command is applied with (the same-frame rule; None: every call is its own)."""
+        command is applied with (the same-frame rule; None: every call is its own). ``via`` and ``group``: who
+        asked, and the hold or upload it belongs to (one action for undo)."""
         teacher = self.teacher
         label = teacher.resolve_name(label, create=True)
         if batch is not None:
@@ -121,12 +122,12 @@ class Lessons:
             sims = view.similarities(sample.embedding, rows)
             if len(sims) and float(sims.max()) >= skip_similar:
                 return Outcome(label, len(rows), skipped=m.SKIPPED_SIMILAR, similarity=round(float(sims.max()), 4))
-        example = teacher.add(label, sample.embedding, sample.pixels, source=source)
+        example = teacher.add(label, sample.embedding, sample.pixels, source=source, via=via or source, group=group)
         if batch is not None:
             self._taken.add(label)
         return Outcome(example.label, self._count(example.label), example)
 
-    def enroll_many(self, items: list[tuple[str, Sample, str]], *, unique: bool = False) -> list[Outcome]:
+    def enroll_many(self, items: list[tuple[str, Sample, str]], *, unique: bool = False, via: str = "cli") -> list[Outcome]:
         """``(label, sample, source)`` items in one store generation (the CLI's files), by the rules a daemon applies
         to them one at a time: with ``unique``, a picture its class holds — or got earlier in this call — is
         skipped. Every name is checked before anything is embedded."""
@@ -143,13 +144,13 @@ class Lessons:
                 seen.add(key)
             chosen.append((label, sample.embedding, sample.pixels, source))
             skipped.append(False)
-        added = iter(teacher.add_many(chosen) if chosen else [])
+        added = iter(teacher.add_many(chosen, via=via) if chosen else [])
         counts = teacher.counts()
         return [Outcome(label, counts.get(label, 0), skipped=m.SKIPPED_DUPLICATE) if skip
                 else Outcome(label, counts.get(label, 0), next(added)) for label, skip in zip(labels, skipped, strict=True)]
 
     def adopt(self, label: str, source: str, pixels: np.ndarray | None, embedding: np.ndarray | None, *,
-              fingerprint: str, embedder, embedding_size: int) -> Outcome:
+              fingerprint: str, embedder, embedding_size: int, via: str = "fleet") -> Outcome:
         """An example taught elsewhere (a fleet peer), named by ``source``: its ``embedding`` is used as is when it
         came from ``embedder`` (same fingerprint and size), else its ``pixels`` are embedded."""
         teacher = self.teacher
@@ -160,10 +161,10 @@ class Lessons:
         if known and all(e.label == label for e in known):
             return Outcome(label, self._count(label), known[0], skipped=m.SKIPPED_KNOWN)
         if known:  # relabelled where it was taught: move it
-            teacher.remove_examples(lambda e: e.source == source)
+            teacher.remove_examples(lambda e: e.source == source, via=via)
         size = teacher.snapshot.embedding_size or embedding_size
         reuse = embedding is not None and fingerprint == embedder.fingerprint and embedding.size == size
         if not reuse:
             embedding = embedder.embed(pixels)
-        example = teacher.add(label, embedding, pixels, source=source)
+        example = teacher.add(label, embedding, pixels, source=source, via=via)
         return Outcome(example.label, self._count(example.label), example, reembedded=not reuse)

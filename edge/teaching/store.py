@@ -37,10 +37,11 @@ import numpy as np
 from PIL import Image
 
 from teachcam.edge.errors import ClassNameError, StoreError, StoreFullError, StoreVersionError
+from teachcam.edge.teaching.history import Action
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the undo history and its limbo; a generation with an empty limbo is still written as 1
 MAGIC = b"TEACHCAM-STORE\n"
 MAX_NAME_LENGTH = 64
 KEEP_GENERATIONS = 2
@@ -75,7 +76,7 @@ class Example:
 
     label: str
     thumb: str
-    added: float
+    added: float  # seconds since the epoch, to the µs (as stored: the id must be the same after a restart)
     source: str = ""
 
     @property
@@ -84,7 +85,7 @@ class Example:
         return f"{int(self.added * 1e6):x}-{self.thumb[:8]}"
 
     def as_json(self) -> dict:
-        return {"label": self.label, "thumb": self.thumb, "added": round(self.added, 3), "source": self.source}
+        return {"label": self.label, "thumb": self.thumb, "added": round(self.added, 6), "source": self.source}
 
 
 @dataclass
@@ -97,10 +98,16 @@ class Snapshot:
     embeddings: np.ndarray | None = None  # (N, D) float32, L2-normalized
     classes: list[str] = field(default_factory=list)  # every class, in creation order (may have 0 examples)
     generation: int = 0
+    history: list[Action] = field(default_factory=list)  # what undo can take back, newest last (teaching.history)
+    limbo: list[Example] = field(default_factory=list)  # examples the history may bring back
+    limbo_embeddings: np.ndarray | None = None  # their (normalized) embeddings
 
     def __post_init__(self):
         if self.embeddings is None:
             self.embeddings = np.zeros((0, self.embedding_size), np.float32)
+        if self.limbo_embeddings is None:
+            self.limbo_embeddings = np.zeros((0, self.embeddings.shape[1] if self.embeddings.ndim == 2 else
+                                              self.embedding_size), np.float32)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -145,7 +152,7 @@ def normalize_rows(matrix: np.ndarray) -> np.ndarray:
 
 def encode_generation(snapshot: Snapshot) -> bytes:
     header = {
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if snapshot.limbo else 1,  # readable by an older teachcam when it can be
         "fingerprint": snapshot.fingerprint,
         "embedding_size": snapshot.embedding_size,
         "embedding_dtype": "float16",
@@ -153,8 +160,14 @@ def encode_generation(snapshot: Snapshot) -> bytes:
         "examples": [e.as_json() for e in snapshot.examples],
         "written": round(time.time(), 3),
     }
+    if snapshot.history:
+        header["history"] = [action.as_json() for action in snapshot.history]
+    if snapshot.limbo:
+        header["limbo"] = [e.as_json() for e in snapshot.limbo]  # their rows follow the examples' in the body
     header_bytes = json.dumps(header, ensure_ascii=False).encode("utf-8")
     body = snapshot.embeddings.astype("<f2").tobytes()
+    if snapshot.limbo:
+        body += snapshot.limbo_embeddings.astype("<f2").tobytes()
     payload = MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes + body
     return payload + hashlib.sha256(payload).digest()
 
@@ -176,13 +189,20 @@ def decode_generation(data: bytes, name: str) -> Snapshot:
             f"{FORMAT_VERSION}); upgrade teachcam — the store was left untouched"
         )
     size = int(header["embedding_size"])
-    examples = [Example(e["label"], e["thumb"], float(e["added"]), e.get("source", "")) for e in header["examples"]]
+
+    def examples_of(entries) -> list[Example]:
+        return [Example(e["label"], e["thumb"], float(e["added"]), e.get("source", "")) for e in entries]
+
+    examples, limbo = examples_of(header["examples"]), examples_of(header.get("limbo", ()))
     body = payload[start + header_len :]
-    embeddings = np.frombuffer(body, "<f2").astype(np.float32)
-    if embeddings.size != len(examples) * size:
+    rows = np.frombuffer(body, "<f2").astype(np.float32)
+    if rows.size != (len(examples) + len(limbo)) * size:
         raise StoreError(f"{name} is damaged (embedding table has the wrong size)")
-    return Snapshot(header["fingerprint"], size, examples, embeddings.reshape(len(examples), size),
-                    list(header.get("classes") or dict.fromkeys(e.label for e in examples)))
+    rows = rows.reshape(len(examples) + len(limbo), size)
+    return Snapshot(header["fingerprint"], size, examples, rows[: len(examples)],
+                    list(header.get("classes") or dict.fromkeys(e.label for e in examples)),
+                    history=[Action.from_json(a) for a in header.get("history", ())], limbo=limbo,
+                    limbo_embeddings=rows[len(examples):])
 
 
 class EnrollmentStore:
@@ -385,7 +405,8 @@ class EnrollmentStore:
         keep: set[str] = set()
         for _, file in self.generations(self.path):
             try:
-                keep.update(e.thumb for e in decode_generation(file.read_bytes(), file.name).examples)
+                snapshot = decode_generation(file.read_bytes(), file.name)
+                keep.update(e.thumb for e in [*snapshot.examples, *snapshot.limbo])
             except (StoreError, ValueError, KeyError):
                 return 0  # be conservative: never delete while any generation is unreadable
         removed = 0

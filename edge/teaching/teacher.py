@@ -16,18 +16,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from teachcam.edge.errors import ClassNameError, StoreError
 from teachcam.edge.teaching.archive import export_archive
+from teachcam.edge.teaching.history import DEPTH, Action, in_limbo, record, trim
 from teachcam.edge.teaching.knn import KNNConfig, KNNIndex, Prediction
 from teachcam.edge.teaching.store import EnrollmentStore, Example, Snapshot, check_class_name, normalize_rows
 
 log = logging.getLogger(__name__)
 CAP_POLICIES = ("oldest", "redundant")  # which example goes when a class is full
+
+
+@dataclass(frozen=True)
+class Undoing:
+    """What an undo did: the action it took back, the examples it removed and the ones it brought back."""
+
+    action: Action
+    removed: list[Example]
+    restored: list[Example]
 
 
 class Teacher:
@@ -129,21 +139,43 @@ class Teacher:
         return canonical
 
     def _commit(self, examples: list[Example], embeddings: np.ndarray, classes: list[str],
-                fingerprint: str | None = None) -> None:
+                fingerprint: str | None = None, *, action: Action | None = None, taken=(),
+                history: list[Action] | None = None, limbo: tuple[list[Example], np.ndarray] | None = None) -> None:
+        """Write the new generation. ``action``: what a person did (recorded for undo unless a fleet peer did it);
+        ``taken``: the (example, embedding row) pairs it took away (they wait in the limbo while the history may
+        bring them back); ``history``/``limbo``: replace the history (an undo) or the limbo (re-embedding)."""
         snap = self.snapshot
+        kept = list(snap.history) if history is None else list(history)
+        if action is not None and action.via != "fleet":
+            kept = record(kept, action)
+        kept = trim(kept)
+        limbo_examples, limbo_rows = limbo if limbo is not None else (snap.limbo, snap.limbo_embeddings)
+        if taken:
+            limbo_examples = [*limbo_examples, *(e for e, _ in taken)]
+            more = np.stack([r for _, r in taken])
+            limbo_rows = np.concatenate([limbo_rows, more]) if len(limbo_rows) else more
+        wanted, seen, keep = in_limbo(kept), set(), []
+        for i, e in enumerate(limbo_examples):
+            if e.id in wanted and e.id not in seen:
+                seen.add(e.id)
+                keep.append(i)
         new = Snapshot(fingerprint or snap.fingerprint, embeddings.shape[1] if embeddings.ndim == 2 else
-                       snap.embedding_size, examples, embeddings, classes)
+                       snap.embedding_size, examples, embeddings, classes, history=kept,
+                       limbo=[limbo_examples[i] for i in keep],
+                       limbo_embeddings=limbo_rows[keep] if keep else None)
         self.store.commit(new)  # raises before anything in memory changes if the disk says no
         self._index = self._counts = None
         if fingerprint and fingerprint != snap.fingerprint:
             self._projection = None
 
-    def add(self, label: str, embedding: np.ndarray, pixels: np.ndarray, *, source: str = "") -> Example:
+    def add(self, label: str, embedding: np.ndarray, pixels: np.ndarray, *, source: str = "", via: str = "",
+            group: str = "") -> Example:
         """Enroll one example; durable on disk when this returns."""
-        return self.add_many([(label, embedding, pixels, source)])[-1]
+        return self.add_many([(label, embedding, pixels, source)], via=via, group=group)[-1]
 
-    def add_many(self, items) -> list[Example]:
-        """Enroll several ``(label, embedding, pixels, source)`` examples in one durable write."""
+    def add_many(self, items, *, via: str = "", group: str = "") -> list[Example]:
+        """Enroll several ``(label, embedding, pixels, source)`` examples in one durable write: one action for undo,
+        which joins the earlier enrollments of the same ``group`` (one hold, one upload)."""
         snap = self.snapshot
         examples, rows, classes = list(snap.examples), [snap.embeddings], list(snap.classes)
         added = []
@@ -154,16 +186,20 @@ class Teacher:
                 raise StoreError(f"embedding has {vector.size} values; this store holds {snap.embedding_size}")
             if name not in classes:
                 classes.append(name)
-            example = Example(name, self.store.write_thumbnail(pixels), time.time(), source)
+            example = Example(name, self.store.write_thumbnail(pixels), round(time.time(), 6), source)
             examples.append(example)
             rows.append(normalize_rows(vector[None]))
             added.append(example)
         embeddings = np.concatenate(rows) if rows else snap.embeddings
-        examples, embeddings = self._apply_cap(examples, embeddings)
-        self._commit(examples, embeddings, classes)
+        examples, embeddings, dropped = self._apply_cap(examples, embeddings)
+        action = Action("add", via, group, labels=tuple(dict.fromkeys(e.label for e in added)),
+                        added=tuple(e.id for e in added), taken=tuple(e.id for e, _ in dropped),
+                        created=tuple(c for c in classes if c not in snap.classes))
+        self._commit(examples, embeddings, classes, action=action, taken=dropped)
         return added
 
     def _apply_cap(self, examples: list[Example], embeddings: np.ndarray):
+        """The examples within the per-class cap, and the (example, row) pairs it dropped."""
         labels = np.array([e.label for e in examples], dtype=object)
         drop: set[int] = set()
         for name in dict.fromkeys(labels):
@@ -181,30 +217,91 @@ class Teacher:
                 redundancy = sims.max(axis=1)
                 drop.update(members[np.argsort(-redundancy, kind="stable")[:excess]])
         if not drop:
-            return examples, embeddings
+            return examples, embeddings, []
         keep = [i for i in range(len(examples)) if i not in drop]
         log.info("per-class cap %d reached: dropped %d example(s) (%s)", self.cap, len(drop), self.cap_policy)
-        return [examples[i] for i in keep], embeddings[keep]
+        return [examples[i] for i in keep], embeddings[keep], [(examples[i], embeddings[i]) for i in sorted(drop)]
 
-    def undo_last(self) -> Example | None:
-        """Remove the most recently enrolled example. Returns it, or None when the store is empty."""
+    @property
+    def history(self) -> list[Action]:
+        """What undo can take back, newest last."""
+        return list(self.snapshot.history)
+
+    def undo(self, action_id: str | None = None) -> Undoing | None:
+        """Take back one action — the newest, or the one named — as its inverse on the store as it is now (see
+        :mod:`teachcam.edge.teaching.history`). None when there is nothing to undo.
+
+        Raises:
+            StoreError: ``action_id`` is not in the history (any more); ClassNameError: a rename cannot be taken
+                back because another class has the old name now. Nothing changes then.
+        """
         snap = self.snapshot
-        if not snap.examples:
+        history = list(snap.history)
+        if not history:
             return None
-        last = max(range(len(snap.examples)), key=lambda i: snap.examples[i].added)
-        keep = [i for i in range(len(snap.examples)) if i != last]
-        self._commit([snap.examples[i] for i in keep], snap.embeddings[keep], list(snap.classes))
-        return snap.examples[last]
+        if action_id is None:
+            action = history[-1]
+        else:
+            action = next((a for a in history if a.id == action_id), None)
+            if action is None:
+                raise StoreError(f"that change ({action_id}) is not in the undo history any more (it keeps the last "
+                                 f"{DEPTH}); nothing was undone")
+        history.remove(action)
+        examples, rows, classes = list(snap.examples), snap.embeddings, list(snap.classes)
+        if action.renamed:
+            old, new = action.renamed
+            if new not in classes:
+                raise StoreError(f"cannot rename {new!r} back to {old!r}: there is no class {new!r} now")
+            clash = [c for c in classes if c != new and c.casefold() == old.casefold()]
+            if clash:
+                raise ClassNameError(f"cannot rename {new!r} back to {old!r}: class {clash[0]!r} exists now")
+            examples = [replace(e, label=old) if e.label == new else e for e in examples]
+            classes = [old if c == new else c for c in classes]
+        added = set(action.added)
+        removed = [e for e in examples if e.id in added]
+        if removed:
+            keep = [i for i, e in enumerate(examples) if e.id not in added]
+            examples, rows = [examples[i] for i in keep], rows[keep]
+        restored, back = [], []
+        if action.taken:
+            for name, place in sorted(action.classes, key=lambda c: c[1]):
+                if not any(c.casefold() == name.casefold() for c in classes):
+                    classes.insert(min(place, len(classes)), name)
+            wanted, present = set(action.taken), {e.id for e in examples}
+            for j, e in enumerate(snap.limbo):
+                if e.id not in wanted or e.id in present:
+                    continue
+                name = next((c for c in classes if c.casefold() == e.label.casefold()), None)
+                if name is None:
+                    classes.append(e.label)
+                    name = e.label
+                restored.append(replace(e, label=name))
+                back.append(snap.limbo_embeddings[j])
+                present.add(e.id)
+        if restored:
+            examples = examples + restored
+            rows = np.concatenate([rows, np.stack(back)])
+            order = sorted(range(len(examples)), key=lambda i: examples[i].added)
+            examples, rows = [examples[i] for i in order], rows[order]
+        for name in action.created:
+            if name in classes and not any(e.label == name for e in examples):
+                classes.remove(name)
+        self._commit(examples, rows, classes, history=history)
+        return Undoing(action, removed, restored)
 
-    def remove_examples(self, chosen: Callable[[Example], bool]) -> list[Example]:
+    def remove_examples(self, chosen: Callable[[Example], bool], *, via: str = "") -> list[Example]:
         """Remove every example for which ``chosen(example)`` is true (classes stay). Returns them."""
         snap = self.snapshot
         keep = [i for i, e in enumerate(snap.examples) if not chosen(e)]
         if len(keep) == len(snap.examples):
             return []
-        gone = [e for i, e in enumerate(snap.examples) if i not in set(keep)]
-        self._commit([snap.examples[i] for i in keep], snap.embeddings[keep], list(snap.classes))
-        return gone
+        kept = set(keep)
+        taken = [(e, snap.embeddings[i]) for i, e in enumerate(snap.examples) if i not in kept]
+        action = Action("remove", via, labels=tuple(dict.fromkeys(e.label for e, _ in taken)),
+                        taken=tuple(e.id for e, _ in taken))
+        self._commit([snap.examples[i] for i in keep], snap.embeddings[keep], list(snap.classes), action=action,
+                     taken=taken)
+        return [e for e, _ in taken]
 
     def example(self, example_id: str) -> tuple[Example, np.ndarray]:
         """One example and its stored (normalized) embedding, by id.
@@ -218,16 +315,19 @@ class Teacher:
                 return e, snap.embeddings[i]
         raise StoreError(f"no example {example_id!r} in the store")
 
-    def remove_class(self, label: str) -> int:
+    def remove_class(self, label: str, *, via: str = "") -> int:
         name = self.resolve_name(label, create=False)
         snap = self.snapshot
         keep = [i for i, e in enumerate(snap.examples) if e.label != name]
-        removed = len(snap.examples) - len(keep)
-        self._commit([snap.examples[i] for i in keep], snap.embeddings[keep], [c for c in snap.classes if c != name])
+        taken = [(e, snap.embeddings[i]) for i, e in enumerate(snap.examples) if e.label == name]
+        action = Action("remove_class", via, labels=(name,), taken=tuple(e.id for e, _ in taken),
+                        classes=((name, snap.classes.index(name)),))
+        self._commit([snap.examples[i] for i in keep], snap.embeddings[keep], [c for c in snap.classes if c != name],
+                     action=action, taken=taken)
         self.store.collect_garbage()
-        return removed
+        return len(taken)
 
-    def add_class(self, label: str) -> str:
+    def add_class(self, label: str, *, via: str = "") -> str:
         """A class with no examples yet (a web page's new card); returns its canonical name.
 
         Raises:
@@ -236,25 +336,32 @@ class Teacher:
         name = self.resolve_name(label, create=True)
         if name not in self.snapshot.classes:
             snap = self.snapshot
-            self._commit(list(snap.examples), snap.embeddings, [*snap.classes, name])
+            self._commit(list(snap.examples), snap.embeddings, [*snap.classes, name],
+                         action=Action("add_class", via, labels=(name,), created=(name,)))
         return name
 
-    def rename_class(self, old: str, new: str) -> str:
+    def rename_class(self, old: str, new: str, *, via: str = "") -> str:
         source = self.resolve_name(old, create=False)
         target = check_class_name(new)
         clash = [c for c in self.snapshot.classes if c != source and c.casefold() == target.casefold()]
         if clash:
             raise ClassNameError(f"cannot rename {source!r} to {target!r}: class {clash[0]!r} exists")
+        if target == source:
+            return target
         snap = self.snapshot
         examples = [replace(e, label=target) if e.label == source else e for e in snap.examples]
-        self._commit(examples, snap.embeddings, [target if c == source else c for c in snap.classes])
+        self._commit(examples, snap.embeddings, [target if c == source else c for c in snap.classes],
+                     action=Action("rename", via, labels=(target,), renamed=(source, target)))
         return target
 
-    def clear(self) -> int:
-        """Forget every example and class. The previous generation stays on disk until the next change."""
-        count = len(self.snapshot.examples)
-        self._commit([], np.zeros((0, self.snapshot.embedding_size), np.float32), [])
-        return count
+    def clear(self, *, via: str = "") -> int:
+        """Forget every example and class (undo brings them back)."""
+        snap = self.snapshot
+        taken = [(e, snap.embeddings[i]) for i, e in enumerate(snap.examples)]
+        action = Action("clear", via, taken=tuple(e.id for e, _ in taken),
+                        classes=tuple((c, i) for i, c in enumerate(snap.classes)))
+        self._commit([], np.zeros((0, snap.embedding_size), np.float32), [], action=action, taken=taken)
+        return len(taken)
 
     def reembed(self, fingerprint: str, size: int, *, progress: Callable[[], None] | None = None) -> None:
         if self.embed is None:
@@ -269,7 +376,9 @@ class Teacher:
             if progress is not None:
                 progress()
         embeddings = np.concatenate(rows) if rows else np.zeros((0, size), np.float32)
-        self._commit(list(snap.examples), embeddings, list(snap.classes), fingerprint=fingerprint)
+        waiting = [normalize_rows(self.embed(self.store.read_thumbnail(e.thumb))[None]) for e in snap.limbo]
+        limbo = (list(snap.limbo), np.concatenate(waiting) if waiting else np.zeros((0, size), np.float32))
+        self._commit(list(snap.examples), embeddings, list(snap.classes), fingerprint=fingerprint, limbo=limbo)
 
     # -- exchange with the laptop --------------------------------------------------------------------
     def export(self, archive: Path) -> int:

@@ -164,7 +164,7 @@ class FleetSync:
                 actions.append(Publish(fleet.op_topic(self.group),
                                        fleet.op_payload(self.group, self.device, op[0], **op[1]), qos=1))
             elif isinstance(event, m.Undone):
-                actions += self._withdraw_peer_examples([event.source])
+                actions += self._withdraw_peer_examples(list(event.sources))
             elif isinstance(event, m.ExamplesRemoved):
                 actions += self._withdraw_peer_examples(list(event.sources))
         return actions + self.share_own(listing)
