@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import struct
 import subprocess
 from pathlib import Path
@@ -212,3 +213,31 @@ def test_per_class_cap(tmp_path, policy):
         assert thumbnail_digest(pixels(0)) not in kept and thumbnail_digest(pixels(1)) not in kept
     else:  # one of the near-duplicate pair went first
         assert len({thumbnail_digest(pixels(0)), thumbnail_digest(pixels(100))} & kept) == 1
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_store_files_are_0640_and_folders_0750_whatever_the_umask(tmp_path, umask):
+    """The web service reads the store through its group; nobody else reads a camera thumbnail."""
+    old = os.umask(umask)
+    try:
+        fill(tmp_path / "s", n=3)
+        with open_teacher(tmp_path / "s") as teacher:
+            teacher.clear(via="cli")  # a generation with a limbo too
+    finally:
+        os.umask(old)
+    store = tmp_path / "s"
+    folders = [store, *[p for p in store.rglob("*") if p.is_dir()]]
+    files = [p for p in store.rglob("*") if p.is_file()]
+    assert len(folders) >= 3 and len(files) >= 5
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {"0o750"}
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {"0o640"}
+
+
+def test_an_older_stores_folders_are_tightened_when_opened(tmp_path):
+    fill(tmp_path / "s", n=2)
+    os.chmod(tmp_path / "s", 0o755)
+    os.chmod(tmp_path / "s" / "thumbs", 0o777)
+    with open_teacher(tmp_path / "s"):
+        pass
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "s" / "thumbs").stat().st_mode) == 0o750

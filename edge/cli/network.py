@@ -64,7 +64,7 @@ def cmd_web(args) -> int:
         import aiohttp  # noqa: F401
     except ImportError:
         raise TeachcamError("`teachcam web` needs aiohttp: pip install 'teachcam[web]'") from None
-    from teachcam.edge.apps.web.auth import default_token_file, load_token
+    from teachcam.edge.apps.web.auth import default_token_file, load_token, sessions_file_for
     from teachcam.edge.apps.web.server import serve
     from teachcam.edge.config import load_config
 
@@ -80,6 +80,7 @@ def cmd_web(args) -> int:
     token_file = Path(config.web.token_file) if config.web.token_file else default_token_file()
     if args.rotate_token:
         load_token(token_file, rotate=True)
+        sessions_file_for(token_file).unlink(missing_ok=True)  # (they are bound to the old token anyway)
         print(f"teachcam web: a new token is in {token_file}; every session made with the old one has ended. "
               "Restart the web service (systemctl restart teachcam-web) to use it.")
         return 0
@@ -102,7 +103,8 @@ def cmd_web(args) -> int:
     # it (the screen shows it as a QR code too: scan it with the phone to log in).
     pairing = f"teachcam web\n{login_url(config.web.host, port, None)}\ntoken:\n{token}" if token and port else ""
     serve(config, host=config.web.host, port=port, token=token, socket_path=args.socket, on_ready=ready,
-          pairing=pairing, pairing_link=login_url(config.web.host, port, token) if pairing else "")
+          pairing=pairing, pairing_link=login_url(config.web.host, port, token) if pairing else "",
+          sessions_file=sessions_file_for(token_file) if token else None)
     return 0
 
 

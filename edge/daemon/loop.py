@@ -277,7 +277,10 @@ class Daemon:
     def status(self) -> dict:
         """One screen of facts for ``teachcam status`` (and the web page, and MQTT)."""
         runtime = interpreter_module()
+        hint = getattr(self.grabber.source, "hint", None) if self.grabber is not None else None
         return {**self._stats_fields(), "camera": self.config.camera.source,
+                "camera_fps": round(self.grabber.delivered_fps(), 1) if self.grabber is not None else 0.0,
+                "scene": hint() if hint is not None else None,
                 "camera_ok": not self._camera_trouble,
                 "camera_error": self.grabber.last_error if self._camera_trouble else None,
                 "mode": self.config.mode, "bundle": str(self.bundle.path), "model": self.embedder.variant,

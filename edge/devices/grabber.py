@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -55,7 +56,16 @@ class FrameGrabber:
         self.last_error: str | None = None
         self.last_error_time = 0.0  # time.monotonic() of the last camera error
         self.last_frame_time = 0.0  # ... and of the last frame
+        self._recent = collections.deque(maxlen=61)  # the last frames' capture times: the camera's own rate
         self.ended = False
+
+    def delivered_fps(self) -> float:
+        """Frames the camera delivered per second, over its last 60 frames (0 when it has delivered none for 2 s):
+        what the camera does, not what the model could (``fps`` in the daemon's stats)."""
+        times = list(self._recent)
+        if len(times) < 2 or time.monotonic() - times[-1] > 2.0:
+            return 0.0
+        return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
 
     def start(self) -> FrameGrabber:
         self._thread = threading.Thread(target=self._run, name="teachcam-capture", daemon=True)
@@ -101,6 +111,7 @@ class FrameGrabber:
                 continue
             empty_reads, backoff = 0, 0.5
             captured = self.last_frame_time = time.monotonic()
+            self._recent.append(captured)
             prepare = self.prepare
             prepare_started = time.perf_counter()
             pixels = prepare(image) if prepare is not None else None

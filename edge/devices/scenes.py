@@ -71,6 +71,14 @@ class DemoSource(Source):
         start = int(self._bounds[i - 1]) if i else 0
         return i, self.schedule[i], position - start
 
+    def hint(self) -> dict:
+        """What the demo camera shows now, what comes next and in how many seconds (the page's hint: hold while
+        the scene you teach is on, not across its end)."""
+        i, scene, into = self.scene_at(max(self.index, 1))
+        following = self.schedule[(i + 1) % len(self.schedule)]
+        return {"now": scene.label, "next": following.label,
+                "in_s": round(max(0.0, scene.seconds - into / self.fps), 1)}
+
     def read(self) -> np.ndarray:
         self.index += 1
         _, scene, _ = self.scene_at(self.index)

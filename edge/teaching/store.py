@@ -118,11 +118,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+FILE_MODE, FOLDER_MODE = 0o640, 0o750  # whatever the umask: the group (the web service) reads, others nothing
+
+
+def _make_folder(path: Path) -> None:
+    """``path`` (and missing parents) with FOLDER_MODE."""
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, FOLDER_MODE)
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one (mode FILE_MODE)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as handle:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with open(fd, "wb") as handle:
+            os.fchmod(fd, FILE_MODE)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -237,12 +249,13 @@ class EnrollmentStore:
             if not create:
                 raise StoreError(f"no store at {path}")
             try:
-                path.mkdir(parents=True)
+                _make_folder(path)
             except OSError as exc:
                 raise StoreError(f"cannot create the store folder {path} ({exc.strerror})") from None
         lock_fd = cls._lock(path) if writable else None
         if writable:
             cls._remove_partial_writes(path)
+            cls._tighten(path)
         try:
             snapshot = cls._load_latest(path, writable)
         except BaseException:
@@ -259,9 +272,11 @@ class EnrollmentStore:
             raise StoreError(f"the store folder {path} is not writable by this user; fix its permissions "
                              "(under systemd it belongs to the teachcam user)")
         try:
-            fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as exc:
             raise StoreError(f"cannot open {path / '.lock'} ({exc.strerror})") from None
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -272,6 +287,15 @@ class EnrollmentStore:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         return fd
+
+    @staticmethod
+    def _tighten(path: Path) -> None:
+        """A store made before modes were set (files 0644 under umask 022): the folders to FOLDER_MODE, so that
+        nobody outside the owner and the group can reach a thumbnail."""
+        for folder in (path, path / "thumbs"):
+            with contextlib.suppress(OSError):
+                if folder.is_dir() and folder.stat().st_mode & 0o777 != FOLDER_MODE:
+                    os.chmod(folder, FOLDER_MODE)
 
     @staticmethod
     def _remove_partial_writes(path: Path) -> None:
@@ -323,7 +347,7 @@ class EnrollmentStore:
         if not files:
             return
         target = path / "damaged"
-        target.mkdir(exist_ok=True)
+        _make_folder(target)
         for file in files:
             file.rename(target / f"{file.name}.{int(time.time())}")
         _fsync_dir(path)
@@ -377,7 +401,8 @@ class EnrollmentStore:
         target = self.thumb_path(digest)
         if not target.exists():
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
+                _make_folder(target.parent.parent)
+                _make_folder(target.parent)
             except OSError as exc:
                 raise StoreError(f"cannot write to {self.path} ({exc.strerror})") from None
             buffer = io.BytesIO()

@@ -2,13 +2,16 @@
 
 * The token is generated at first start (32 random bytes, URL-safe) and kept in ``token_file``;
   ``teachcam web --rotate-token`` replaces it, which also ends every session made with the old one.
-* Logging in (``/login?token=…`` or ``POST /api/login``) sets the session cookie: an HMAC of a fixed
-  string under the token — HttpOnly, SameSite=Strict. Scripts send ``Authorization: Bearer TOKEN``.
+* Logging in (``/login?token=…`` or ``POST /api/login``) makes a *session* — 32 random bytes in the cookie
+  (HttpOnly, SameSite=Strict), only their sha256 kept on the server (``web-sessions.json`` beside the token, mode
+  0600, bound to the token: a rotation ends them all). Logging out ends that session: a copied cookie dies with it.
+  Sessions last 30 days; at most 64 are kept (the oldest goes). Scripts send ``Authorization: Bearer TOKEN``.
 * Every state-changing request needs auth **and** the ``X-Teachcam`` header (a cross-site form cannot
   send it), and a browser's ``Origin`` must be this server; the websocket upgrade checks ``Origin`` too.
 * ``Host`` must be an IP address or one of the device's names (DNS rebinding: a hostile name that
   resolves to the Pi is refused).
-* Failed logins are limited per client address.
+* Failed logins are limited per client address (10 a minute; they expire, and the table is pruned) — the right
+  token is never refused.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
+import logging
 import os
 import secrets
 import socket
@@ -29,6 +34,14 @@ COOKIE = "teachcam_session"
 CSRF_HEADER = "X-Teachcam"
 LOGIN_ATTEMPTS = 10  # failed logins per address ...
 LOGIN_WINDOW = 60.0  # ... per this many seconds
+FAILURE_TABLE = 4096  # addresses remembered at most
+SESSION_DAYS = 30
+MAX_SESSIONS = 64
+log = logging.getLogger(__name__)
+
+
+def sessions_file_for(token_file: Path) -> Path:
+    return token_file.with_name("web-sessions.json")
 
 
 def default_token_file() -> Path:
@@ -74,16 +87,66 @@ def load_token(path: Path, *, rotate: bool = False) -> tuple[str, bool]:
         raise TeachcamError(f"the web token file {path}: {exc.strerror or exc}") from None
 
 
-def session_value(token: str) -> str:
-    return hmac.new(token.encode(), b"teachcam web session v1", hashlib.sha256).hexdigest()
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Sessions:
+    """Server-side sessions: the sha256 of each cookie, when it was made; kept in ``path`` (mode 0600) when given,
+    bound to the token's sha256 (a file made under another token is ignored: rotation ends every session)."""
+
+    def __init__(self, token: str, path: Path | None = None):
+        self.path, self.bound = path, _digest("teachcam web sessions v2:" + token)
+        self.known: dict[str, float] = {}
+        if path is not None and path.exists():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if data.get("token") == self.bound:
+                    self.known = {str(k): float(v) for k, v in data.get("sessions", {}).items()}
+            except (OSError, ValueError, AttributeError) as exc:
+                log.warning("web sessions in %s unreadable (%s): everyone logs in again", path, exc)
+        self._expire()
+
+    def _expire(self) -> None:
+        oldest = time.time() - SESSION_DAYS * 86400
+        self.known = {k: t for k, t in self.known.items() if t >= oldest}
+        while len(self.known) > MAX_SESSIONS:
+            del self.known[min(self.known, key=self.known.get)]
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        try:
+            _write_private(self.path, json.dumps({"token": self.bound, "sessions": self.known}))
+        except OSError as exc:
+            log.warning("cannot keep web sessions in %s (%s): they end when the web service restarts", self.path, exc)
+
+    def new(self) -> str:
+        value = secrets.token_urlsafe(32)
+        self.known[_digest(value)] = time.time()
+        self._expire()
+        self._save()
+        return value
+
+    def valid(self, value: str | None) -> bool:
+        if not value or len(value) > 128:
+            return False
+        made = self.known.get(_digest(value))
+        return made is not None and made >= time.time() - SESSION_DAYS * 86400
+
+    def end(self, value: str | None) -> bool:
+        if value and self.known.pop(_digest(value), None) is not None:
+            self._save()
+            return True
+        return False
 
 
 class Guard:
     """The request checks (pure: the server calls them and turns a refusal into a status code)."""
 
-    def __init__(self, token: str | None, *, names: list[str] | None = None):
+    def __init__(self, token: str | None, *, names: list[str] | None = None, sessions_file: Path | None = None):
         self.token = token  # None: authentication off (only when asked for explicitly)
-        self.session = session_value(token) if token else ""
+        self.sessions = Sessions(token, sessions_file) if token else None
         host = socket.gethostname()
         self.names = {n.lower() for n in (names or [])} | {"localhost", host.lower(), f"{host.lower()}.local"}
         try:
@@ -110,7 +173,7 @@ class Guard:
     def authenticated(self, cookie: str | None, authorization: str | None) -> bool:
         if self.token is None:
             return True
-        if cookie and hmac.compare_digest(cookie, self.session):
+        if cookie and self.sessions.valid(cookie):
             return True
         if authorization and authorization.startswith("Bearer "):
             return hmac.compare_digest(authorization[7:].strip().encode(), self.token.encode())
@@ -126,12 +189,26 @@ class Guard:
     def check_token(self, candidate: str) -> bool:
         return self.token is None or hmac.compare_digest(candidate.encode(), self.token.encode())
 
-    def login_allowed(self, address: str) -> bool:
-        window = self.failures.setdefault(address, deque())
+    def login(self, address: str, candidate: str) -> str | None:
+        """A new session's cookie value for the right token — always, however many wrong ones came before; None
+        for a wrong one (counted against ``address``). Raises PermissionError past LOGIN_ATTEMPTS wrong ones a minute
+        (the caller answers 429)."""
+        if isinstance(candidate, str) and self.check_token(candidate):
+            self.failures.pop(address, None)
+            return self.sessions.new() if self.sessions is not None else ""
         now = time.monotonic()
+        window = self.failures.get(address, deque())
         while window and now - window[0] > LOGIN_WINDOW:
             window.popleft()
-        return len(window) < LOGIN_ATTEMPTS
+        if len(window) >= LOGIN_ATTEMPTS:
+            raise PermissionError("too many failed logins from this address; wait a minute")
+        window.append(now)
+        self.failures[address] = window
+        if len(self.failures) > FAILURE_TABLE:  # prune: expired windows go, then the oldest addresses
+            self.failures = {a: w for a, w in self.failures.items() if w and now - w[-1] <= LOGIN_WINDOW}
+            while len(self.failures) > FAILURE_TABLE:
+                del self.failures[next(iter(self.failures))]
+        return None
 
-    def login_failed(self, address: str) -> None:
-        self.failures.setdefault(address, deque()).append(time.monotonic())
+    def logout(self, cookie: str | None) -> bool:
+        return self.sessions is not None and self.sessions.end(cookie)

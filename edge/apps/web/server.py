@@ -40,17 +40,19 @@ from aiohttp import web
 
 from teachcam.edge import __version__
 from teachcam.edge import messages as m
-from teachcam.edge.apps.web.auth import COOKIE, CSRF_HEADER, Guard
+from teachcam.edge.apps.web.auth import COOKIE, CSRF_HEADER, SESSION_DAYS, Guard
 from teachcam.edge.apps.web.link import DaemonLink
 from teachcam.edge.apps.web.live import Live
 from teachcam.edge.config import DaemonConfig
 from teachcam.edge.errors import ControlError, TeachcamError
-from teachcam.edge.teaching.archive import export_store, is_image_name, read_archive
+from teachcam.edge.teaching.archive import export_store, is_image_name, iter_archive
 
 log = logging.getLogger(__name__)
 STATIC = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
 PUBLIC = {"/", "/healthz", "/login", "/api/login", "/api/session"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+JSON_LIMIT = 8 * 1024  # bytes: login and every JSON route
+BODY_TIMEOUT = 15.0  # seconds for a JSON body; an upload gets as long between two of its chunks
 
 
 # On every response: no MIME sniffing, no reading by another site's page (the stream and thumbnails are the camera's
@@ -159,8 +161,25 @@ class WebApp:
             return _error(400, str(exc))
 
     async def _body(self, request: web.Request) -> dict:
+        """A small JSON object (login and every JSON route: at most JSON_LIMIT bytes, read within BODY_TIMEOUT)."""
+        if request.content_length is not None and request.content_length > JSON_LIMIT:
+            raise web.HTTPRequestEntityTooLarge(max_size=JSON_LIMIT, actual_size=request.content_length,
+                                                text=json.dumps({"error": f"at most {JSON_LIMIT} bytes of JSON"}),
+                                                content_type="application/json")
+        data = bytearray()
         try:
-            body = await request.json()
+            async with asyncio.timeout(BODY_TIMEOUT):
+                while chunk := await request.content.read(JSON_LIMIT + 1 - len(data)):
+                    data += chunk
+                    if len(data) > JSON_LIMIT:
+                        raise web.HTTPRequestEntityTooLarge(max_size=JSON_LIMIT, actual_size=len(data),
+                                                            text=json.dumps({"error": f"at most {JSON_LIMIT} bytes of JSON"}),
+                                                            content_type="application/json")
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(text=json.dumps({"error": f"the body did not arrive within {BODY_TIMEOUT:.0f} s"}),
+                                         content_type="application/json") from None
+        try:
+            body = json.loads(bytes(data) or b"{}")
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
             raise TeachcamError("the request body must be JSON") from None
         if not isinstance(body, dict):
@@ -189,36 +208,40 @@ class WebApp:
         return web.json_response({"ok": up, "daemon": "up" if up else "down", "version": __version__},
                                  status=200 if up else 503)
 
-    def _set_session(self, response: web.Response) -> None:
-        if self.guard.token:
-            response.set_cookie(COOKIE, self.guard.session, httponly=True, samesite="Strict", path="/",
-                                max_age=30 * 24 * 3600)
+    @staticmethod
+    def _set_session(response: web.Response, value: str) -> None:
+        if value:
+            response.set_cookie(COOKIE, value, httponly=True, samesite="Strict", path="/", max_age=SESSION_DAYS * 86400)
+
+    def _login(self, request, candidate) -> str | web.Response:
+        """A new session for the right token (never locked out), or the refusal."""
+        try:
+            value = self.guard.login(request.remote or "?", candidate.strip() if isinstance(candidate, str) else "")
+        except PermissionError as exc:
+            return _error(429, str(exc))
+        return value if value is not None else _error(401, "wrong token")
 
     async def login_link(self, request):
-        address = request.remote or "?"
-        if not self.guard.login_allowed(address):
-            return _error(429, "too many failed logins from this address; wait a minute")
-        if not self.guard.check_token(request.query.get("token", "")):
-            self.guard.login_failed(address)
-            return _error(401, "that login link is not (or no longer) valid: ask the Pi for a new one")
+        value = self._login(request, request.query.get("token", ""))
+        if isinstance(value, web.Response):
+            return value if value.status == 429 else _error(401, "that login link is not (or no longer) valid: ask "
+                                                                 "the Pi for a new one")
         response = web.HTTPFound("/")
-        self._set_session(response)
+        self._set_session(response, value)
         raise response
 
     async def login(self, request):
-        address = request.remote or "?"
-        if not self.guard.login_allowed(address):
-            return _error(429, "too many failed logins from this address; wait a minute")
         body = await self._body(request)
-        token = body.get("token")
-        if not isinstance(token, str) or not self.guard.check_token(token.strip()):
-            self.guard.login_failed(address)
-            return _error(401, "wrong token")
+        value = self._login(request, body.get("token"))
+        if isinstance(value, web.Response):
+            return value
         response = web.json_response({"authenticated": True})
-        self._set_session(response)
+        self._set_session(response, value)
         return response
 
     async def logout(self, request):
+        """Ends this session on the server (the cookie, wherever it was copied, no longer works)."""
+        self.guard.logout(request.cookies.get(COOKIE))
         response = web.json_response({"authenticated": False})
         response.del_cookie(COOKIE, path="/")
         return response
@@ -285,7 +308,7 @@ class WebApp:
     async def enroll(self, request):
         body = await self._body(request)
         label = self._text(body, "label")
-        fields = {"label": label}
+        fields = {"label": label, **self._group(body)}
         if body.get("hold"):
             now = time.monotonic()
             # the page asks at hold_rate; a request a little early (network jitter) still counts
@@ -316,7 +339,21 @@ class WebApp:
         return web.json_response(await self.link.request("remove_class", label=self._text(body, "label")))
 
     async def undo(self, request):
-        return web.json_response(await self.link.request("undo"))
+        """``{"action"}``: the id the page showed (``classes``' ``undo``) — exactly that one is taken back."""
+        body = await self._body(request)
+        action = body.get("action")
+        if action is not None and (not isinstance(action, str) or len(action) > 32):
+            raise TeachcamError("action must be the id of a change (from /api/classes' undo)")
+        return web.json_response(await self.link.request("undo", **({"action": action} if action else {})))
+
+    @staticmethod
+    def _group(body: dict) -> dict:
+        group = body.get("group")
+        if group is None:
+            return {}
+        if not isinstance(group, str) or not 0 < len(group) <= 64:
+            raise TeachcamError("group must be a short text (one hold's id)")
+        return {"group": group}
 
     async def clear(self, request):
         return web.json_response(await self.link.request("clear"))
@@ -347,7 +384,9 @@ class WebApp:
 
     async def upload(self, request):
         """Images (into the class named by the ``label`` field) and zips (one folder per class): each image
-        through the daemon (``enroll_image``; the same picture twice in a class is skipped)."""
+        through the daemon (``enroll_image``; the same picture twice in a class is skipped), one upload one action
+        for undo. The parts are spooled to disk and a zip is read one entry at a time: however large the upload,
+        the process holds one picture (at most ARCHIVE_MAX_ENTRY) at a time."""
         limit = self.web.max_upload_mb * 1024 * 1024
         if request.content_length and request.content_length > limit:
             return _error(413, f"the upload is {request.content_length / 1e6:.0f} MB; at most {self.web.max_upload_mb} MB")
@@ -356,66 +395,90 @@ class WebApp:
         except (AssertionError, ValueError):
             raise TeachcamError("send the files as multipart/form-data") from None
         label, files, total = None, [], 0
-        async for part in reader:
-            if part.name == "label" and not part.filename:
-                label = (await part.text()).strip()[:256] or None
-                continue
-            data = bytearray()
-            while chunk := await part.read_chunk(1 << 16):
-                total += len(chunk)
-                if total > limit:
-                    return _error(413, f"the upload is larger than {self.web.max_upload_mb} MB")
-                data += chunk
-            files.append((part.filename or "upload", bytes(data)))
-        if not files:
-            raise TeachcamError("no files in the upload")
+        try:
+            try:
+                async for part in reader:
+                    if part.name == "label" and not part.filename:
+                        label = (await asyncio.wait_for(part.read_chunk(1024), BODY_TIMEOUT)).decode(
+                            "utf-8", "replace").strip()[:256] or None
+                        continue
+                    spool = tempfile.TemporaryFile(prefix="teachcam-upload-")
+                    files.append((part.filename or "upload", spool))
+                    while chunk := await asyncio.wait_for(part.read_chunk(1 << 16), BODY_TIMEOUT):
+                        total += len(chunk)
+                        if total > limit:
+                            return _error(413, f"the upload is larger than {self.web.max_upload_mb} MB")
+                        spool.write(chunk)
+            except TimeoutError:
+                return _error(408, f"the upload stalled (nothing for {BODY_TIMEOUT:.0f} s)")
+            if not files:
+                raise TeachcamError("no files in the upload")
+            result = await self._enroll_files(files, label)
+            return web.json_response(result, status=200 if result["enrolled"] or not result["errors"] else 400)
+        finally:
+            for _, spool in files:
+                spool.close()
+
+    async def _enroll_files(self, files, label: str | None) -> dict:
+        loop = asyncio.get_running_loop()
+        group = f"upload-{time.time():.3f}-{id(files):x}"  # one upload, one action for undo
         enrolled, skipped, errors = 0, 0, []
-        for name, data in files:
-            if data[:4] == b"PK\x03\x04" or name.lower().endswith(".zip"):
-                try:
-                    items = await asyncio.get_running_loop().run_in_executor(None, read_archive, data)
-                except TeachcamError as exc:
-                    errors.append(f"{name}: {exc}")
-                    continue
-                if not items:
-                    errors.append(f"{name}: no images in folders (the layout is one folder per class)")
-            elif is_image_name(name) or data[:3] in (b"\xff\xd8\xff", b"\x89PN"):
+        for name, spool in files:
+            spool.seek(0)
+            head = spool.read(4)
+            spool.seek(0)
+            if head == b"PK\x03\x04" or name.lower().endswith(".zip"):
+                entries = iter_archive(spool)
+            elif is_image_name(name) or head[:3] in (b"\xff\xd8\xff", b"\x89PN"):
                 if not label:
-                    errors.append(f"{name}: choose the class to add single images to")
+                    errors.append(f"{name}: choose the class to add single images to (its card's Upload)")
                     continue
-                items = [(label, data)]
+                entries = iter([(label, spool.read())])
             else:
                 errors.append(f"{name}: not an image (JPEG, PNG, …) or a zip")
                 continue
-            for item_label, image in items:
+            seen = 0
+            while True:
+                try:
+                    item = await loop.run_in_executor(None, next, entries, None)
+                except TeachcamError as exc:
+                    errors.append(f"{name}: {exc}")
+                    break
+                if item is None:
+                    break
+                seen += 1
+                item_label, image = item
                 try:
                     result = await self.link.request("enroll_image", label=item_label,
                                                      image=base64.b64encode(image).decode(), name=name[:200],
-                                                     unique=True)
+                                                     unique=True, group=group)
                 except ControlError as exc:
                     if not self.link.up.is_set():
                         raise
                     errors.append(f"{name}: {exc}")
                     continue
+                finally:
+                    del image
                 if result.get("skipped"):
                     skipped += 1
                 else:
                     enrolled += 1
-        return web.json_response({"enrolled": enrolled, "skipped": skipped, "errors": errors[:50],
-                                  "more_errors": max(0, len(errors) - 50)}, status=200 if enrolled or not errors else 400)
+            if not seen and not any(e.startswith(f"{name}:") for e in errors):
+                errors.append(f"{name}: no images in folders (the layout is one folder per class)")
+        return {"enrolled": enrolled, "skipped": skipped, "errors": errors[:50], "more_errors": max(0, len(errors) - 50)}
 
     # -- live ------------------------------------------------------------------------------------------------
 
 
 def serve(config: DaemonConfig, *, host: str, port: int, token: str | None, socket_path=None, on_ready=None,
-          pairing: str = "", pairing_link: str = "") -> None:
+          pairing: str = "", pairing_link: str = "", sessions_file: Path | None = None) -> None:
     """Run the server until SIGTERM/SIGINT (open streams get 2 s to end). ``pairing``: a text for the device's own
     display (the login link), shown for 2 minutes once the daemon answers; ``pairing_link``: the login URL, which
     an attached screen shows as a QR code."""
     import signal
 
     link = DaemonLink(socket_path or config.control.socket or None)
-    guard = Guard(token, names=list(config.web.hosts))
+    guard = Guard(token, names=list(config.web.hosts), sessions_file=sessions_file)
     app = WebApp(config, link, guard, pairing=pairing, pairing_link=pairing_link).app()
 
     async def main() -> None:

@@ -2,7 +2,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { classes: [], shown: null, holdRate: 5, skipped: {}, ws: null, wsDelay: 500, why: null };
+const state = { classes: [], undo: null, shown: null, holdRate: 5, skipped: {}, ws: null, wsDelay: 500, scene: null };
+const HOLD_LIMIT_MS = 30000; // a hold ends by itself after this long: let go and hold again
 
 function toast(text, error = false) {
   const el = $("toast");
@@ -27,7 +28,20 @@ async function api(path, { method = "GET", body, raw = false } = {}) {
 function showLogin() { $("login").hidden = false; $("app").hidden = true; }
 function showApp() { $("login").hidden = true; $("app").hidden = false; }
 
-// -- status -----------------------------------------------------------------------------------------------
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// Visible words plus, for a screen reader, what they act on ("Delete" → "Delete cat").
+function named(button, visible, hidden) {
+  button.replaceChildren(el("span", "text", visible), el("span", "sr", hidden ? ` ${hidden}` : ""));
+  return button;
+}
+
+// -- status: one line, the camera's rate and the model's time as what they are -------------------------------
 function formatUptime(s) {
   if (s < 120) return `${Math.round(s)} s`;
   if (s < 7200) return `${Math.round(s / 60)} min`;
@@ -35,21 +49,40 @@ function formatUptime(s) {
 }
 
 function showStatus(s) {
-  const engine = s.kernels === "edgetpu" ? "Edge TPU" : `CPU (${s.model || "int8"})`;
-  const camera = s.camera_ok === false ? `camera trouble: ${s.camera_error || "no frames"}` : `camera ${s.camera}`;
-  $("status").textContent = `${camera} · ${s.fps} fps · ${s.inference_ms} ms · ${engine} · up ${formatUptime(s.uptime_s)}` +
-    ` · ${s.examples} examples`;
+  const engine = s.kernels === "edgetpu" ? "Edge TPU" : "CPU";
+  const text = s.camera_ok === false
+    ? `camera trouble: ${s.camera_error || "no frames"}`
+    : `camera ${Math.round(s.camera_fps ?? s.fps)} frames/s · model ${s.inference_ms} ms (${engine}) · ` +
+      `${s.examples} examples · up ${formatUptime(s.uptime_s)}`;
+  $("status").textContent = text;
+  $("status").title = `${text} — camera: ${s.camera}; the model could run ${s.fps} frames/s`;
   $("status").classList.toggle("trouble", s.camera_ok === false);
+  showScene(s.scene);
   setDaemon(true);
 }
 
+// The demo camera changes scene every few seconds: say what is on and what comes next, so a hold does not straddle.
+function showScene(scene) {
+  state.scene = scene ? { ...scene, at: performance.now() } : null;
+  renderScene();
+}
+function renderScene() {
+  const p = $("scene");
+  const s = state.scene;
+  p.hidden = !s;
+  if (!s) return;
+  const left = Math.max(0, s.in_s - (performance.now() - s.at) / 1000);
+  p.textContent = `demo camera: ${s.now} now · next: ${s.next} in ${Math.ceil(left)} s`;
+}
+setInterval(renderScene, 500);
+
 function setDaemon(up) {
-  const el = $("daemon");
-  el.textContent = up ? "running" : "daemon not running";
-  el.className = "pill " + (up ? "up" : "down");
+  const pill = $("daemon");
+  pill.textContent = up ? "running" : "daemon not running";
+  pill.className = "pill " + (up ? "up" : "down");
 }
 
-// -- the live label and bars -----------------------------------------------------------------------------
+// -- the live label and bars (rows kept, values changed: a screen reader's meters stay put) -----------------
 function showPrediction(label, confidences) {
   if (label !== undefined) {
     $("label").textContent = label || "…";
@@ -59,23 +92,36 @@ function showPrediction(label, confidences) {
   const bars = $("bars");
   const names = state.classes.map((c) => c.label);
   for (const name of Object.keys(confidences)) if (!names.includes(name)) names.push(name);
-  bars.replaceChildren(...names.map((name) => {
-    const value = confidences[name] || 0;
-    const row = document.createElement("div");
-    row.className = "bar" + (name === label ? " top" : "");
-    row.innerHTML = `<span class="name"></span><span class="track"><span class="fill"></span></span><span class="pct"></span>`;
-    row.querySelector(".name").textContent = name;
-    row.querySelector(".fill").style.width = `${Math.round(value * 100)}%`;
-    row.querySelector(".pct").textContent = `${Math.round(value * 100)}%`;
-    return row;
-  }));
+  const rows = new Map([...bars.children].map((row) => [row.dataset.name, row]));
+  names.forEach((name, i) => {
+    let row = rows.get(name);
+    if (!row) {
+      row = el("div", "bar");
+      row.dataset.name = name;
+      row.setAttribute("role", "meter");
+      row.setAttribute("aria-valuemin", "0");
+      row.setAttribute("aria-valuemax", "100");
+      row.setAttribute("aria-label", `confidence: ${name}`);
+      const track = el("span", "track");
+      track.append(el("span", "fill"));
+      row.append(el("span", "name", name), track, el("span", "pct"));
+    }
+    const value = Math.round((confidences[name] || 0) * 100);
+    row.classList.toggle("top", name === label);
+    row.setAttribute("aria-valuenow", String(value));
+    row.querySelector(".fill").style.width = `${value}%`;
+    row.querySelector(".pct").textContent = `${value}%`;
+    if (bars.children[i] !== row) bars.insertBefore(row, bars.children[i] || null);
+    rows.delete(name);
+  });
+  for (const row of rows.values()) row.remove();
 }
 
 function markShown() {
   for (const card of document.querySelectorAll(".card")) card.classList.toggle("shown", card.dataset.label === state.shown);
 }
 
-// -- class cards -----------------------------------------------------------------------------------------
+// -- class cards: one element per class, updated in place (the held button is never replaced) ---------------
 let refreshTimer = null;
 function refreshSoon() { clearTimeout(refreshTimer); refreshTimer = setTimeout(refreshClasses, 150); }
 
@@ -83,101 +129,220 @@ async function refreshClasses() {
   try {
     const data = await api("/api/classes");
     state.classes = data.classes;
+    state.undo = data.undo || null;
     renderCards();
+    renderUndo();
   } catch (e) { if (e.message !== "log in first") toast(e.message, true); }
 }
 
-function thumb(t, caption) {
-  const fig = document.createElement("figure");
-  const img = document.createElement("img");
+function renderUndo() {
+  const button = $("undo");
+  button.disabled = !state.undo;
+  button.textContent = state.undo ? `Undo: ${state.undo.text}` : "Undo";
+  button.title = state.undo ? `take back: ${state.undo.text} (${state.undo.via || "?"})` : "nothing to undo";
+}
+
+function thumb(t, alt, caption) {
+  const fig = el("figure");
+  const img = el("img");
   img.src = `/api/thumb/${t}`;
-  img.alt = caption || "example";
+  img.alt = alt;
   img.loading = "lazy";
   fig.append(img);
-  if (caption !== undefined) { const c = document.createElement("figcaption"); c.textContent = caption; fig.append(c); }
+  if (caption !== undefined) fig.append(el("figcaption", "", caption));
   return fig;
+}
+
+function when(seconds) { return new Date(seconds * 1000).toLocaleTimeString(); }
+
+function exampleAlt(label, e, i, n) { return `${label}: example ${i + 1} of ${n}, added ${when(e.added)}${e.source ? ` from ${e.source}` : ""}`; }
+
+function makeCard(label) {
+  const card = el("article", "card");
+  card.dataset.label = label;
+  const title = el("h3");
+  title.append(el("span", "name"), el("span", "count"));
+  const hold = el("button", "hold");
+  hold.type = "button";
+  hold.setAttribute("aria-pressed", "false");
+  const upload = el("label", "button upload");
+  const input = el("input", "file");
+  input.type = "file"; input.multiple = true; input.accept = "image/*";
+  upload.append(el("span", "text", "Upload"), el("span", "sr"), input);
+  const rename = el("button", "rename"); rename.type = "button";
+  const remove = el("button", "remove danger"); remove.type = "button";
+  const actions = el("div", "actions");
+  actions.append(upload, rename, remove);
+  const all = el("details", "all");
+  all.append(el("summary"), el("div", "grid"));
+  card.append(title, hold, el("div", "meta"), actions, el("div", "thumbs"), all);
+  setupHold(hold, card);
+  rename.onclick = () => renameClass(card.dataset.label);
+  remove.onclick = () => removeClass(card.dataset.label, Number(card.dataset.count));
+  input.onchange = () => { uploadFiles([...input.files], card.dataset.label); input.value = ""; };
+  all.addEventListener("toggle", () => { if (all.open) fillAll(card); });
+  for (const type of ["dragenter", "dragover"]) card.addEventListener(type, (e) => { e.preventDefault(); card.classList.add("drop"); });
+  card.addEventListener("dragleave", (e) => { if (!card.contains(e.relatedTarget)) card.classList.remove("drop"); });
+  card.addEventListener("drop", (e) => {
+    e.preventDefault(); card.classList.remove("drop");
+    uploadFiles([...e.dataTransfer.files], card.dataset.label);
+  });
+  return card;
+}
+
+function updateCard(card, c) {
+  const label = c.label;
+  card.dataset.label = label;
+  card.dataset.count = String(c.count);
+  card.classList.toggle("shown", label === state.shown);
+  card.querySelector(".name").textContent = label;
+  card.querySelector(".count").textContent = `${c.count} example${c.count === 1 ? "" : "s"}`;
+  const variety = c.variety === null || c.variety === undefined ? "—" : `${Math.round(c.variety * 100)}%`;
+  const skipped = state.skipped[label] || 0;
+  card.querySelector(".meta").textContent = `variety ${variety}` + (skipped ? ` · ${skipped} near-copies skipped` : "");
+  const hold = card.querySelector(".hold");
+  if (!(holding && holding.button === hold)) named(hold, "Hold to add", `examples of ${label}`);
+  else hold.querySelector(".sr").textContent = ` examples of ${label}`;
+  card.querySelector(".upload .sr").textContent = ` pictures to ${label}`;
+  named(card.querySelector(".rename"), "Rename", label);
+  named(card.querySelector(".remove"), "Delete", label);
+  // The newest eight, below the buttons (as they arrive nothing moves under the finger); kept when unchanged.
+  const recent = c.examples.slice(-8).reverse();
+  const thumbs = card.querySelector(".thumbs");
+  const key = recent.map((e) => e.id).join(",");
+  if (thumbs.dataset.key !== key) {
+    thumbs.dataset.key = key;
+    thumbs.replaceChildren(...recent.map((e, i) => thumb(e.thumb, exampleAlt(label, e, c.count - 1 - i, c.count))));
+  }
+  card.examples = c.examples;
+  card.querySelector(".all summary").textContent = `All ${c.count} example${c.count === 1 ? "" : "s"}`;
+  card.querySelector(".all").hidden = c.count === 0;
+  if (card.querySelector(".all").open) fillAll(card);
+}
+
+// Every example of a class, each with its own Delete: kept in place by id, built only while open.
+function fillAll(card) {
+  const grid = card.querySelector(".all .grid");
+  const label = card.dataset.label;
+  const examples = card.examples || [];
+  const have = new Map([...grid.children].map((fig) => [fig.dataset.id, fig]));
+  examples.forEach((e, i) => {
+    let fig = have.get(e.id);
+    if (!fig) {
+      fig = thumb(e.thumb, "", undefined);
+      fig.dataset.id = e.id;
+      const del = el("button", "danger small");
+      del.type = "button";
+      del.onclick = () => removeExample(e.id, label);
+      fig.append(del);
+    }
+    fig.querySelector("img").alt = exampleAlt(label, e, i, examples.length);
+    named(fig.querySelector("button"), "Delete", `${label} example ${i + 1}`);
+    if (grid.children[i] !== fig) grid.insertBefore(fig, grid.children[i] || null);
+    have.delete(e.id);
+  });
+  for (const fig of have.values()) fig.remove();
 }
 
 function renderCards() {
   const cards = $("cards");
-  const refocus = holding && document.activeElement === holding.button;
-  cards.replaceChildren(...state.classes.map((c) => {
-    const card = document.createElement("div");
-    card.className = "card" + (c.label === state.shown ? " shown" : "");
-    card.dataset.label = c.label;
-    const variety = c.variety === null || c.variety === undefined ? "—" : `${Math.round(c.variety * 100)}%`;
-    const skipped = state.skipped[c.label] || 0;
-    card.innerHTML = `<h3><span class="name"></span><span class="count"></span></h3>
-      <div class="meta">variety <b class="variety"></b><span class="skipped"></span></div>
-      <div class="actions"><button type="button" class="hold">Hold to add</button>
-        <button type="button" class="rename">Rename</button><button type="button" class="remove danger">Delete</button></div>
-      <div class="thumbs"></div>`;
-    card.querySelector(".name").textContent = c.label;
-    card.querySelector(".count").textContent = `${c.count} example${c.count === 1 ? "" : "s"}`;
-    card.querySelector(".variety").textContent = variety;
-    card.querySelector(".skipped").textContent = skipped ? ` · ${skipped} near-copies skipped` : "";
-    // The thumbnails go below the buttons: as they arrive, nothing moves under the finger that holds "Hold to add".
-    card.querySelector(".thumbs").append(...c.examples.slice(-8).reverse().map((e) => thumb(e.thumb)));
-    if (holding && holding.label === c.label) {
-      // The button being held stays the same element through every re-render: replacing it lost the key-up (a
-      // keyboard hold then never stopped) and the holding look with it.
-      card.querySelector(".hold").replaceWith(holding.button);
-    } else {
-      setupHold(card.querySelector(".hold"), c.label);
-    }
-    card.querySelector(".rename").onclick = () => renameClass(c.label);
-    card.querySelector(".remove").onclick = () => removeClass(c.label, c.count);
-    return card;
-  }));
-  if (refocus && holding.button.isConnected) holding.button.focus({ preventScroll: true });
+  const existing = new Map([...cards.children].map((card) => [card.dataset.label, card]));
+  if (holding && existing.get(holding.label) !== holding.card && holding.card.isConnected) {
+    existing.set(holding.label, holding.card); // renamed while held: it is still the same card
+  }
+  state.classes.forEach((c, i) => {
+    let card = existing.get(c.label);
+    if (!card) card = makeCard(c.label);
+    existing.delete(c.label);
+    updateCard(card, c);
+    // Only a card out of place moves (moving the held one would take its focus and its key-up with it).
+    if (cards.children[i] !== card) cards.insertBefore(card, cards.children[i] || null);
+  });
+  for (const card of existing.values()) {
+    if (holding && holding.card === card) endHold("its class went");
+    card.remove();
+  }
   $("empty").hidden = state.classes.length > 0;
-  const select = $("upload-label");
-  const keep = select.value;
-  select.replaceChildren(new Option("class for single images…", ""), ...state.classes.map((c) => new Option(c.label, c.label)));
-  select.value = keep;
+  showHoldInfo();
 }
 
-// Hold to add: pointer, touch or keyboard; letting go anywhere stops; the server caps the rate and skips near-copies.
+// -- hold to add: pointer, touch or keyboard; letting go anywhere ends it, so do blur, hiding and other keys --
 let holding = null;
-function setupHold(button, label) {
-  const start = (event, key = null) => { event.preventDefault(); startHold(button, label, key); };
-  button.addEventListener("pointerdown", (e) => start(e));
-  button.addEventListener("keydown", (e) => { if ((e.key === " " || e.key === "Enter") && !e.repeat) start(e, e.key); });
+function setupHold(button, card) {
+  button.addEventListener("pointerdown", (e) => {
+    if (e.button !== 0) return;
+    e.preventDefault();
+    try { button.setPointerCapture(e.pointerId); } catch (_) { /* synthetic events have no capture */ }
+    startHold(button, card, { pointer: e.pointerId });
+  });
+  button.addEventListener("lostpointercapture", (e) => { if (holding && holding.pointer === e.pointerId) endHold("let go"); });
+  button.addEventListener("keydown", (e) => {
+    if (e.key !== " " && e.key !== "Enter") return;
+    e.preventDefault();
+    if (!e.repeat && !holding) startHold(button, card, { key: e.key });
+  });
+  button.addEventListener("click", (e) => e.preventDefault()); // the key-up's click adds nothing more
   button.addEventListener("contextmenu", (e) => e.preventDefault());
 }
 
-async function startHold(button, label, key) {
+function holdId() { return `web-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`; }
+
+async function startHold(button, card, how) {
   if (holding) return;
-  holding = { button, label, key, added: 0 };
+  const label = card.dataset.label;
+  holding = { button, card, label, added: 0, group: holdId(), started: performance.now(), ...how };
   const mine = holding;
   button.classList.add("holding");
-  button.textContent = "Adding…";
+  button.setAttribute("aria-pressed", "true");
+  button.querySelector(".text").textContent = "Adding…";
+  showHoldInfo();
   const interval = 1000 / state.holdRate;
   while (holding === mine) {
+    if (performance.now() - mine.started > HOLD_LIMIT_MS) { endHold("30 s"); toast("a hold ends after 30 s: let go and hold again"); break; }
     const started = performance.now();
     try {
-      const result = await api("/api/enroll", { method: "POST", body: { label, hold: true } });
-      if (result.skipped === "similar") state.skipped[label] = (state.skipped[label] || 0) + 1;
-      else if (!result.skipped) mine.added += 1;
+      const result = await api("/api/enroll", { method: "POST", body: { label: mine.card.dataset.label, hold: true, group: mine.group } });
+      if (result.skipped === "similar") state.skipped[result.label] = (state.skipped[result.label] || 0) + 1;
+      else if (!result.skipped) { mine.added += 1; mine.count = result.count; }
+      if (holding === mine) showHoldInfo();
     } catch (e) { toast(e.message, true); break; }
     const wait = interval - (performance.now() - started);
-    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    if (wait > 0 && holding === mine) await new Promise((r) => { mine.wake = r; setTimeout(r, wait); });
   }
   if (holding === mine) holding = null;
   button.classList.remove("holding");
-  button.textContent = "Hold to add";
-  if (mine.added) toast(`added ${mine.added} to ${label}`);
+  button.setAttribute("aria-pressed", "false");
+  button.querySelector(".text").textContent = "Hold to add";
+  showHoldInfo();
+  if (mine.added) toast(`added ${mine.added} to ${mine.card.dataset.label}`);
   refreshSoon();
 }
 
-function stopHold() { holding = null; }
-for (const type of ["pointerup", "pointercancel", "blur"]) window.addEventListener(type, stopHold);
-// A keyboard hold ends when its key comes up, wherever focus is by then; any other key, or focus leaving the button
-// (Tab), ends it too.
-window.addEventListener("keyup", (e) => { if (holding && holding.key && e.key === holding.key) stopHold(); });
-window.addEventListener("keydown", (e) => { if (holding && holding.key && e.key !== holding.key) stopHold(); });
-document.addEventListener("focusout", (e) => { if (holding && holding.key && e.target === holding.button && e.relatedTarget) stopHold(); });
-document.addEventListener("visibilitychange", () => { if (document.hidden) stopHold(); });
+function endHold() {
+  const mine = holding;
+  holding = null;
+  if (mine && mine.wake) mine.wake();
+}
+
+// On the live view while holding (a phone shows the view and the cards one above the other): the class and its count.
+function showHoldInfo() {
+  const info = $("holdinfo");
+  if (!holding) { info.hidden = true; return; }
+  const c = state.classes.find((x) => x.label === holding.card.dataset.label);
+  const count = holding.count ?? (c ? c.count : 0);
+  info.hidden = false;
+  info.textContent = `adding to ${holding.card.dataset.label}: ${count} example${count === 1 ? "" : "s"}`;
+}
+
+window.addEventListener("pointerup", (e) => { if (holding && holding.pointer === e.pointerId) endHold("let go"); });
+window.addEventListener("pointercancel", (e) => { if (holding && holding.pointer === e.pointerId) endHold("cancelled"); });
+// A mouse that moves with no button down: the release was missed (another window had it) — the hold is over.
+window.addEventListener("pointermove", (e) => { if (holding && holding.pointer === e.pointerId && e.pointerType === "mouse" && e.buttons === 0) endHold("no button down"); });
+window.addEventListener("keyup", (e) => { if (holding && holding.key && e.key === holding.key) endHold("key up"); });
+window.addEventListener("keydown", (e) => { if (holding && holding.key && e.key !== holding.key) endHold("another key"); });
+window.addEventListener("blur", () => endHold("window blur"));
+document.addEventListener("visibilitychange", () => { if (document.hidden) endHold("hidden"); });
+document.addEventListener("focusout", (e) => { if (holding && holding.key && e.target === holding.button) endHold("focus left"); });
 
 async function renameClass(label) {
   const name = prompt(`Rename "${label}" to:`, label);
@@ -188,9 +353,28 @@ async function renameClass(label) {
 }
 
 async function removeClass(label, count) {
-  if (!confirm(`Delete "${label}" and its ${count} example${count === 1 ? "" : "s"}?`)) return;
+  if (!confirm(`Delete "${label}" and its ${count} example${count === 1 ? "" : "s"}? (Undo brings it back.)`)) return;
   try { await api("/api/classes/remove", { method: "POST", body: { label } }); toast(`deleted ${label}`); }
   catch (e) { toast(e.message, true); }
+  refreshSoon();
+}
+
+async function removeExample(id, label) {
+  try { await api("/api/examples/remove", { method: "POST", body: { ids: [id] } }); toast(`deleted an example of ${label}`); }
+  catch (e) { toast(e.message, true); }
+  refreshSoon(); refreshWhy();
+}
+
+async function uploadFiles(files, label) {
+  if (!files.length) return;
+  const form = new FormData();
+  if (label) form.append("label", label);
+  for (const file of files) form.append("files", file, file.name);
+  try {
+    const r = await api("/api/upload", { method: "POST", body: form });
+    toast(`added ${r.enrolled}` + (label ? ` to ${label}` : "") + (r.skipped ? `, ${r.skipped} already there` : "") +
+          (r.errors.length ? ` — ${r.errors[0]}` : ""), r.errors.length > 0);
+  } catch (err) { toast(err.message, true); }
   refreshSoon();
 }
 
@@ -199,26 +383,22 @@ async function refreshWhy() {
   if ($("app").hidden || document.hidden) return;
   try {
     const why = await api("/api/explain");
-    $("why-nearest").replaceChildren(...why.nearest.map((n) => thumb(n.thumb, `${n.label} ${Math.round(n.similarity * 100)}%`)));
+    $("why-nearest").replaceChildren(...why.nearest.map((n) => {
+      const text = `${n.label} ${Math.round(n.similarity * 100)}%`;
+      return thumb(n.thumb, `nearest example: ${n.label}, ${Math.round(n.similarity * 100)}% similar`, text);
+    }));
     const rows = why.confused.slice(0, 8).map((c) => {
-      const row = document.createElement("div");
-      row.className = "confused";
-      const text = document.createElement("span");
-      text.textContent = `an example of ${c.label} looks like ${c.looks_like} (${Math.round(c.similarity * 100)}%)`;
-      const del = document.createElement("button");
-      del.type = "button"; del.className = "danger"; del.textContent = "Delete it";
-      del.onclick = async () => {
-        try { await api("/api/examples/remove", { method: "POST", body: { ids: [c.id] } }); toast("deleted"); }
-        catch (e) { toast(e.message, true); }
-        refreshSoon(); refreshWhy();
-      };
-      row.append(thumb(c.thumb, c.label), text, thumb(c.neighbor.thumb, c.neighbor.label), del);
+      const row = el("div", "confused");
+      const text = el("span", "", `an example of ${c.label} looks like ${c.looks_like} (${Math.round(c.similarity * 100)}%)`);
+      const del = named(el("button", "danger"), "Delete it", `(the ${c.label} example that looks like ${c.looks_like})`);
+      del.type = "button";
+      del.onclick = () => removeExample(c.id, c.label);
+      row.append(thumb(c.thumb, `the ${c.label} example`, c.label), text,
+                 thumb(c.neighbor.thumb, `its nearest neighbour, a ${c.neighbor.label} example`, c.neighbor.label), del);
       return row;
     });
     if (!rows.length && why.examples > 2) {
-      const ok = document.createElement("p"); ok.className = "hint";
-      ok.textContent = "No class's examples are confused with another's (each example's nearest neighbours agree with its label).";
-      rows.push(ok);
+      rows.push(el("p", "hint", "No class's examples are confused with another's (each example's nearest neighbours agree with its label)."));
     }
     $("why-confused").replaceChildren(...rows);
   } catch (e) { /* shown elsewhere */ }
@@ -245,6 +425,9 @@ function onEvent(e) {
     case "prediction": showPrediction(e.label, e.confidences); break;
     case "enrolled":
       if (e.via !== "web") toast(`${e.via === "button" ? "button" : e.via}: added to ${e.label} (${e.count})`);
+      refreshSoon(); break;
+    case "undone":
+      if (e.via !== "web") toast(`${e.via}: undid ${e.text}`);
       refreshSoon(); break;
     case "camera_trouble": toast(`camera trouble: ${e.message}`, true); break;
     case "camera_back": toast("camera back"); break;
@@ -279,34 +462,27 @@ $("add-form").onsubmit = async (e) => {
   catch (err) { toast(err.message, true); }
 };
 
+// Undo takes back exactly what the button says (its action id), even if something happened on the Pi meanwhile.
 $("undo").onclick = async () => {
+  if (!state.undo) return;
   try {
-    const r = await api("/api/undo", { method: "POST" });
-    toast(r.undone ? `removed the last example of ${r.undone}` : "nothing to undo");
+    const r = await api("/api/undo", { method: "POST", body: { action: state.undo.id } });
+    toast(r.undone ? `undid: ${r.undone}` : "nothing to undo");
   } catch (e) { toast(e.message, true); }
   refreshSoon();
 };
 
 $("clear").onclick = async () => {
   const total = state.classes.reduce((n, c) => n + c.count, 0);
-  if (!confirm(`Forget all ${state.classes.length} classes and ${total} examples?`)) return;
+  if (!confirm(`Forget all ${state.classes.length} classes and ${total} examples? (Undo brings them back.)`)) return;
   try { await api("/api/clear", { method: "POST" }); toast("cleared"); } catch (e) { toast(e.message, true); }
   refreshSoon();
 };
 
 $("upload-form").onsubmit = async (e) => {
   e.preventDefault();
-  const form = new FormData();
-  const label = $("upload-label").value;
-  if (label) form.append("label", label);
-  for (const file of $("upload-files").files) form.append("files", file, file.name);
-  try {
-    const r = await api("/api/upload", { method: "POST", body: form });
-    toast(`enrolled ${r.enrolled}` + (r.skipped ? `, ${r.skipped} already there` : "") + (r.errors.length ? ` — ${r.errors[0]}` : ""),
-          r.errors.length > 0);
-  } catch (err) { toast(err.message, true); }
+  await uploadFiles([...$("upload-files").files], "");
   $("upload-files").value = "";
-  refreshSoon();
 };
 
 start();
