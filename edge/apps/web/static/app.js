@@ -190,16 +190,21 @@ function makeCard(label) {
   return card;
 }
 
+function setCount(card, n) {
+  card.dataset.count = String(n);
+  card.querySelector(".count").textContent = `${n} example${n === 1 ? "" : "s"}`;
+}
+
 function updateCard(card, c) {
   const label = c.label;
   card.dataset.label = label;
-  card.dataset.count = String(c.count);
   card.classList.toggle("shown", label === state.shown);
   card.querySelector(".name").textContent = label;
-  card.querySelector(".count").textContent = `${c.count} example${c.count === 1 ? "" : "s"}`;
+  setCount(card, c.count);
   const variety = c.variety === null || c.variety === undefined ? "—" : `${Math.round(c.variety * 100)}%`;
   const skipped = state.skipped[label] || 0;
-  card.querySelector(".meta").textContent = `variety ${variety}` + (skipped ? ` · ${skipped} near-copies skipped` : "");
+  card.querySelector(".meta").textContent = `variety ${variety}` +
+    (skipped ? ` · ${skipped} near-cop${skipped === 1 ? "y" : "ies"} skipped` : "");
   const hold = card.querySelector(".hold");
   if (!(holding && holding.button === hold)) named(hold, "Hold to add", `examples of ${label}`);
   else hold.querySelector(".sr").textContent = ` examples of ${label}`;
@@ -303,7 +308,7 @@ async function startHold(button, card, how) {
     try {
       const result = await api("/api/enroll", { method: "POST", body: { label: mine.card.dataset.label, hold: true, group: mine.group } });
       if (result.skipped === "similar") state.skipped[result.label] = (state.skipped[result.label] || 0) + 1;
-      else if (!result.skipped) { mine.added += 1; mine.count = result.count; }
+      else if (!result.skipped) { mine.added += 1; mine.count = result.count; setCount(mine.card, result.count); }
       if (holding === mine) showHoldInfo();
     } catch (e) { toast(e.message, true); break; }
     const wait = interval - (performance.now() - started);
