@@ -118,7 +118,19 @@ def test_cli_enroll_predict_and_store_commands(bundle_path, tmp_path):
     listing = json.loads(run_teachcam("store", "list", store, "--json").stdout)
     assert listing["classes"] == {"Chelsea the cat": 3, "coffee": 3}
     assert run_teachcam("store", "clear", store, "--yes").returncode == 0
-    assert json.loads(run_teachcam("store", "list", store, "--json").stdout)["classes"] == {}
+    listing = json.loads(run_teachcam("store", "list", store, "--json").stdout)
+    assert listing["classes"] == {} and listing["history"][0]["text"] == "clear all (6 examples, 2 classes)"
+    # undo, one action at a time, newest first — and by id, an older one, whatever came since
+    undone = run_teachcam("store", "undo", store)
+    assert undone.returncode == 0 and "undid: clear all (6 examples, 2 classes); next: delete 'rocket'" in undone.stdout
+    listing = json.loads(run_teachcam("store", "list", store, "--json").stdout)
+    assert listing["classes"] == {"Chelsea the cat": 3, "coffee": 3}
+    rename = next(a for a in listing["history"] if a["kind"] == "rename")
+    done = json.loads(run_teachcam("store", "undo", store, "--action", rename["id"], "--json").stdout)
+    assert done["undone"] == "rename 'cat' to 'Chelsea the cat'" and done["undo"]["text"] == "delete 'rocket' (3 examples)"
+    assert json.loads(run_teachcam("store", "list", store, "--json").stdout)["classes"] == {"cat": 3, "coffee": 3}
+    gone = run_teachcam("store", "undo", store, "--action", rename["id"])
+    assert gone.returncode == 2 and "not in the undo history" in gone.stderr and "Traceback" not in gone.stderr
 
 
 @pytest.mark.parametrize("label, message", [("", "cannot be empty"), ("a/b", "slash"), ("x" * 80, "limit is 64")])
