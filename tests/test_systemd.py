@@ -135,3 +135,5 @@ def test_the_web_unit_has_the_network_a_read_only_store_and_no_devices():
     assert "-/var/lib/teachcam" in options["ReadOnlyPaths"] and options["ProtectSystem"] == ["strict"]
     assert options["StateDirectory"] == ["teachcam-web"]  # the pairing token, 0700
     assert "teachcam web" in options["ExecStart"][0]
+    # bounded: a Pi with 512 MB outlives any upload (the kernel stops this process, never the daemon)
+    assert options["MemoryMax"] == ["256M"] and options["MemoryHigh"] == ["160M"]

@@ -653,6 +653,10 @@ def test_demo_web_serves_the_page_against_the_demo_camera_until_ctrl_c(bundle_pa
         with opener.open(base + "/api/classes", timeout=30) as reply:
             counts = {c["label"]: c["count"] for c in json.loads(reply.read())["classes"]}
         assert counts[first] == 1 and sum(counts.values()) == 1
+        with opener.open(base + "/api/status", timeout=30) as reply:  # the page's hint: which scene comes next
+            status = json.loads(reply.read())
+        assert set(status["scene"]) == {"now", "next", "in_s"} and 0 <= status["scene"]["in_s"] <= 3.0, status["scene"]
+        assert 20 <= status["camera_fps"] <= 40, status  # the demo camera's own 30 frames/s, not the model's rate
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         out, err = proc.communicate(timeout=30)

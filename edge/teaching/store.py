@@ -19,7 +19,6 @@ the example being written.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import io
@@ -36,7 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from teachcam.edge.errors import ClassNameError, StoreError, StoreFullError, StoreVersionError
+from teachcam.edge.errors import ClassNameError, StoreError, StoreVersionError
+from teachcam.edge.teaching.durable import FILE_MODE, FOLDER_MODE, fsync_dir, make_folder, write_atomic
 from teachcam.edge.teaching.history import Action
 
 log = logging.getLogger(__name__)
@@ -108,46 +108,6 @@ class Snapshot:
         if self.limbo_embeddings is None:
             self.limbo_embeddings = np.zeros((0, self.embeddings.shape[1] if self.embeddings.ndim == 2 else
                                               self.embedding_size), np.float32)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-FILE_MODE, FOLDER_MODE = 0o640, 0o750  # whatever the umask: the group (the web service) reads, others nothing
-
-
-def _make_folder(path: Path) -> None:
-    """``path`` (and missing parents) with FOLDER_MODE."""
-    if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, FOLDER_MODE)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one (mode FILE_MODE)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        with open(fd, "wb") as handle:
-            os.fchmod(fd, FILE_MODE)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreFullError(f"the disk holding {path.parent} is full; nothing was changed — free some space") from None
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise StoreError(f"cannot write to {path.parent} ({exc.strerror}); check its permissions") from None
-        raise StoreError(f"cannot write {path} ({exc.strerror or exc})") from None
 
 
 def thumbnail_digest(pixels: np.ndarray) -> str:
@@ -249,7 +209,7 @@ class EnrollmentStore:
             if not create:
                 raise StoreError(f"no store at {path}")
             try:
-                _make_folder(path)
+                make_folder(path)
             except OSError as exc:
                 raise StoreError(f"cannot create the store folder {path} ({exc.strerror})") from None
         lock_fd = cls._lock(path) if writable else None
@@ -347,10 +307,10 @@ class EnrollmentStore:
         if not files:
             return
         target = path / "damaged"
-        _make_folder(target)
+        make_folder(target)
         for file in files:
             file.rename(target / f"{file.name}.{int(time.time())}")
-        _fsync_dir(path)
+        fsync_dir(path)
 
     # -- reading -------------------------------------------------------------------------------------
     @property
@@ -401,13 +361,13 @@ class EnrollmentStore:
         target = self.thumb_path(digest)
         if not target.exists():
             try:
-                _make_folder(target.parent.parent)
-                _make_folder(target.parent)
+                make_folder(target.parent.parent)
+                make_folder(target.parent)
             except OSError as exc:
                 raise StoreError(f"cannot write to {self.path} ({exc.strerror})") from None
             buffer = io.BytesIO()
             Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-            _write_atomic(target, buffer.getvalue())
+            write_atomic(target, buffer.getvalue())
         return digest
 
     def commit(self, snapshot: Snapshot) -> None:
@@ -417,7 +377,7 @@ class EnrollmentStore:
         existing = self.generations(self.path)
         if existing:
             generation = max(generation, existing[0][0] + 1)
-        _write_atomic(self.path / f"gen-{generation:08d}.tcs", encode_generation(snapshot))
+        write_atomic(self.path / f"gen-{generation:08d}.tcs", encode_generation(snapshot))
         snapshot.generation = generation
         self.snapshot = snapshot
         for _, old in self.generations(self.path)[KEEP_GENERATIONS:]:
