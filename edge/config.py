@@ -35,6 +35,7 @@ from pathlib import Path
 from teachcam.edge.daemon import MODES
 from teachcam.edge.errors import ConfigError
 from teachcam.edge.model.runtime import PRECISIONS
+from teachcam.edge.region import check_region
 from teachcam.edge.teaching.store import check_class_name
 from teachcam.edge.teaching.teacher import CAP_POLICIES
 
@@ -67,6 +68,9 @@ class CameraConfig:
     gate: float = 3.0
     gate_max_interval: float = 2.0  # ... but a frame is embedded at least this often (seconds)
     max_inference_fps: float = 0.0  # cap on model runs per second, apart from the camera's rate (0: none)
+    # The focus region [x0, y0, x1, y1], fractions of the whole picture: the model sees only this part (at its full
+    # input resolution). Unset: the whole frame. The page, `teachcam region` and MQTT change it at run time.
+    region: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,10 @@ class DaemonConfig:
         if camera.gate < 0 or camera.gate_max_interval <= 0 or camera.max_inference_fps < 0:
             raise ConfigError("camera.gate and camera.max_inference_fps must be 0 or more (0 turns them off), "
                               "camera.gate_max_interval more than 0 seconds")
+        try:
+            check_region(camera.region)
+        except ValueError as exc:
+            raise ConfigError(f"camera.region: {exc}") from None
         if self.knn.threshold is not None and not -1.0 <= self.knn.threshold <= 1.0:
             raise ConfigError(f"knn.threshold = {self.knn.threshold}: a similarity lies between -1 and 1 (default 0.86)")
         if not 16 <= self.control.preview_max_size <= 4096 or not 0 < self.control.preview_max_fps <= 60:

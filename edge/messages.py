@@ -37,7 +37,8 @@ class Wire:
     """A command field as JSON: its kind and limits, declared beside the field (see :func:`wire`).
 
     Kinds: ``text`` (a non-empty string of at most 256 characters; ``cut``: longer ones are cut, not refused),
-    ``int`` and ``number`` (``low``..``high``), ``bool``, ``strings`` (a list of texts), ``image`` (base64
+    ``int`` and ``number`` (``low``..``high``), ``bool``, ``strings`` (a list of texts), ``region`` (four
+    fractions x0, y0, x1, y1 of the picture, or null/[] for the whole of it), ``image`` (base64
     JPEG/PNG under the key ``image``, decoded to the model's input; ``exact``: taken as is when already that
     size) and ``embedding`` (base64 of little-endian float32). Fields without a Wire are not accepted from
     the socket.
@@ -189,6 +190,17 @@ class Undo(Command):
 
 
 @dataclass(frozen=True)
+class SetRegion(Command):
+    """The focus region: the model sees only this part of the picture — ``region`` x0,y0,x1,y1, fractions of the
+    whole frame (null or [] for the whole frame); ``reset``: back to the config's ``[camera] region``. Applied at
+    once and kept through restarts (``focus.json`` in the store's folder)."""
+
+    op: ClassVar[str] = "set_region"
+    region: tuple | None = wire(None, "region")
+    reset: bool = wire(False, "bool")
+
+
+@dataclass(frozen=True)
 class Clear(Command):
     op: ClassVar[str] = "clear"
 
@@ -244,7 +256,7 @@ class Quit(Command):
 # Commands a control-socket client may send, by op (Quit stays local: keys and signals only).
 SOCKET_COMMANDS: dict[str, type[Command]] = {c.op: c for c in (
     Enroll, EnrollImage, PredictImage, AddClass, RenameClass, RemoveClass, Undo, Clear, Pause, Resume, Reload,
-    Snapshot, Status, ListClasses, Thumbnail, ExampleData, EnrollEmbedding, RemoveExamples, Explain, Notice)}
+    Snapshot, Status, ListClasses, Thumbnail, ExampleData, EnrollEmbedding, RemoveExamples, Explain, Notice, SetRegion)}
 
 
 # Ops the control socket answers itself (no command for the daemon's loop).
@@ -298,6 +310,14 @@ class Undone(Event):
     removed: int = 0  # examples the undo removed (an enrollment taken back)
     restored: int = 0  # examples it brought back (a deletion or a clear taken back)
     sources: tuple = ()  # where the removed examples came from (``fleet:<device>:<id>``: another Pi taught it)
+    via: str = ""
+
+
+@dataclass(frozen=True)
+class RegionChanged(Event):
+    kind: ClassVar[str] = "region"
+    region: tuple | None = None  # x0, y0, x1, y1 (fractions of the whole frame), or None: the whole frame
+    other_region: int = 0  # camera examples taken with another region: keep them, or delete and re-take them
     via: str = ""
 
 
@@ -403,4 +423,4 @@ class Stats(Event):
 # Every event, by kind (what a client's ``event_from_json`` turns back into types).
 EVENTS: dict[str, type[Event]] = {e.kind: e for e in (
     PredictionChanged, Enrolled, Undone, NoticeShown, ExamplesRemoved, ClassAdded, Removed, Renamed, Cleared, Paused,
-    CameraTrouble, CameraBack, Reloaded, Error, Stats)}
+    CameraTrouble, CameraBack, Reloaded, Error, Stats, RegionChanged)}

@@ -39,6 +39,7 @@ class View:
     latency_ms: float = 0.0
     frame: int = 0
     mode: str = "knn"
+    region: tuple | None = None  # the focus region the model looked at (fractions of the picture), None: all of it
 
 
 class Port:

@@ -216,6 +216,11 @@ def test_state_commands_and_home_assistant_discovery(bundle_path, tmp_path, brok
     assert watcher.wait(lambda: watcher.on(f"{base}/paused")[-1:] == [b"ON"])
     watcher.publish(f"{base}/set/paused", b"OFF")
     assert watcher.wait(lambda: daemon.status()["paused"] is False)
+    # the focus region, as a script or an automation sets it (#28)
+    watcher.publish(f"{base}/request/set_region", {"id": "r", "region": [0, 0.5, 0.5, 1]})
+    assert watcher.wait(lambda: daemon.status()["region"] == [0, 0.5, 0.5, 1])
+    assert watcher.wait(lambda: (watcher.last_json(f"{base}/response/set_region") or {}).get("data") ==
+                        {"region": [0, 0.5, 0.5, 1], "other_region": 2})  # the cat and the dog: of the whole picture
 
     # a removed class leaves discovery: no ghost options or event types
     watcher.publish("teachcam/all/request/remove_class", {"label": "dog", "id": 7})
@@ -243,6 +248,7 @@ def test_bad_input_on_every_command_topic_gets_an_error_and_changes_nothing(bund
              ("enroll", {"label": "a" * 300}, "label must be"), ("enroll", {"label": "x\ny"}, ""),
              ("rename_class", {"old": "nothing", "new": "x"}, "no class"),
              ("frobnicate", {}, "unknown op"), ("example", {"example": "x"}, "unknown op"),
+             ("set_region", {"region": [0.5, 0.5, 0.4, 0.9]}, "x0 < x1"), ("set_region", {"region": [0, 0, 2, 1]}, "0 to 1"),
              ("enroll", b"x" * (5 * 1024 * 1024), "at most")]
     for i, (op, payload, message) in enumerate(cases):
         body = payload if isinstance(payload, bytes) else json.dumps({**payload, "id": i}).encode()

@@ -35,7 +35,8 @@ def test_every_command_and_event_is_in_the_tables():
 
 def example_value(rules: m.Wire):
     return {"text": "mug", "int": int(rules.low or 1), "number": float(rules.high or 0.5), "bool": True,
-            "strings": ["a", "b"], "embedding": base64.b64encode(np.ones(4, "<f4").tobytes()).decode()}[rules.kind]
+            "strings": ["a", "b"], "embedding": base64.b64encode(np.ones(4, "<f4").tobytes()).decode(),
+            "region": [0.25, 0.25, 0.75, 0.75]}[rules.kind]
 
 
 @pytest.mark.parametrize("op", sorted(m.SOCKET_COMMANDS))
@@ -55,6 +56,8 @@ def test_a_command_round_trips_and_every_bad_field_is_one_line(op):
             assert value == ("a", "b")
         elif rules.kind == "embedding":
             assert value.tolist() == [1.0] * 4
+        elif rules.kind == "region":
+            assert value == tuple(fields[key])
         elif key != "via":
             assert value == fields[key]
         # a wrong type for the field is refused in one line that names the op and the field

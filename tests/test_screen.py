@@ -216,3 +216,17 @@ def test_the_pairing_notice_shows_as_a_qr_code_a_phone_can_scan_then_goes():
     time.sleep(0.7)
     port.update(View("cat", "cat", 0.9, 0.9, {"cat": 0.9}, {"cat": 1}), picture)
     assert len(drawn) == 3 and drawn[2].tobytes() == drawn[0].tobytes()  # gone: the overlay as before
+
+
+def test_the_focus_region_is_outlined_on_the_screen():
+    """#28: the attached screen shows where the model looks — an outline, the picture inside left as it is."""
+    from teachcam.edge.devices.screen import REGION
+
+    shown = Shown("mug", 87, (), region=(0.25, 0.5, 0.75, 1.0))
+    overlay = np.asarray(render_overlay(shown, (640, 480), ["mug"]))
+    assert tuple(overlay[360, 160][:3]) == REGION and overlay[360, 160][3] == 255  # the left edge
+    assert tuple(overlay[240, 320][:3]) == REGION  # the top edge
+    assert overlay[360, 320][3] == 0  # inside: the camera's picture shows through
+    assert overlay[100, 600][3] == 0 and not np.any(np.all(overlay[:, :, :3] == REGION, axis=2)[:200, 500:])
+    plain = np.asarray(render_overlay(Shown("mug", 87, ()), (640, 480), ["mug"]))
+    assert not np.any(np.all(plain[:, :, :3] == REGION, axis=2) & (plain[:, :, 3] == 255))

@@ -688,3 +688,66 @@ def test_every_response_carries_the_security_headers_and_no_versions(running):
         assert found["server"] == "teachcam", path  # no Python or aiohttp version
         if found.get("content-type", "").startswith("text/html"):
             assert found["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in found["content-security-policy"]
+
+
+@needs_chromium
+def test_the_focus_region_is_drawn_on_the_live_view_by_mouse_keys_and_touch(running):
+    """The focus region (#28) from the page: dragged with a mouse, nudged with the arrow keys, drawn with a finger;
+    the daemon looks there at once; "Whole picture" undoes it; the page stays accessible while drawing."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from axe_playwright_python.sync_playwright import Axe
+
+    daemon, web = running
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = open_page(browser, web)
+        # the keyboard: the draft starts in the middle; → ×5 moves it 10 %, Shift+↓ ×5 makes it 10 % taller
+        page.click("#region-edit")
+        assert page.evaluate("document.activeElement.id") == "draft"
+        for _ in range(5):
+            page.keyboard.press("ArrowRight")
+        for _ in range(5):
+            page.keyboard.press("Shift+ArrowDown")
+        page.keyboard.press("Enter")
+        assert wait_for(lambda: daemon.region == (0.35, 0.25, 0.85, 0.85), timeout=10), daemon.region
+        page.wait_for_selector("#region:not([hidden])")
+        box, outline = page.locator("#live").bounding_box(), page.locator("#region").bounding_box()
+        assert abs(outline["x"] - (box["x"] + 0.35 * box["width"])) < 4 and abs(outline["width"] - 0.5 * box["width"]) < 4
+
+        # the mouse: a drag from 10 %,10 % to 60 %,50 % of the picture
+        page.click("#region-edit")
+        page.mouse.move(box["x"] + 0.1 * box["width"], box["y"] + 0.1 * box["height"])
+        page.mouse.down()
+        page.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.5 * box["height"], steps=8)
+        page.mouse.up()
+        axe = [(v["id"], v["impact"]) for v in Axe().run(page).response["violations"]
+               if v["impact"] in ("serious", "critical", "moderate")]
+        assert not axe, axe
+        page.click("#region-use")
+        assert wait_for(lambda: daemon.region is not None and abs(daemon.region[0] - 0.1) < 0.02
+                        and abs(daemon.region[3] - 0.5) < 0.02, timeout=10), daemon.region
+        page.click("#region-edit")
+        page.click("#region-whole")
+        assert wait_for(lambda: daemon.region is None, timeout=10)
+        page.wait_for_selector("#region", state="hidden")
+
+        # a finger, on a phone
+        phone = open_page(browser, web, width=390, height=844, phone=True)
+        phone.click("#region-edit")
+        box = phone.locator("#live").bounding_box()
+        cdp = phone.context.new_cdp_session(phone)
+
+        def touch(kind: str, fx: float = 0, fy: float = 0) -> None:
+            point = {"x": box["x"] + fx * box["width"], "y": box["y"] + fy * box["height"]}
+            cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [point] if kind != "touchEnd" else []})
+
+        touch("touchStart", 0.2, 0.3)
+        for i in range(1, 6):
+            touch("touchMove", 0.2 + 0.1 * i, 0.3 + 0.1 * i)
+        touch("touchEnd")
+        phone.click("#region-use")
+        assert wait_for(lambda: daemon.region is not None and abs(daemon.region[0] - 0.2) < 0.03
+                        and abs(daemon.region[2] - 0.7) < 0.03 and abs(daemon.region[3] - 0.8) < 0.03, timeout=10), \
+            daemon.region
+        assert not page.errors and not phone.errors, (page.errors, phone.errors)
+        browser.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -20,7 +21,7 @@ def _flag_overrides(args) -> dict:
     """CLI flags as dotted config keys (only the ones given)."""
     mapping = {"bundle": "bundle", "store": "store", "mode": "mode", "precision": "precision", "threads": "threads",
                "source": "camera.source", "fps": "camera.fps", "frames": "frames", "smoothing": "smoothing",
-               "k": "knn.k", "threshold": "knn.threshold"}
+               "k": "knn.k", "threshold": "knn.threshold", "region": "camera.region"}
     out = {}
     for attr, key in mapping.items():
         value = getattr(args, attr, None)
@@ -60,6 +61,9 @@ def register(sub) -> None:
     p.add_argument("--source", default=None,
                    help="camera: picamera2, opencv:N, file:PATH, images:DIR_OR_GLOB or demo (default: demo)")
     p.add_argument("--no-loop", action="store_true", help="stop at the end of a file: or images: source")
+    p.add_argument("--region", type=_region, default=None, metavar="X0,Y0,X1,Y1",
+                   help="focus region: the part of the picture the model looks at, as fractions of the whole "
+                        "(0.25,0.25,0.75,0.75: the middle); a region set from the page or `teachcam region` wins")
     p.add_argument("--mode", default=None, choices=MODES, help="what classifies (default knn)")
     p.add_argument("--classes", default=None, help="comma-separated class names, one per button (default one,two,...)")
     p.add_argument("--k", type=int, default=None, help="KNN neighbours per class")
@@ -112,6 +116,17 @@ def register(sub) -> None:
                                    "camera, mode, frames/s, inference ms, classes and counts, Edge TPU or CPU, "
                                    "uptime. Exit 1 when no daemon answers.")
     p.add_argument("--json", action="store_true", help="print the daemon's status as JSON")
+
+    p = sub.add_parser("region", help="(device) the focus region: the part of the picture the model looks at",
+                       description="Show or set the running daemon's focus region: fractions X0,Y0,X1,Y1 of the whole "
+                                   "picture (0,0 top left). The model then sees only that part, at its full input "
+                                   "resolution. Applied at once and kept through restarts; examples taken with "
+                                   "another region are counted (keep them, or delete and re-take them).")
+    p.add_argument("region", nargs="?", type=_region, default=None, metavar="X0,Y0,X1,Y1",
+                   help="the new region (omit to show the current one)")
+    p.add_argument("--whole", action="store_true", help="look at the whole picture again")
+    p.add_argument("--reset", action="store_true", help="back to the config's [camera] region")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser("watch", help="(device) live events from the running daemon (predictions, enrollments …)",
                        description="Print the running daemon's events as they happen, until Ctrl-C: shown class "
@@ -194,6 +209,42 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _region(text: str) -> list[float]:
+    """``--region`` / ``teachcam region``'s argument, checked (argparse turns the ValueError into one line)."""
+    from teachcam.edge.region import check_region
+
+    try:
+        region = check_region(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if region is None:
+        raise argparse.ArgumentTypeError("give four numbers X0,Y0,X1,Y1 (or --whole for the whole picture)")
+    return list(region)
+
+
+def cmd_region(args) -> int:
+    from teachcam.edge.link.client import ControlClient
+
+    with ControlClient() as client:
+        if args.reset:
+            result = client.request("set_region", reset=True)
+        elif args.whole or args.region is not None:
+            result = client.request("set_region", region=None if args.whole else args.region)
+        else:
+            result = {"region": client.request("status").get("region")}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    region = result["region"]
+    print("focus region: " + ("the whole picture" if not region else
+                              f"{region[0]:g},{region[1]:g} to {region[2]:g},{region[3]:g} "
+                              f"({(region[2] - region[0]) * (region[3] - region[1]):.0%} of the picture)"))
+    if result.get("other_region"):
+        print(f"{result['other_region']} example(s) were taken with another region: keep them, or delete and "
+              "re-take them (the page's All examples, or `teachcam store`)")
+    return 0
+
+
 def cmd_status(args) -> int:
     from teachcam.edge.link.client import ControlClient
 
@@ -254,4 +305,5 @@ def _describe(message: dict) -> str:
     return f"{when}  {text}"
 
 
-COMMANDS = {"status": cmd_status, "watch": cmd_watch, "run": cmd_run, "demo": cmd_demo, "doctor": cmd_doctor, "bench": cmd_bench}
+COMMANDS = {"region": cmd_region,
+            "status": cmd_status, "watch": cmd_watch, "run": cmd_run, "demo": cmd_demo, "doctor": cmd_doctor, "bench": cmd_bench}

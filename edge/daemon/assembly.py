@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from teachcam.edge.config import load_config
-from teachcam.edge.daemon import memory
+from teachcam.edge.daemon import focus, memory
 from teachcam.edge.daemon.gate import ChangeGate, signature
 from teachcam.edge.daemon.smoothing import Smoother
 from teachcam.edge.devices.camera import make_source as open_source
@@ -98,6 +98,7 @@ def load_models(d: Daemon) -> None:
         raise
     d.bundle, d.embedder, d.teacher, d.head = bundle, embedder, teacher, head
     d.preprocess = preprocess
+    d.region = focus.load_region(config.store, config.camera.region)
     log.info("bundle %s: %s embedder, mode %s, store %s (%d examples)", config.bundle, embedder.variant,
              config.mode, config.store, len(teacher))
 
@@ -196,7 +197,7 @@ def open_camera(d: Daemon) -> None:
     source = d.source
     d.gate = ChangeGate(camera.gate, camera.gate_max_interval, camera.max_inference_fps)
     summarize = signature if d.gate.enabled else None
-    d.grabber = FrameGrabber(source, fps=camera.fps, prepare=d.preprocess, summarize=summarize).start()
+    d.grabber = FrameGrabber(source, fps=camera.fps, prepare=d.frame_preprocess, summarize=summarize).start()
 
 # -- running -------------------------------------------------------------------------------------
 
@@ -221,7 +222,7 @@ def reload(d: Daemon) -> None:
         d.source = camera_source(d)
         open_camera(d)
     else:
-        d.grabber.prepare = d.preprocess
+        d.grabber.prepare = d.frame_preprocess
     d.smoother = Smoother(new.smoothing)
     if (new.buttons, new.leds, new.classes, new.output, new.mode) != (old.buttons, old.leds, old.classes,
                                                                       old.output, old.mode):

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from teachcam.edge import messages as m
-from teachcam.edge.daemon import memory
+from teachcam.edge.daemon import focus, memory
 from teachcam.edge.errors import BundleError, StoreError, TeachcamError
+from teachcam.edge.region import region_key
 from teachcam.edge.teaching import insight
 from teachcam.edge.teaching.lessons import Lessons, Outcome, Sample
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from teachcam.edge.daemon.loop import Daemon
 
 log = logging.getLogger(__name__)
+# Examples from before regions were recorded: these sources were camera frames, taken of the whole picture.
+CAMERA_VIAS = frozenset({"button", "hold", "key", "web", "mqtt", "socket"})
 
 
 class Router:
@@ -83,7 +86,7 @@ class Router:
             return current
         if d.last_frame is None:
             raise StoreError("no camera frame yet: nothing to enroll (is the camera working?)")
-        pixels = d.preprocess(d.last_frame)
+        pixels = d.frame_preprocess(d.last_frame)
         return d.embedder.embed(pixels), pixels
 
     def _enrolled(self, outcome: Outcome, via: str) -> dict:
@@ -123,7 +126,8 @@ class Router:
                     label = d.config.classes[index]
                 sample = Sample(take=lambda: self._frame(current))
                 return self._enrolled(self._taught(command).enroll(label, sample, source=via, batch=self.batches,
-                                                                   skip_similar=skip_similar, via=via, group=group), via)
+                                                                   skip_similar=skip_similar, via=via, group=group,
+                                                                   region=region_key(d.region)), via)
             case m.EnrollImage(label=label, pixels=pixels, name=name, unique=unique, group=group):
                 sample = Sample(pixels, embed=d.embedder.embed)
                 return self._enrolled(self._taught(command).enroll(label, sample, source=name or via, unique=unique,
@@ -165,6 +169,8 @@ class Router:
                                                                                      if e.source})), via=via))
                 return {"undone": action.text, "action": action.id, "removed": len(done.removed),
                         "restored": len(done.restored), "undo": self._next_undo(teacher)}
+            case m.SetRegion(region=region, reset=reset):
+                return self._set_region(d.config.camera.region if reset else region, reset, via)
             case m.Clear():
                 count = self._taught(command).teacher.clear(via=via)
                 d.smoother.reset()
@@ -199,9 +205,28 @@ class Router:
         examples: dict[str, list] = {label: [] for label in teacher.classes}
         for example in teacher.snapshot.examples:
             examples.setdefault(example.label, []).append({"id": example.id, "thumb": example.thumb,
-                                                           "source": example.source, "added": round(example.added, 3)})
+                                                           "source": example.source, "added": round(example.added, 3),
+                                                           "region": example.region})
         return {"classes": [{"label": label, "count": len(items), "examples": items, "variety": view.variety(label)}
                             for label, items in examples.items()], "undo": self._next_undo(teacher)}
+
+    def _set_region(self, region, reset: bool, via: str) -> dict:
+        """The focus region, at once and kept (``reset``: the config's again); how many camera examples were taken
+        with another one — they stay, and the reply and the event say so (keep them, or delete and re-take them)."""
+        d = self.daemon
+        store = d.config.store
+        if reset:
+            focus.forget_region(store)
+        else:
+            focus.save_region(store, region)  # raises before anything changes if the disk says no
+        d.set_region(region)
+        key = region_key(d.region)
+        other = 0
+        if d.teacher is not None:
+            other = sum(1 for e in d.teacher.snapshot.examples
+                        if (e.region or ("whole" if e.source in CAMERA_VIAS else "")) not in ("", key))
+        d.event(m.RegionChanged(region=d.region, other_region=other, via=via))
+        return {"region": list(d.region) if d.region else None, "other_region": other}
 
     @staticmethod
     def _next_undo(teacher) -> dict | None:

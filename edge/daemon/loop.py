@@ -89,6 +89,8 @@ class Daemon:
         self.control_mode = "none"
         self.last_frame: np.ndarray | None = None
         self._view: View | None = None  # the last view made: a gated frame shows it again
+        self.region = config.camera.region  # the focus region (assembly reads the one kept in the store's folder)
+        self._framed: tuple | None = None
         self.shown: str | None = None
         self._camera_errors = 0
         self._camera_trouble = False
@@ -186,6 +188,24 @@ class Daemon:
         for mailbox in self.mailboxes:
             mailbox.offer_view(view, image)
 
+    @property
+    def frame_preprocess(self):
+        """The bundle's preprocessing with the focus region: what camera frames go through (uploads do not)."""
+        pre = self.preprocess
+        if self.region is None or pre is None:
+            return pre
+        if self._framed is None or self._framed[0] is not pre or self._framed[1] != self.region:
+            self._framed = (pre, self.region, replace(pre, region=self.region))
+        return self._framed[2]
+
+    def set_region(self, region) -> None:
+        """Look at ``region`` from the next frame on (the capture thread prepares frames with it)."""
+        self.region = tuple(region) if region else None
+        if self.grabber is not None:
+            self.grabber.prepare = self.frame_preprocess
+        self._view = None  # the next frame is embedded whatever the change gate says: the picture changed
+        self.smoother.reset()
+
     def _frame_needed(self) -> bool:
         """An enrollment waits for this frame, or a class button is held: the gate must let it through."""
         if self.buttons is not None and self.buttons.is_held:
@@ -211,9 +231,9 @@ class Daemon:
         ``pixels``: the frame already preprocessed (the capture thread does it when it can).
         """
         t0 = time.perf_counter()
-        pre = self.preprocess
+        pre = self.frame_preprocess
         if pixels is None or pixels.shape != (pre.crop_height, pre.crop_width, pre.channels):
-            pixels = self.preprocess(image)
+            pixels = pre(image)
         t1 = time.perf_counter()
         embedding = self.embedder.embed(pixels)
         t2 = time.perf_counter()
@@ -225,7 +245,7 @@ class Daemon:
         counts = self.teacher.counts() if self.teacher is not None else {}
         view = View(shown, label, score, confidence, confidences, counts, self._fps(),
                     (time.monotonic() - captured) * 1e3 if captured else (t3 - t0) * 1e3,
-                    number if number is not None else self.stats.frames + 1, self.config.mode)
+                    number if number is not None else self.stats.frames + 1, self.config.mode, self.region)
         if shown != self.shown:
             self.shown = shown
             self.event(m.PredictionChanged(label=shown, raw_label=label, score=round(score, 4),
@@ -280,6 +300,7 @@ class Daemon:
         hint = getattr(self.grabber.source, "hint", None) if self.grabber is not None else None
         return {**self._stats_fields(), "camera": self.config.camera.source,
                 "camera_fps": round(self.grabber.delivered_fps(), 1) if self.grabber is not None else 0.0,
+                "region": list(self.region) if self.region else None,
                 "scene": hint() if hint is not None else None,
                 "camera_ok": not self._camera_trouble,
                 "camera_error": self.grabber.last_error if self._camera_trouble else None,

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 PALETTE = [(230, 57, 70), (42, 157, 143), (244, 162, 97), (69, 123, 157), (131, 56, 236), (6, 214, 160),
            (255, 0, 110), (58, 134, 255), (233, 196, 106)]
 UNKNOWN = (200, 200, 200)
+REGION = (255, 210, 122)  # the focus region's outline (the page's colour)
 BANNER_SECONDS = 2.0
 STEADY_POINTS = 10  # a shown percentage moves only when the value moved this much: no redraw for jitter
 OVERLAY_MAX_FPS = 4.0  # a person reads a label, not a flicker: the overlay is redrawn at most this often
@@ -56,6 +57,7 @@ class Shown:
     status: str = ""
     notice: tuple = ()  # lines of text
     qr: tuple = ()  # the notice's link as QR modules: rows of 0/1, quiet zone included
+    region: tuple | None = None  # the focus region, outlined on the picture
 
 
 def qr_modules(link: str) -> tuple:
@@ -148,6 +150,10 @@ def render_overlay(shown: Shown, size: tuple[int, int], classes: list[str]) -> I
         draw.rounded_rectangle((x - unit, height // 3, x + box[2] + unit, height // 3 + unit * 3), radius=unit // 2,
                                fill=colour + (210,))
         draw.text((x, height // 3 + unit // 2), shown.banner, font=banner_font, fill=(255, 255, 255, 255))
+    if shown.region:  # where the model looks: outlined, the rest of the picture left as it is
+        x0, y0, x1, y1 = (round(v * s) for v, s in zip(shown.region, (width, height, width, height), strict=True))
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=REGION + (255,), width=max(2, unit // 4))
+        draw.text((x0 + unit // 3, max(0, y0 - unit - 2)), "focus", font=_font(unit), fill=REGION + (255,))
     if shown.trouble:
         draw.rectangle((0, height // 2 - unit, width, height // 2 + unit * 2), fill=(180, 0, 0, 220))
         draw.text((unit, height // 2 - unit // 2), f"camera: {shown.trouble}"[:80], font=_font(unit * 3 // 2),
@@ -363,7 +369,7 @@ class ScreenPort(Port):
         notice = now < state.notice_until
         return Shown(view.label, self._steady("", view.confidence), bars,
                      state.banner if now < state.banner_until else "", state.banner_index, state.trouble, status,
-                     state.notice if notice else (), state.qr if notice else ())
+                     state.notice if notice else (), state.qr if notice else (), getattr(view, "region", None))
 
     def update(self, view, frame=None) -> None:
         self._view = view

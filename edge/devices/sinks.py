@@ -107,6 +107,7 @@ class TerminalSink(Port):
 
     def event(self, event) -> None:
         text = {"enrolled": "enrolled an example of {label} ({count} now)", "undone": "undid: {text}",
+                "region": "focus region: {region}",
                 "cleared": "cleared {count} examples", "camera_trouble": "camera: {message}",
                 "camera_back": "camera is back", "removed": "removed class {label}",
                 "renamed": "renamed {old} to {new}", "class_added": "added class {label}", "error": "error: {message}",

@@ -41,6 +41,7 @@ import numpy as np
 from teachcam.edge import __version__
 from teachcam.edge import messages as m
 from teachcam.edge.errors import ControlAccessError, ControlError
+from teachcam.edge.region import check_region
 
 MAX_LINE = 8 * 1024 * 1024
 MAX_SOCKET_PATH = 100  # bytes: a Unix socket's path must fit sun_path (108 on Linux, less elsewhere)
@@ -215,6 +216,13 @@ def _checked(op: str, key: str, value, rules: m.Wire):
         return tuple(value)
     if kind == "embedding":
         return decode_embedding(value)
+    if kind == "region":
+        if value is not None and not isinstance(value, list):
+            raise ControlError(f"{op}: {key} must be a list of four numbers (x0, y0, x1, y1) or null")
+        try:
+            return check_region(value)
+        except ValueError as exc:
+            raise ControlError(f"{op}: {key}: {exc}") from None
     raise ControlError(f"{op}: {key} cannot be sent")  # a kind this version does not know
 
 

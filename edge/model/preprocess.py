@@ -36,6 +36,9 @@ class Preprocessor:
     interpolation: str = "bilinear"
     color_order: str = "RGB"
     frame_small: bool = False
+    # The focus region (x0, y0, x1, y1), fractions of the whole frame; None: the whole frame. The region is then
+    # treated as the frame: its shorter side → N, centre crop (so a region of the model's shape is used whole).
+    region: tuple[float, float, float, float] | None = None
 
     @property
     def channels(self) -> int:
@@ -69,12 +72,17 @@ class Preprocessor:
         return int(self.shorter_side * width / height), self.shorter_side
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
-        """The source-pixel box that ends up in the crop (centre crop, offsets rounded down to whole pixels)."""
-        resized_w, resized_h = self.resized_size(width, height)
+        """The source-pixel box that ends up in the crop (centre crop, offsets rounded down to whole pixels) — of
+        the focus region when there is one (its box in the frame is the "frame" the policy applies to)."""
+        x, y = 0.0, 0.0
+        if self.region is not None:
+            x0, y0, x1, y1 = self.region
+            x, y, width, height = x0 * width, y0 * height, (x1 - x0) * width, (y1 - y0) * height
+        resized_w, resized_h = self.resized_size(max(1, round(width)), max(1, round(height)))
         left = (resized_w - self.crop_width) // 2
         top = (resized_h - self.crop_height) // 2
         sx, sy = width / resized_w, height / resized_h
-        return (left * sx, top * sy, (left + self.crop_width) * sx, (top + self.crop_height) * sy)
+        return (x + left * sx, y + top * sy, x + (left + self.crop_width) * sx, y + (top + self.crop_height) * sy)
 
     def __call__(self, frame: np.ndarray | Image.Image) -> np.ndarray:
         """``(H, W, 3)`` RGB uint8 → ``(crop_height, crop_width, channels)`` uint8."""
@@ -84,7 +92,7 @@ class Preprocessor:
             return self._grey(frame)
         if isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8:
             height, width = frame.shape[:2]
-            if self.resized_size(width, height) == (width, height):
+            if self.region is None and self.resized_size(width, height) == (width, height):
                 # The camera already delivers the resized size (an ISP-scaled stream): the resize is the
                 # identity, so the crop is a slice — the same pixels, no arithmetic.
                 left, top = (width - self.crop_width) // 2, (height - self.crop_height) // 2
@@ -100,7 +108,9 @@ class Preprocessor:
         image = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame, np.uint8).squeeze())
         if image.mode != "L":
             image = image.convert("L")
-        if image.size != (self.crop_width, self.crop_height) or self.resized_size(*image.size) != image.size:
+        if (self.region is not None or image.size != (self.crop_width, self.crop_height)
+                or self.resized_size(*image.size) != image.size):
             image = image.resize((self.crop_width, self.crop_height), _FILTERS[self.interpolation],
                                  box=self.crop_box(*image.size))
         return np.asarray(image, dtype=np.uint8)[:, :, None]
+

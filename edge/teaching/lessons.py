@@ -101,7 +101,7 @@ class Lessons:
         return self.teacher.counts().get(label, 0)
 
     def enroll(self, label: str, sample: Sample, *, source: str, batch: object = None, skip_similar: float = 0.0,
-               unique: bool = False, via: str = "", group: str = "") -> Outcome:
+               unique: bool = False, via: str = "", group: str = "", region: str = "") -> Outcome:
         """Add ``sample`` to class ``label`` (created if new) unless a rule says no. ``batch``: the frame the
         command is applied with (the same-frame rule; None: every call is its own). ``via`` and ``group``: who
         asked, and the hold or upload it belongs to (one action for undo)."""
@@ -122,7 +122,8 @@ class Lessons:
             sims = view.similarities(sample.embedding, rows)
             if len(sims) and float(sims.max()) >= skip_similar:
                 return Outcome(label, len(rows), skipped=m.SKIPPED_SIMILAR, similarity=round(float(sims.max()), 4))
-        example = teacher.add(label, sample.embedding, sample.pixels, source=source, via=via or source, group=group)
+        example = teacher.add(label, sample.embedding, sample.pixels, source=source, via=via or source, group=group,
+                              region=region)
         if batch is not None:
             self._taken.add(label)
         return Outcome(example.label, self._count(example.label), example)

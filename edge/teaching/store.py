@@ -78,6 +78,7 @@ class Example:
     thumb: str
     added: float  # seconds since the epoch, to the µs (as stored: the id must be the same after a restart)
     source: str = ""
+    region: str = ""  # a camera frame's focus region when it was taken (region_key: "whole", "x0,y0,x1,y1"); "": not one
 
     @property
     def id(self) -> str:
@@ -85,7 +86,10 @@ class Example:
         return f"{int(self.added * 1e6):x}-{self.thumb[:8]}"
 
     def as_json(self) -> dict:
-        return {"label": self.label, "thumb": self.thumb, "added": round(self.added, 6), "source": self.source}
+        out = {"label": self.label, "thumb": self.thumb, "added": round(self.added, 6), "source": self.source}
+        if self.region:
+            out["region"] = self.region
+        return out
 
 
 @dataclass
@@ -163,7 +167,8 @@ def decode_generation(data: bytes, name: str) -> Snapshot:
     size = int(header["embedding_size"])
 
     def examples_of(entries) -> list[Example]:
-        return [Example(e["label"], e["thumb"], float(e["added"]), e.get("source", "")) for e in entries]
+        return [Example(e["label"], e["thumb"], float(e["added"]), e.get("source", ""), e.get("region", ""))
+                for e in entries]
 
     examples, limbo = examples_of(header["examples"]), examples_of(header.get("limbo", ()))
     body = payload[start + header_len :]

@@ -169,11 +169,12 @@ class Teacher:
             self._projection = None
 
     def add(self, label: str, embedding: np.ndarray, pixels: np.ndarray, *, source: str = "", via: str = "",
-            group: str = "") -> Example:
-        """Enroll one example; durable on disk when this returns."""
-        return self.add_many([(label, embedding, pixels, source)], via=via, group=group)[-1]
+            group: str = "", region: str = "") -> Example:
+        """Enroll one example; durable on disk when this returns. ``region``: a camera frame's focus region
+        (:func:`teachcam.edge.region.region_key`)."""
+        return self.add_many([(label, embedding, pixels, source)], via=via, group=group, region=region)[-1]
 
-    def add_many(self, items, *, via: str = "", group: str = "") -> list[Example]:
+    def add_many(self, items, *, via: str = "", group: str = "", region: str = "") -> list[Example]:
         """Enroll several ``(label, embedding, pixels, source)`` examples in one durable write: one action for undo,
         which joins the earlier enrollments of the same ``group`` (one hold, one upload)."""
         snap = self.snapshot
@@ -186,7 +187,7 @@ class Teacher:
                 raise StoreError(f"embedding has {vector.size} values; this store holds {snap.embedding_size}")
             if name not in classes:
                 classes.append(name)
-            example = Example(name, self.store.write_thumbnail(pixels), round(time.time(), 6), source)
+            example = Example(name, self.store.write_thumbnail(pixels), round(time.time(), 6), source, region)
             examples.append(example)
             rows.append(normalize_rows(vector[None]))
             added.append(example)

@@ -47,7 +47,7 @@ from teachcam.edge.errors import ControlError
 log = logging.getLogger(__name__)
 
 REQUEST_OPS = {"enroll", "add_class", "rename_class", "remove_class", "undo", "clear", "pause", "resume", "snapshot",
-               "status", "classes"}
+               "status", "classes", "set_region"}
 MAX_REQUEST = 64 * 1024
 STATE_MIN_INTERVAL = 0.25  # at most 4 state messages a second
 STATS_INTERVAL = 60.0

@@ -18,6 +18,7 @@ browser, this server's ``Origin``):
 ``POST /api/classes``           ``{"label"}`` add; ``POST /api/classes/rename`` ``{"old", "new"}``;
                                 ``POST /api/classes/remove`` ``{"label"}``
 ``POST /api/undo``, ``/api/clear``, ``/api/examples/remove`` ``{"ids"}``
+``POST /api/region``            ``{"region": [x0, y0, x1, y1] | null}`` or ``{"reset": true}``: the focus region
 ``GET /api/export.zip``         every example, one folder per class (``teachcam train --data`` takes it)
 ``POST /api/upload``            multipart: images (with a ``label`` field) and/or zips laid out like the export
 ``GET /stream.mjpg``            the live view (MJPEG of the daemon's preview frames)
@@ -111,6 +112,7 @@ class WebApp:
         r.add_post("/api/classes/rename", self.rename_class)
         r.add_post("/api/classes/remove", self.remove_class)
         r.add_post("/api/undo", self.undo)
+        r.add_post("/api/region", self.region)
         r.add_post("/api/clear", self.clear)
         r.add_post("/api/examples/remove", self.remove_examples)
         r.add_get("/api/export.zip", self.export)
@@ -351,6 +353,14 @@ class WebApp:
         if action is not None and (not isinstance(action, str) or len(action) > 32):
             raise TeachcamError("action must be the id of a change (from /api/classes' undo)")
         return web.json_response(await self.link.request("undo", **({"action": action} if action else {})))
+
+    async def region(self, request):
+        """``{"region": [x0, y0, x1, y1] | null}`` (fractions of the picture; null: the whole of it) or
+        ``{"reset": true}`` (the config's): the focus region, at once."""
+        body = await self._body(request)
+        if body.get("reset") is True:
+            return web.json_response(await self.link.request("set_region", reset=True))
+        return web.json_response(await self.link.request("set_region", region=body.get("region")))
 
     @staticmethod
     def _group(body: dict) -> dict:

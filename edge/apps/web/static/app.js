@@ -2,7 +2,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { classes: [], undo: null, shown: null, holdRate: 5, skipped: {}, ws: null, wsDelay: 500, scene: null };
+const state = { classes: [], undo: null, shown: null, holdRate: 5, skipped: {}, ws: null, wsDelay: 500, scene: null,
+                region: null };
 const HOLD_LIMIT_MS = 30000; // a hold ends by itself after this long: let go and hold again
 
 function toast(text, error = false) {
@@ -58,8 +59,102 @@ function showStatus(s) {
   $("status").title = `${text} — camera: ${s.camera}; the model could run ${s.fps} frames/s`;
   $("status").classList.toggle("trouble", s.camera_ok === false);
   showScene(s.scene);
+  showRegion(s.region);
   setDaemon(true);
 }
+
+// -- the focus region: drawn on the live view with a finger, a mouse or the arrow keys ----------------------
+// Fractions of the whole picture; the <img> letterboxes it (object-fit: contain), so map through its picture box.
+const editor = { on: false, draft: null, start: null };
+function pictureBox() {
+  const img = $("live");
+  const w = img.clientWidth, h = img.clientHeight;
+  const nw = img.naturalWidth || 4, nh = img.naturalHeight || 3;
+  const scale = Math.min(w / nw, h / nh);
+  return { x: img.offsetLeft + (w - nw * scale) / 2, y: img.offsetTop + (h - nh * scale) / 2, w: nw * scale, h: nh * scale };
+}
+function place(el, r) {
+  const b = pictureBox();
+  Object.assign(el.style, { left: `${b.x + r[0] * b.w}px`, top: `${b.y + r[1] * b.h}px`,
+                            width: `${(r[2] - r[0]) * b.w}px`, height: `${(r[3] - r[1]) * b.h}px` });
+}
+function showRegion(region) {
+  state.region = region || null;
+  const el = $("region");
+  el.hidden = !state.region;
+  if (state.region) place(el, state.region);
+  $("region-edit").textContent = state.region ? "Focus region: on…" : "Focus region…";
+}
+function setDraft(r) {
+  const clamp = (v) => Math.min(1, Math.max(0, v));
+  let [x0, y0, x1, y1] = r.map(clamp);
+  if (x1 - x0 < 0.05) x1 = Math.min(1, x0 + 0.05), x0 = x1 - 0.05;
+  if (y1 - y0 < 0.05) y1 = Math.min(1, y0 + 0.05), y0 = y1 - 0.05;
+  editor.draft = [x0, y0, x1, y1].map((v) => Math.round(v * 1000) / 1000);
+  $("draft").hidden = false;
+  place($("draft"), editor.draft);
+}
+function editRegion(on) {
+  editor.on = on;
+  $("live").parentElement.classList.toggle("editing", on);
+  $("region-tools").hidden = !on;
+  $("region-hint").hidden = !on;
+  $("region-edit").hidden = on;
+  $("draft").hidden = true;
+  if (on) { setDraft(state.region || [0.25, 0.25, 0.75, 0.75]); $("draft").focus(); }
+}
+function pointAt(e) {
+  const b = pictureBox();
+  const frame = $("live").parentElement.getBoundingClientRect();
+  return [(e.clientX - frame.left - b.x) / b.w, (e.clientY - frame.top - b.y) / b.h];
+}
+async function sendRegion(body) {
+  try {
+    const r = await api("/api/region", { method: "POST", body });
+    showRegion(r.region);
+    toast(r.region ? "the model now looks at the focus region" : "the model now looks at the whole picture");
+    if (r.other_region) toast(`${r.other_region} example${r.other_region === 1 ? " was" : "s were"} taken with another region: keep them, or delete and re-take them`);
+    editRegion(false);
+  } catch (e) { toast(e.message, true); }
+}
+(() => {
+  const frame = $("live").parentElement;
+  frame.addEventListener("pointerdown", (e) => {
+    if (!editor.on || e.button !== 0) return;
+    e.preventDefault();
+    try { frame.setPointerCapture(e.pointerId); } catch (_) { /* synthetic */ }
+    editor.start = pointAt(e);
+    setDraft([...editor.start, editor.start[0] + 0.05, editor.start[1] + 0.05]);
+  });
+  frame.addEventListener("pointermove", (e) => {
+    if (!editor.on || !editor.start) return;
+    const [x, y] = pointAt(e), [sx, sy] = editor.start;
+    setDraft([Math.min(x, sx), Math.min(y, sy), Math.max(x, sx), Math.max(y, sy)]);
+  });
+  const end = () => { if (editor.start) { editor.start = null; $("draft").focus(); } };
+  frame.addEventListener("pointerup", end);
+  frame.addEventListener("pointercancel", end);
+  $("draft").addEventListener("keydown", (e) => {
+    const step = 0.02, d = editor.draft;
+    const moves = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step] };
+    if (e.key === "Enter") { e.preventDefault(); sendRegion({ region: editor.draft }); return; }
+    if (e.key === "Escape") { e.preventDefault(); editRegion(false); return; }
+    const m = moves[e.key];
+    if (!m || !d) return;
+    e.preventDefault();
+    if (e.shiftKey) setDraft([d[0], d[1], d[2] + m[0], d[3] + m[1]]);
+    else {
+      const dx = Math.min(Math.max(m[0], -d[0]), 1 - d[2]), dy = Math.min(Math.max(m[1], -d[1]), 1 - d[3]);
+      setDraft([d[0] + dx, d[1] + dy, d[2] + dx, d[3] + dy]);
+    }
+  });
+  $("region-edit").onclick = () => editRegion(true);
+  $("region-cancel").onclick = () => editRegion(false);
+  $("region-use").onclick = () => sendRegion({ region: editor.draft });
+  $("region-whole").onclick = () => sendRegion({ region: null });
+  window.addEventListener("resize", () => { showRegion(state.region); if (editor.on && editor.draft) place($("draft"), editor.draft); });
+  $("live").addEventListener("load", () => { if (state.region) place($("region"), state.region); }, { once: true });
+})();
 
 // The demo camera changes scene every few seconds: say what is on and what comes next, so a hold does not straddle.
 function showScene(scene) {
@@ -431,6 +526,7 @@ function onEvent(e) {
     case "enrolled":
       if (e.via !== "web") toast(`${e.via === "button" ? "button" : e.via}: added to ${e.label} (${e.count})`);
       refreshSoon(); break;
+    case "region": showRegion(e.region); break;
     case "undone":
       if (e.via !== "web") toast(`${e.via}: undid ${e.text}`);
       refreshSoon(); break;
