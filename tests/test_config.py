@@ -33,7 +33,7 @@ def test_config_file_errors_are_one_line_and_nothing_starts(tmp_path):
     result = run_teachcam("run", "--config", bad)
     assert result.returncode == 2
     assert result.stderr.strip() == ("teachcam: error: unknown key camera.fsp (known: fps, gate, gate_max_interval, "
-                                     "height, loop, max_inference_fps, source, width)")
+                                     "height, loop, max_inference_fps, region, source, width)")
     bad.write_text("this is = not toml ==")
     assert "is not valid TOML" in run_teachcam("run", "--config", bad).stderr
 

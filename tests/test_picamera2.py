@@ -237,3 +237,77 @@ def test_picamera2_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "picamera2", None)
     with pytest.raises(CameraError, match="apt install python3-picamera2"):
         make_source("picamera2").open()
+
+
+def halves() -> np.ndarray:
+    """A 640x480 scene: red on the left, blue on the right."""
+    scene = np.zeros((480, 640, 3), np.uint8)
+    scene[:, :320, 0], scene[:, 320:, 2] = 220, 220
+    return scene
+
+
+def test_a_pi5_isp_crops_the_focus_region_on_the_stream_the_model_reads_and_again_after_a_reopen(fake):
+    """#28 on a Pi 5 (PiSP): ScalerCrops — main keeps the whole picture (the screen, the live view), lores (the
+    model's) holds only the region at its full resolution; a camera reopened after a stall is asked again."""
+    fake.PLATFORM, fake.SCENE = "pisp", [halves()]
+    source = make_source("picamera2")
+    source.timeout = 0.3
+    assert source.set_region((0.5, 0.0, 1.0, 1.0)) is False  # not open yet: it will ask when it opens
+    grabber = FrameGrabber(source, max_backoff=0.2).start()
+    try:
+        frame = grabber.latest(timeout=5.0)
+        camera = fake.INSTANCES[-1]
+        full = fake.SENSOR_CROP
+        assert ("set_controls", {"ScalerCrops": [full, (1640, 0, 1640, 2464)]}) in camera.calls
+        assert frame.image.shape == (480, 640, 3)  # the whole picture, in RGB order
+        assert frame.image[:, :300, 0].mean() > 200 and frame.image[:, 340:, 2].mean() > 200
+        assert frame.image[:, :300, 2].mean() < 20
+        view = source.model_view
+        assert view.shape == (256, 342, 3) and view[..., 2].mean() > 190 and view[..., 0].mean() < 30  # only blue
+        fake.STALLED.set()
+        deadline = time.monotonic() + 10
+        while len(fake.INSTANCES) < 2:
+            assert time.monotonic() < deadline, "a stalled camera was never reopened"
+            time.sleep(0.05)
+        fake.STALLED.clear()
+        assert grabber.latest(timeout=5.0) is not None
+        assert fake.INSTANCES[-1].crops["lores"] == (1640, 0, 1640, 2464)  # the new camera was asked again
+        assert source.set_region(None) is False  # the whole picture again: nothing left to crop
+        assert fake.INSTANCES[-1].crops["lores"] == full
+    finally:
+        grabber.stop()
+
+
+def test_a_pi4_cannot_crop_one_stream_so_the_daemon_crops_in_software(fake, bundle_path, tmp_path):
+    fake.PLATFORM, fake.SCENE = "vc4", [halves()]
+    source = make_source("picamera2")
+    source.open()
+    try:
+        assert source.set_region((0.5, 0.0, 1.0, 1.0)) is False
+        assert not any(call[0] == "set_controls" for call in fake.INSTANCES[-1].calls)
+        assert source.read().shape == (256, 342, 3) and source.model_view is None
+        with pytest.raises(RuntimeError, match="ScalerCrops is not advertised"):
+            fake.INSTANCES[-1].set_controls({"ScalerCrops": [fake.SENSOR_CROP]})
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize("platform", ["pisp", "vc4"])
+def test_the_daemon_reads_the_region_from_the_isp_or_crops_it_itself(fake, bundle_path, tmp_path, platform):
+    """Either way the model sees the right half — on a Pi 5 from the ISP's lores crop, on a Pi 4 cropped here."""
+    fake.PLATFORM, fake.SCENE = platform, [halves()]
+    config = load_config(None, {"bundle": str(bundle_path), "store": str(tmp_path / "store"), "classes": ["cat"],
+                                "camera": {"source": "picamera2", "region": [0.5, 0.0, 1.0, 1.0]},
+                                "buttons": {"enabled": False}, "leds": {"enabled": False},
+                                "output": {"terminal": "off", "json": "off"}})
+    daemon = Daemon(config, keyboard=False, stdout=io.StringIO()).start()
+    try:
+        frame = daemon.grabber.latest(timeout=5.0)
+        assert frame.image.shape == ((480, 640, 3) if platform == "pisp" else (256, 342, 3))  # what is shown
+        pixels = frame.pixels
+        assert pixels.shape == (224, 224, 3) and pixels[..., 2].mean() > 190 and pixels[..., 0].mean() < 30
+        daemon.set_region(None)
+        frame = daemon.grabber.latest(after=frame.number + 1, timeout=5.0)
+        assert frame.pixels[..., 0].mean() > 60 and frame.pixels[..., 2].mean() > 60  # both halves again
+    finally:
+        daemon.close()

@@ -202,7 +202,10 @@ class Daemon:
         """Look at ``region`` from the next frame on (the capture thread prepares frames with it)."""
         self.region = tuple(region) if region else None
         if self.grabber is not None:
-            self.grabber.prepare = self.frame_preprocess
+            set_source_region = getattr(self.grabber.source, "set_region", None)
+            if set_source_region is not None:
+                set_source_region(self.region)  # the Pi camera's ISP crops it where it can
+            self.grabber.prepare, self.grabber.prepare_view = self.frame_preprocess, self.preprocess
         self._view = None  # the next frame is embedded whatever the change gate says: the picture changed
         self.smoother.reset()
 

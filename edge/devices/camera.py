@@ -35,6 +35,12 @@ class Picamera2Source(Source):
     sensor is asked for ``fps`` frames per second (without it, it runs at its mode's maximum,
     100-120 on the usual sensors). A capture that takes longer than ``timeout`` seconds is a
     camera error (picamera2 itself would wait forever), so the grabber reopens the camera.
+
+    A focus region (:meth:`set_region`) is asked of the ISP where it can crop each stream on its own (a Pi 5's
+    ``ScalerCrops``): the lores stream the model reads then holds only the region, at the stream's full
+    resolution, and the frame this source returns for the screen and the live view is the main stream's whole
+    picture (``model_view`` is the lores region). Where it cannot (a Pi 4: one crop for every stream), nothing
+    changes here and the daemon crops in software.
     """
 
     name = "picamera2"
@@ -53,6 +59,9 @@ class Picamera2Source(Source):
         self.camera = None
         self.stream: dict = {}
         self.preview = False  # True: picamera2's DRM preview shows the main stream on the attached screen
+        self.region = None  # the focus region, fractions (x0, y0, x1, y1) of the picture
+        self.isp_crop = False  # the ISP crops the lores stream to the region (model_view is the region)
+        self.model_view: np.ndarray | None = None  # with isp_crop: the lores region of the last frame read
 
     def open(self) -> None:
         try:
@@ -78,26 +87,58 @@ class Picamera2Source(Source):
 
                 width, height = display_size() or (640, 480)
                 camera.start_preview(Preview.DRM, x=0, y=0, width=width, height=height)  # no desktop needed
+            self.camera = camera
+            self._crop()  # a reopened camera is asked for the region again
             camera.start()
         except Exception as exc:  # RuntimeError, IndexError (no camera), OSError, ValueError from libcamera
+            self.camera = None
             if camera is not None:
                 _close_camera(camera)
             raise CameraError(f"the Raspberry Pi camera did not start ({first_line(exc)}); is it connected and "
                               "enabled? (`rpicam-hello --list-cameras`)") from None
         self.camera = camera
 
+    def set_region(self, region) -> bool:
+        """Ask the ISP for ``region`` (None: the whole picture) on the lores stream; True when it crops it (then
+        ``model_view`` holds the region and the caller must not crop again), False when the caller must crop."""
+        self.region = tuple(region) if region else None
+        if self.camera is not None:
+            self._crop()
+        return self.isp_crop
+
+    def _crop(self) -> None:
+        camera, region = self.camera, self.region
+        controls = camera.camera_controls
+        if "ScalerCrops" not in controls:
+            self.isp_crop = False  # one crop for every stream (a Pi 4): the daemon crops in software
+            return
+        x, y, w, h = controls["ScalerCrop"][1]  # the sensor mode's whole field of view
+        lores = (x, y, w, h)
+        if region is not None:
+            x0, y0, x1, y1 = region
+            lores = (x + round(x0 * w), y + round(y0 * h), max(64, round((x1 - x0) * w)), max(64, round((y1 - y0) * h)))
+        camera.set_controls({"ScalerCrops": [(x, y, w, h), lores]})  # main: all of it; lores: the region
+        self.isp_crop = region is not None
+
     def read(self) -> np.ndarray | None:
         if self.camera is None:
             raise CameraError("picamera2 source read before open")
         try:
-            yuv = self.camera.capture_array("lores", wait=self.timeout)
+            if self.isp_crop:  # one frame: the whole picture (main) to show, the region (lores) to look at
+                (main, yuv), _ = self.camera.capture_arrays(["main", "lores"], wait=self.timeout)
+            else:
+                main, yuv = None, self.camera.capture_array("lores", wait=self.timeout)
         except TimeoutError:
             raise CameraError(f"the camera delivered no frame in {self.timeout:g} s (stalled)") from None
         except Exception as exc:
             raise CameraError(f"picamera2 capture failed ({first_line(exc)})") from None
         width, height = self.stream["size"]
-        return yuv420_to_rgb(yuv, width, height, self.stream.get("stride") or width,
-                             full_range=self.stream["full_range"])
+        rgb = yuv420_to_rgb(yuv, width, height, self.stream.get("stride") or width, full_range=self.stream["full_range"])
+        if main is None:
+            self.model_view = None
+            return rgb
+        self.model_view = rgb
+        return np.ascontiguousarray(main[:, :, ::-1])  # libcamera's RGB888 is B, G, R in memory
 
     def close(self) -> None:
         if self.camera is not None:

@@ -40,6 +40,7 @@ class FrameGrabber:
                  summarize=None):
         self.source = source
         self.prepare = prepare  # e.g. the bundle's preprocessing: runs here, overlapping the previous invoke
+        self.prepare_view = None  # for a source's model_view (its ISP's crop of the focus region)
         self.summarize = summarize  # e.g. teachcam.edge.daemon.gate.signature: runs here too
         self.interval = (1.0 / fps) if fps and not source.paced else 0.0
         self._taken = threading.Event()  # unpaced sources: read the next frame only once this one is taken
@@ -114,7 +115,13 @@ class FrameGrabber:
             self._recent.append(captured)
             prepare = self.prepare
             prepare_started = time.perf_counter()
-            pixels = prepare(image) if prepare is not None else None
+            # a source whose ISP crops the focus region hands it over beside the whole picture: that is what the
+            # model reads, through prepare_view (the region is already applied)
+            view = getattr(self.source, "model_view", None)
+            if view is not None and self.prepare_view is not None:
+                pixels = self.prepare_view(view)
+            else:
+                pixels = prepare(image) if prepare is not None else None
             summary = self.summarize(image) if self.summarize is not None else None
             self._record("capture", read_seconds)
             self._record("preprocess", time.perf_counter() - prepare_started)

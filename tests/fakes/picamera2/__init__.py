@@ -14,7 +14,15 @@ As strict as the real one where teachcam could go wrong (rules copied from picam
 * ``capture_array("lores")`` returns ``(height * 3 / 2, stride)`` uint8 with the padding
   columns full of noise; frames come at the configured ``FrameRate`` or else at the sensor
   mode's 120 fps; without ``wait=`` a stalled camera blocks forever, with ``wait=seconds`` it
-  raises ``TimeoutError``.
+  raises ``TimeoutError``;
+* crops: ``camera_controls["ScalerCrop"]`` is (min, max, default) rectangles in sensor pixels, its max the
+  sensor mode's whole field of view (``SENSOR_CROP``, which ``SCENE`` shows); ``ScalerCrop`` crops every stream
+  alike; ``ScalerCrops`` (a list of rectangles, one per output stream in order — main, then lores) is advertised
+  on a Pi 5 (PiSP) only — on a Pi 4 setting it is "not advertised by libcamera" (``RuntimeError``), as any unknown
+  control in ``set_controls``; rectangles are clamped to the field of view; ``configure`` resets every crop to the
+  whole field of view (picamera2 sets ``ScalerCrops`` there itself);
+* ``RGB888`` arrays are B, G, R in memory (``BGR888``: R, G, B), as libcamera names them;
+* ``capture_arrays(names)`` returns ``(arrays, metadata)`` of one and the same frame.
 
 Knobs for tests (module attributes): ``SCENE`` (a list of RGB frames, or a callable giving
 the frame for a frame number), ``PLATFORM`` ("vc4" or "pisp"), ``STALLED`` (a
@@ -38,6 +46,7 @@ PLATFORM = "vc4"
 STALLED = threading.Event()
 INSTANCES: list = []
 SENSOR_MAX_FPS = 120.0
+SENSOR_CROP = (0, 0, 3280, 2464)  # the sensor mode's whole field of view (an IMX219's), what SCENE shows
 KNOWN_CONTROLS = {"FrameRate", "FrameDurationLimits", "NoiseReductionMode", "ExposureTime", "AnalogueGain", "AeEnable",
                   "AwbEnable", "AwbMode", "Brightness", "Contrast", "Saturation", "Sharpness", "ScalerCrop"}
 YUV_FORMATS = {"YUV420", "YVU420", "NV12", "NV21", "YUYV", "UYVY"}
@@ -89,7 +98,30 @@ class Picamera2:
         self._next_frame = 0.0
         self.preview = None
         self.calls: list = []
+        self.crops: dict = {}  # stream → (x, y, w, h) in sensor pixels
         INSTANCES.append(self)
+
+    @property
+    def camera_controls(self) -> dict:
+        controls = {name: (None, None, None) for name in KNOWN_CONTROLS}
+        controls["ScalerCrop"] = ((0, 0, 64, 64), SENSOR_CROP, SENSOR_CROP)
+        if self.platform == "pisp":
+            controls["ScalerCrops"] = ((0, 0, 64, 64), SENSOR_CROP, SENSOR_CROP)
+        return controls
+
+    def set_controls(self, controls) -> None:
+        if not isinstance(controls, dict):
+            raise RuntimeError(f"Cannot update controls with {type(controls)} type")
+        for name, value in controls.items():
+            if name not in self.camera_controls:
+                raise RuntimeError(f"Control {name} is not advertised by libcamera")
+            if name == "ScalerCrop":
+                self.crops = {stream: _clamp(value) for stream in ("main", "lores")}
+            elif name == "ScalerCrops":
+                rects = list(value)
+                for stream, rect in zip(("main", "lores"), rects, strict=False):
+                    self.crops[stream] = _clamp(rect)
+        self.calls.append(("set_controls", dict(controls)))
 
     def create_preview_configuration(self, main=None, lores=None, raw=None, transform=None, colour_space=None,
                                      buffer_count=4, controls=None, display="main", encode="main", queue=True,
@@ -114,8 +146,9 @@ class Picamera2:
             if self.platform == "vc4" and lores["format"] not in YUV_FORMATS:
                 raise RuntimeError("lores stream must be YUV")
         for name in camera_config["controls"]:
-            if name not in KNOWN_CONTROLS:
+            if name not in self.camera_controls:
                 raise RuntimeError(f"Control {name} is not advertised by libcamera")
+        self.crops = {"main": SENSOR_CROP, "lores": SENSOR_CROP}
         config = {**camera_config}
         for name in ("main", "lores"):
             stream = config[name]
@@ -179,22 +212,34 @@ class Picamera2:
         self._next_frame = max(self._next_frame + 1.0 / self.frame_rate, time.monotonic())
 
     def capture_array(self, name="main", wait=None, signal_function=None):
+        return self.capture_arrays([name], wait=wait)[0][0]
+
+    def capture_arrays(self, names=("main",), wait=None, signal_function=None):
         if self.closed:
             raise RuntimeError("Camera is closed")
         self._wait_for_frame(wait)
         self.frames += 1
         self.captures += 1
-        stream = self.camera_config[name]
-        width, height = stream["size"]
         scene = SCENE(self.frames) if callable(SCENE) else SCENE[(self.frames - 1) % len(SCENE)]
+        return [self._make_array(name, scene) for name in names], {"ScalerCrops": [self.crops.get(n) for n in names]}
+
+    def _make_array(self, name: str, scene) -> np.ndarray:
         from PIL import Image
 
-        rgb = np.asarray(Image.fromarray(np.ascontiguousarray(scene)).resize((width, height), Image.Resampling.BILINEAR))
+        stream = self.camera_config[name]
+        width, height = stream["size"]
+        x, y, w, h = self.crops.get(name, SENSOR_CROP)
+        sx, sy = scene.shape[1] / SENSOR_CROP[2], scene.shape[0] / SENSOR_CROP[3]
+        box = (x * sx, y * sy, (x + w) * sx, (y + h) * sy)
+        rgb = np.asarray(Image.fromarray(np.ascontiguousarray(scene)).resize((width, height), Image.Resampling.BILINEAR,
+                                                                              box=box))
         noise = np.random.default_rng(self.frames).integers(0, 256, height * 3 // 2 * stream["stride"], dtype=np.uint8)
         if stream["format"] == "YUV420":
             return rgb_to_yuv420(rgb, stream["stride"], noise)
+        if stream["format"] == "RGB888":  # libcamera's RGB888: B, G, R bytes in memory
+            rgb = rgb[:, :, ::-1]
         array = noise.reshape(-1)[: height * stream["stride"]].reshape(height, stream["stride"])
-        array[:, : width * 3] = rgb.reshape(height, width * 3)
+        array[:, : width * 3] = np.ascontiguousarray(rgb).reshape(height, width * 3)
         return np.asarray(array[:, : width * 3]).reshape(height, width, 3)
 
     def stop(self) -> None:
@@ -203,6 +248,14 @@ class Picamera2:
     def close(self) -> None:
         self.started = False
         self.closed = True
+
+
+def _clamp(rect) -> tuple[int, int, int, int]:
+    """A rectangle inside the sensor's field of view, as libcamera makes it."""
+    x, y, w, h = (int(v) for v in rect)
+    fx, fy, fw, fh = SENSOR_CROP
+    x, y = min(max(x, fx), fx + fw - 64), min(max(y, fy), fy + fh - 64)
+    return (x, y, max(64, min(w, fx + fw - x)), max(64, min(h, fy + fh - y)))
 
 
 def rgb_to_yuv420(rgb: np.ndarray, stride: int, padding: np.ndarray) -> np.ndarray:
