@@ -80,7 +80,7 @@ def test_the_region_decides_what_the_model_sees_and_is_kept(bundle_path, tmp_pat
 
             for region, expected in (([0, 0, 0.5, 1], "cat"), ([0.5, 0, 1, 1], "coffee")):
                 reply = client.request("set_region", region=region)
-                assert reply == {"region": region, "other_region": 0}
+                assert reply == {"region": region, "other_region": 0, "other_ids": []}
                 assert wait_for(lambda e=expected: client.request("status")["shown"] == e, timeout=20), expected
             assert json.loads((tmp_path / "store" / "focus.json").read_text()) == {"region": [0.5, 0, 1, 1]}
 
@@ -99,8 +99,8 @@ def test_the_region_decides_what_the_model_sees_and_is_kept(bundle_path, tmp_pat
             assert (tmp_path / "store" / "focus.json").read_bytes() == before
 
             moved = client.request("set_region", region=[0, 0, 0.5, 1])
-            assert moved["other_region"] == 1  # the coffee taken with the right half: kept, and said
-            assert client.request("set_region", region=None) == {"region": None, "other_region": 1}
+            assert moved["other_region"] == 1 and moved["other_ids"] == [taken["example"]]  # kept, and said
+            assert client.request("set_region", region=None)["other_ids"] == [taken["example"]]
             client.request("set_region", region=[0, 0, 0.5, 1])
     finally:
         daemon.stop()
@@ -150,8 +150,8 @@ def test_the_config_and_the_cli_set_it(bundle_path, tmp_path, factory):
         bad = run_teachcam("region", "0,0,2,1")
         assert bad.returncode == 2 and "0 to 1" in bad.stderr and daemon.region == (0.0, 0.0, 0.5, 0.5)
         assert "the whole picture" in run_teachcam("region", "--whole").stdout
-        assert run_teachcam("region", "--reset", "--json").stdout.strip() == \
-            '{"region": [0.25, 0.25, 0.75, 0.75], "other_region": 0}'
+        assert json.loads(run_teachcam("region", "--reset", "--json").stdout) == \
+            {"region": [0.25, 0.25, 0.75, 0.75], "other_region": 0, "other_ids": []}
     finally:
         daemon.stop()
         loop.join(timeout=10)

@@ -713,6 +713,8 @@ def test_the_focus_region_is_drawn_on_the_live_view_by_mouse_keys_and_touch(runn
         page.wait_for_selector("#region:not([hidden])")
         box, outline = page.locator("#live").bounding_box(), page.locator("#region").bounding_box()
         assert abs(outline["x"] - (box["x"] + 0.35 * box["width"])) < 4 and abs(outline["width"] - 0.5 * box["width"]) < 4
+        status, taken = call(web, "POST", "/api/enroll", {"label": "cat"}, headers=CHANGE)  # taken with this region
+        assert status == 200 and daemon.teacher.counts() == {"cat": 1}
 
         # the mouse: a drag from 10 %,10 % to 60 %,50 % of the picture
         page.click("#region-edit")
@@ -723,9 +725,12 @@ def test_the_focus_region_is_drawn_on_the_live_view_by_mouse_keys_and_touch(runn
         axe = [(v["id"], v["impact"]) for v in Axe().run(page).response["violations"]
                if v["impact"] in ("serious", "critical", "moderate")]
         assert not axe, axe
-        page.click("#region-use")
+        page.click("#region-use")  # the page offers to delete the example taken with the old region: accepted
         assert wait_for(lambda: daemon.region is not None and abs(daemon.region[0] - 0.1) < 0.02
                         and abs(daemon.region[3] - 0.5) < 0.02, timeout=10), daemon.region
+        # (the confirm() is answered while playwright runs: wait through it, not with a plain sleep)
+        page.wait_for_function("document.getElementById('toast').textContent.startsWith('deleted 1')")
+        assert call(web, "GET", "/api/status")[1]["classes"] == {"cat": 0}
         page.click("#region-edit")
         page.click("#region-whole")
         assert wait_for(lambda: daemon.region is None, timeout=10)

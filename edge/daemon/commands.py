@@ -221,12 +221,13 @@ class Router:
             focus.save_region(store, region)  # raises before anything changes if the disk says no
         d.set_region(region)
         key = region_key(d.region)
-        other = 0
+        others = []
         if d.teacher is not None:
-            other = sum(1 for e in d.teacher.snapshot.examples
-                        if (e.region or ("whole" if e.source in CAMERA_VIAS else "")) not in ("", key))
-        d.event(m.RegionChanged(region=d.region, other_region=other, via=via))
-        return {"region": list(d.region) if d.region else None, "other_region": other}
+            others = [e.id for e in d.teacher.snapshot.examples
+                      if (e.region or ("whole" if e.source in CAMERA_VIAS else "")) not in ("", key)]
+        d.event(m.RegionChanged(region=d.region, other_region=len(others), via=via))
+        # the ids too: a page offers to delete them (to re-take them with this region); undo brings them back
+        return {"region": list(d.region) if d.region else None, "other_region": len(others), "other_ids": others}
 
     @staticmethod
     def _next_undo(teacher) -> dict | None:

@@ -182,6 +182,14 @@ def decode_generation(data: bytes, name: str) -> Snapshot:
                     limbo_embeddings=rows[len(examples):])
 
 
+def count_examples(snapshot: Snapshot) -> dict[str, int]:
+    """Examples per class of one generation (every class, 0 for an empty one), in the classes' order."""
+    counts = dict.fromkeys(snapshot.classes, 0)
+    for example in snapshot.examples:
+        counts[example.label] = counts.get(example.label, 0) + 1
+    return counts
+
+
 class EnrollmentStore:
     """A store folder opened for reading and (with the lock) writing.
 
@@ -323,10 +331,7 @@ class EnrollmentStore:
         return self.snapshot.fingerprint
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(self.snapshot.classes, 0)
-        for example in self.snapshot.examples:
-            counts[example.label] = counts.get(example.label, 0) + 1
-        return counts
+        return count_examples(self.snapshot)
 
     def thumb_path(self, digest: str) -> Path:
         return self.path / "thumbs" / digest[:2] / f"{digest}.png"

@@ -25,7 +25,7 @@ from teachcam.edge.errors import ClassNameError, StoreError
 from teachcam.edge.teaching.archive import export_archive
 from teachcam.edge.teaching.history import DEPTH, Action, in_limbo, record, trim
 from teachcam.edge.teaching.knn import KNNConfig, KNNIndex, Prediction
-from teachcam.edge.teaching.store import EnrollmentStore, Example, Snapshot, check_class_name, normalize_rows
+from teachcam.edge.teaching.store import EnrollmentStore, Example, Snapshot, check_class_name, count_examples, normalize_rows
 
 log = logging.getLogger(__name__)
 CAP_POLICIES = ("oldest", "redundant")  # which example goes when a class is full
@@ -56,7 +56,7 @@ class Teacher:
         self.embed = embed
         self._index: KNNIndex | None = None
         self._projection: tuple[np.ndarray, int] | None = None
-        self._counts: dict[str, int] | None = None
+        self._counts: tuple[Snapshot, dict[str, int]] | None = None  # (the generation they were counted in, counts)
 
     @classmethod
     def open(cls, path: str | Path, embedder=None, *, writable: bool = True, progress: Callable[[], None] | None = None,
@@ -102,9 +102,11 @@ class Teacher:
 
     def counts(self) -> dict[str, int]:
         """Examples per class (cached until the next change: the daemon asks every frame)."""
-        if self._counts is None:
-            self._counts = self.store.counts()
-        return dict(self._counts)
+        snapshot, cached = self.snapshot, self._counts
+        if cached is None or cached[0] is not snapshot:  # keyed by the generation: a reader on another thread that
+            cached = (snapshot, count_examples(snapshot))  # counted the one before can never leave it stale
+            self._counts = cached
+        return dict(cached[1])
 
     def __len__(self) -> int:
         return len(self.snapshot.examples)

@@ -113,8 +113,16 @@ async function sendRegion(body) {
     const r = await api("/api/region", { method: "POST", body });
     showRegion(r.region);
     toast(r.region ? "the model now looks at the focus region" : "the model now looks at the whole picture");
-    if (r.other_region) toast(`${r.other_region} example${r.other_region === 1 ? " was" : "s were"} taken with another region: keep them, or delete and re-take them`);
     editRegion(false);
+    if (r.other_region) {
+      const n = r.other_region, some = `${n} example${n === 1 ? " was" : "s were"}`;
+      if (confirm(`${some} taken with another region. Delete ${n === 1 ? "it" : "them"} to re-take with this one? ` +
+                  "(Cancel keeps them; Undo brings deleted ones back.)")) {
+        await api("/api/examples/remove", { method: "POST", body: { ids: r.other_ids } });
+        toast(`deleted ${n}: teach ${n === 1 ? "it" : "them"} again with the new region`);
+        refreshSoon();
+      } else toast(`kept ${n} example${n === 1 ? "" : "s"} taken with another region`);
+    }
   } catch (e) { toast(e.message, true); }
 }
 (() => {
