@@ -252,7 +252,7 @@ def test_a_pi5_isp_crops_the_focus_region_on_the_stream_the_model_reads_and_agai
     fake.PLATFORM, fake.SCENE = "pisp", [halves()]
     source = make_source("picamera2")
     source.timeout = 0.3
-    assert source.set_region((0.5, 0.0, 1.0, 1.0)) is False  # not open yet: it will ask when it opens
+    assert source.set_region((0.5, 0.0, 1.0, 1.0)) is True  # not open yet: the ISP is asked when it opens
     grabber = FrameGrabber(source, max_backoff=0.2).start()
     try:
         frame = grabber.latest(timeout=5.0)
@@ -278,14 +278,20 @@ def test_a_pi5_isp_crops_the_focus_region_on_the_stream_the_model_reads_and_agai
         grabber.stop()
 
 
-def test_a_pi4_cannot_crop_one_stream_so_the_daemon_crops_in_software(fake, bundle_path, tmp_path):
+def test_a_pi4_cannot_crop_one_stream_so_the_region_is_cut_from_the_main_stream(fake, bundle_path, tmp_path):
     fake.PLATFORM, fake.SCENE = "vc4", [halves()]
     source = make_source("picamera2")
     source.open()
     try:
-        assert source.set_region((0.5, 0.0, 1.0, 1.0)) is False
+        assert source.set_region((0.5, 0.0, 1.0, 1.0)) is True
         assert not any(call[0] == "set_controls" for call in fake.INSTANCES[-1].calls)
-        assert source.read().shape == (256, 342, 3) and source.model_view is None
+        shown = source.read()
+        assert shown.shape == (256, 342, 3) and shown[:, :150, 0].mean() > 190  # the whole picture, from lores
+        view = source.model_view  # the right half of the 640x480 main stream: twice lores' detail, RGB order
+        assert view.shape == (480, 320, 3) and view[..., 2].mean() > 200 and view[..., 0].mean() < 10
+        assert source.set_region(None) is False
+        source.read()
+        assert source.model_view is None
         with pytest.raises(RuntimeError, match="ScalerCrops is not advertised"):
             fake.INSTANCES[-1].set_controls({"ScalerCrops": [fake.SENSOR_CROP]})
     finally:

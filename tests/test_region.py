@@ -156,3 +156,39 @@ def test_the_config_and_the_cli_set_it(bundle_path, tmp_path, factory):
         daemon.stop()
         loop.join(timeout=10)
         daemon.close()
+
+
+@pytest.mark.parametrize("kind", ["images", "file", "demo"])
+def test_every_source_is_cropped_to_the_region(bundle_path, tmp_path, kind):
+    """Webcams, files, folders and the demo camera: the region is cut in the preprocessing, whatever delivers."""
+    from teachcam.edge.daemon.loop import Daemon
+
+    scene = np.zeros((480, 640, 3), np.uint8)
+    scene[:, :320, 0], scene[:, 320:, 2] = 220, 220  # red | blue
+    if kind == "images":
+        (tmp_path / "cam").mkdir()
+        Image.fromarray(scene).save(tmp_path / "cam" / "0.png")
+        source = f"images:{tmp_path / 'cam'}"
+    elif kind == "file":
+        cv2 = pytest.importorskip("cv2")
+        writer = cv2.VideoWriter(str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 480))
+        for _ in range(5):
+            writer.write(scene[:, :, ::-1].copy())
+        writer.release()
+        source = f"file:{tmp_path / 'clip.avi'}"
+    else:
+        source = "demo"
+    config = load_config(None, {"bundle": str(bundle_path), "store": str(tmp_path / "store"), "classes": ["cat"],
+                                "camera": {"source": source, "region": [0.5, 0.0, 1.0, 1.0]},
+                                "buttons": {"enabled": False}, "leds": {"enabled": False},
+                                "output": {"terminal": "off", "json": "off"}})
+    daemon = Daemon(config, keyboard=False, stdout=io.StringIO()).start()
+    try:
+        frame = daemon.grabber.latest(timeout=10.0)
+        assert frame is not None and frame.pixels is not None
+        assert np.array_equal(frame.pixels, daemon.frame_preprocess(frame.image))
+        assert not np.array_equal(frame.pixels, daemon.preprocess(frame.image))
+        if kind != "demo":
+            assert frame.pixels[..., 2].mean() > 180 and frame.pixels[..., 0].mean() < 40  # the right half only
+    finally:
+        daemon.close()

@@ -39,8 +39,9 @@ class Picamera2Source(Source):
     A focus region (:meth:`set_region`) is asked of the ISP where it can crop each stream on its own (a Pi 5's
     ``ScalerCrops``): the lores stream the model reads then holds only the region, at the stream's full
     resolution, and the frame this source returns for the screen and the live view is the main stream's whole
-    picture (``model_view`` is the lores region). Where it cannot (a Pi 4: one crop for every stream), nothing
-    changes here and the daemon crops in software.
+    picture (``model_view`` is the lores region). Where it cannot (a Pi 4: one crop for every stream), the region
+    is cut from the 640×480 main stream instead — about twice the lores stream's detail — while the lores
+    stream's whole picture is what is shown.
     """
 
     name = "picamera2"
@@ -61,6 +62,7 @@ class Picamera2Source(Source):
         self.preview = False  # True: picamera2's DRM preview shows the main stream on the attached screen
         self.region = None  # the focus region, fractions (x0, y0, x1, y1) of the picture
         self.isp_crop = False  # the ISP crops the lores stream to the region (model_view is the region)
+        self.main_crop = False  # no per-stream crop (a Pi 4): model_view is the region cut from the main stream
         self.model_view: np.ndarray | None = None  # with isp_crop: the lores region of the last frame read
 
     def open(self) -> None:
@@ -99,18 +101,19 @@ class Picamera2Source(Source):
         self.camera = camera
 
     def set_region(self, region) -> bool:
-        """Ask the ISP for ``region`` (None: the whole picture) on the lores stream; True when it crops it (then
-        ``model_view`` holds the region and the caller must not crop again), False when the caller must crop."""
+        """Look at ``region`` (None: the whole picture): True when ``model_view`` will hold it (the caller must not
+        crop again) — from the ISP's lores crop (a Pi 5) or cut from the main stream (a Pi 4)."""
         self.region = tuple(region) if region else None
         if self.camera is not None:
             self._crop()
-        return self.isp_crop
+        return self.region is not None
 
     def _crop(self) -> None:
         camera, region = self.camera, self.region
         controls = camera.camera_controls
         if "ScalerCrops" not in controls:
-            self.isp_crop = False  # one crop for every stream (a Pi 4): the daemon crops in software
+            self.isp_crop = False  # one crop for every stream (a Pi 4): cut the region from main, in read()
+            self.main_crop = region is not None
             return
         x, y, w, h = controls["ScalerCrop"][1]  # the sensor mode's whole field of view
         lores = (x, y, w, h)
@@ -124,7 +127,7 @@ class Picamera2Source(Source):
         if self.camera is None:
             raise CameraError("picamera2 source read before open")
         try:
-            if self.isp_crop:  # one frame: the whole picture (main) to show, the region (lores) to look at
+            if self.isp_crop or self.main_crop:  # one frame, both streams
                 (main, yuv), _ = self.camera.capture_arrays(["main", "lores"], wait=self.timeout)
             else:
                 main, yuv = None, self.camera.capture_array("lores", wait=self.timeout)
@@ -137,8 +140,14 @@ class Picamera2Source(Source):
         if main is None:
             self.model_view = None
             return rgb
-        self.model_view = rgb
-        return np.ascontiguousarray(main[:, :, ::-1])  # libcamera's RGB888 is B, G, R in memory
+        if self.isp_crop:  # the whole picture (main) to show, the region (lores) to look at
+            self.model_view = rgb
+            return np.ascontiguousarray(main[:, :, ::-1])  # libcamera's RGB888 is B, G, R in memory
+        height, width = main.shape[:2]  # a Pi 4: the region cut from main, the lores picture to show
+        x0, y0, x1, y1 = self.region
+        box = main[round(y0 * height):round(y1 * height), round(x0 * width):round(x1 * width)]
+        self.model_view = np.ascontiguousarray(box[:, :, ::-1])
+        return rgb
 
     def close(self) -> None:
         if self.camera is not None:
