@@ -21,8 +21,11 @@ With --screen: the attached screen's cost (#16). Alternating rounds of the daemo
 with the framebuffer screen (1920x1080, 32 bits: a file standing for /dev/fb0, with its sysfs folder),
 frames/s as a ratio; and the overlay's redraws per second while the prediction stays the same.
 
+With --region: the focus region's cost (#28). Alternating rounds of the daemon (60 examples) without and with a
+region, on 342x256 and 640x480 frames; frames/s as ratios.
+
 Usage: scripts/bench/daemon.py [--bundle build/default-bundle] [--frames 600] [--rounds 3] [--json]
-                               [--control | --screen]
+                               [--control | --screen | --region]
 """
 
 from __future__ import annotations
@@ -102,9 +105,11 @@ def enroll(store: Path, bundle_path: str, examples: int) -> None:
         teacher.add_many(items)
 
 
-def daemon_rate(bundle_path: str, store: Path, source: Source, frames: int, threads: int) -> tuple[float, dict]:
+def daemon_rate(bundle_path: str, store: Path, source: Source, frames: int, threads: int,
+                region: list | None = None) -> tuple[float, dict]:
+    camera = {"fps": 1000.0, "gate": 0.0, **({"region": region} if region else {})}
     config = load_config(None, {"bundle": bundle_path, "store": str(store), "classes": ["cat", "coffee", "rocket"],
-                                "threads": threads, "frames": frames, "camera": {"fps": 1000.0, "gate": 0.0},
+                                "threads": threads, "frames": frames, "camera": camera,
                                 "buttons": {"enabled": False}, "leds": {"enabled": False},
                                 "output": {"terminal": "off", "json": "on"}, "control": {"enabled": False}})
     daemon = Daemon(config, source=source, keyboard=False, stdout=io.StringIO())
@@ -238,6 +243,37 @@ def screen_rate(bundle_path: str, store: Path, frames: list, threads: int, folde
     return result
 
 
+def region_main(args) -> int:
+    """The focus region's cost (#28): alternating rounds of the daemon with and without a region (the middle 45 % x
+    45 %), on 342x256 frames (a Pi camera's lores stream, cropped in software as on a Pi 4) and on 640x480."""
+    region = [0.3, 0.3, 0.75, 0.75]
+    sizes = {"342x256": demo_frames(args.frames, (342, 256)), "640x480": demo_frames(args.frames)}
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store60"
+        enroll(store, args.bundle, 60)
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}…", file=sys.stderr)
+            row = {}
+            for size, frames in sizes.items():
+                whole = daemon_rate(args.bundle, store, ArraySource(frames), len(frames), args.threads)[0]
+                focused = daemon_rate(args.bundle, store, ArraySource(frames), len(frames), args.threads, region)[0]
+                row[size] = {"whole": whole, "region": focused, "ratio": focused / whole}
+            rounds.append(row)
+    out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "region": region, "rounds": rounds,
+           "ratio": {size: float(np.median([r[size]["ratio"] for r in rounds])) for size in sizes}}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"focus region cost — {out['machine']}, {args.threads} threads, {args.frames} frames, region {region}, "
+          f"median of {args.rounds} alternating rounds")
+    for r in rounds:
+        print("  " + " | ".join(f"{size}: whole {v['whole']:6.1f} fps, region {v['region']:6.1f} fps ({v['ratio']:.3f}×)"
+                                for size, v in r.items()))
+    print("  median: " + ", ".join(f"{size} {ratio:.3f}×" for size, ratio in out["ratio"].items()) + " (target ≥ 0.97)")
+    return 0
+
+
 def screen_main(args) -> int:
     lores_frames = demo_frames(args.frames, (342, 256))
     still = [np.clip(lores_frames[0] + np.random.default_rng(i).normal(0, 5, lores_frames[0].shape), 0, 255)
@@ -315,6 +351,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--control", action="store_true", help="measure the control socket's cost instead")
     parser.add_argument("--screen", action="store_true", help="measure the attached screen's cost instead")
+    parser.add_argument("--region", action="store_true", help="measure the focus region's cost instead")
     parser.add_argument("--screen-fps", type=float, default=5.0,
                         help="with --screen: its frames/s cap (default 5, as teachcam's)")
     args = parser.parse_args()
@@ -323,6 +360,8 @@ def main() -> int:
     if args.screen:
         SCREEN_FPS[0] = args.screen_fps
         return screen_main(args)
+    if args.region:
+        return region_main(args)
 
     frames = demo_frames(args.frames)
     lores_frames = demo_frames(args.frames, (342, 256))  # what picamera2's ISP-scaled lores stream delivers
