@@ -178,19 +178,29 @@ def control_rate(bundle_path: str, store: Path, frames: list, threads: int, clie
     return result
 
 
-def control_main(args) -> int:
-    lores_frames = demo_frames(args.frames, (342, 256))
+def alternating_rounds(args, measure) -> list:
+    """``measure(store, folder, round)`` for each of ``args.rounds`` rounds, over one store of 60 examples."""
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store60"
         enroll(store, args.bundle, 60)
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}…", file=sys.stderr)
-            row = {kind: control_rate(args.bundle, store, lores_frames, args.threads, kind, Path(tmp) / f"c{r}{kind}.sock")
-                   for kind in ("none", "three", "preview")}
-            row["ratio_three"] = row["three"]["fps"] / row["none"]["fps"]
-            row["ratio_preview"] = row["preview"]["fps"] / row["none"]["fps"]
-            rounds.append(row)
+            rounds.append(measure(store, Path(tmp), r))
+    return rounds
+
+
+def control_main(args) -> int:
+    lores_frames = demo_frames(args.frames, (342, 256))
+
+    def measure(store: Path, folder: Path, r: int) -> dict:
+        row = {kind: control_rate(args.bundle, store, lores_frames, args.threads, kind, folder / f"c{r}{kind}.sock")
+               for kind in ("none", "three", "preview")}
+        row["ratio_three"] = row["three"]["fps"] / row["none"]["fps"]
+        row["ratio_preview"] = row["preview"]["fps"] / row["none"]["fps"]
+        return row
+
+    rounds = alternating_rounds(args, measure)
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "frames": args.frames, "rounds": rounds,
            "ratio_three": float(np.median([r["ratio_three"] for r in rounds])),
            "ratio_preview": float(np.median([r["ratio_preview"] for r in rounds]))}
@@ -274,30 +284,26 @@ def region_main(args) -> int:
     cases = {"Pi 5 ISP 342x256": (lambda: ArraySource(lores), lambda: IspRegionSource(lores, region)),
              "640x480 software": (lambda: ArraySource(full), lambda: ArraySource(full)),
              "342x256 software": (lambda: ArraySource(lores), lambda: ArraySource(lores))}
-    rounds = []
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Path(tmp) / "store60"
-        enroll(store, args.bundle, 60)
-        for r in range(args.rounds):
-            print(f"round {r + 1}/{args.rounds}…", file=sys.stderr)
-            row = {}
-            for size, (plain, focused_source) in cases.items():
-                whole = daemon_rate(args.bundle, store, plain(), args.frames, args.threads)[0]
-                focused = daemon_rate(args.bundle, store, focused_source(), args.frames, args.threads, region)[0]
-                row[size] = {"whole": whole, "region": focused, "ratio": focused / whole}
-            rounds.append(row)
-    sizes = cases
+    def measure(store: Path, folder: Path, r: int) -> dict:
+        row = {}
+        for case, (plain, focused_source) in cases.items():
+            whole = daemon_rate(args.bundle, store, plain(), args.frames, args.threads)[0]
+            focused = daemon_rate(args.bundle, store, focused_source(), args.frames, args.threads, region)[0]
+            row[case] = {"whole": whole, "region": focused, "ratio": focused / whole}
+        return row
+
+    rounds = alternating_rounds(args, measure)
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "region": region, "rounds": rounds,
-           "ratio": {size: float(np.median([r[size]["ratio"] for r in rounds])) for size in sizes}}
+           "ratio": {case: float(np.median([r[case]["ratio"] for r in rounds])) for case in cases}}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     print(f"focus region cost — {out['machine']}, {args.threads} threads, {args.frames} frames, region {region}, "
           f"median of {args.rounds} alternating rounds")
     for r in rounds:
-        print("  " + " | ".join(f"{size}: {v['whole']:5.1f} → {v['region']:5.1f} fps ({v['ratio']:.3f}×)"
-                                for size, v in r.items()))
-    print("  median: " + ", ".join(f"{size} {ratio:.3f}×" for size, ratio in out["ratio"].items()) + " (target ≥ 0.97)")
+        print("  " + " | ".join(f"{case}: {v['whole']:5.1f} → {v['region']:5.1f} fps ({v['ratio']:.3f}×)"
+                                for case, v in r.items()))
+    print("  median: " + ", ".join(f"{case} {ratio:.3f}×" for case, ratio in out["ratio"].items()) + " (target ≥ 0.97)")
     return 0
 
 
