@@ -256,9 +256,7 @@ def cmd_store(args) -> int:
             print(f"cleared {teacher.clear(via='cli')} example(s); `teachcam store undo` brings them back")
         elif args.action == "undo":
             done = teacher.undo(args.action_id or None)
-            _print_undone(args.json, None if done is None else {
-                "undone": done.action.text, "action": done.action.id, "removed": len(done.removed),
-                "restored": len(done.restored), "undo": teacher.history[-1].brief() if teacher.history else None})
+            _print_undone(args.json, None if done is None else done.reply(teacher.next_undo()))
         elif args.action == "export":
             print(f"exported {teacher.export(args.archive)} example(s) to {args.archive}")
     return 0

@@ -197,11 +197,8 @@ def open_camera(d: Daemon) -> None:
     source = d.source
     d.gate = ChangeGate(camera.gate, camera.gate_max_interval, camera.max_inference_fps)
     summarize = signature if d.gate.enabled else None
-    set_source_region = getattr(source, "set_region", None)
-    if set_source_region is not None:
-        set_source_region(d.region)  # asked of the camera's ISP when it opens, and again at every reopen
-    d.grabber = FrameGrabber(source, fps=camera.fps, prepare=d.frame_preprocess, summarize=summarize)
-    d.grabber.prepare_view = d.preprocess
+    d.grabber = FrameGrabber(source, fps=camera.fps, summarize=summarize)
+    d.set_region(d.region)  # the preparation, and the region asked of the camera's ISP when it opens (and reopens)
     d.grabber.start()
 
 # -- running -------------------------------------------------------------------------------------
@@ -227,7 +224,7 @@ def reload(d: Daemon) -> None:
         d.source = camera_source(d)
         open_camera(d)
     else:
-        d.grabber.prepare, d.grabber.prepare_view = d.frame_preprocess, d.preprocess
+        d.set_region(d.region)  # the new bundle's preparation (load_models read the kept region again)
     d.smoother = Smoother(new.smoothing)
     if (new.buttons, new.leds, new.classes, new.output, new.mode) != (old.buttons, old.leds, old.classes,
                                                                       old.output, old.mode):

@@ -167,8 +167,7 @@ class Router:
                 d.event(m.Undone(action=action.id, text=action.text, labels=action.labels, removed=len(done.removed),
                                  restored=len(done.restored), sources=tuple(sorted({e.source for e in done.removed
                                                                                      if e.source})), via=via))
-                return {"undone": action.text, "action": action.id, "removed": len(done.removed),
-                        "restored": len(done.restored), "undo": self._next_undo(teacher)}
+                return done.reply(teacher.next_undo())
             case m.SetRegion(region=region, reset=reset):
                 return self._set_region(d.config.camera.region if reset else region, reset, via)
             case m.Clear():
@@ -208,7 +207,7 @@ class Router:
                                                            "source": example.source, "added": round(example.added, 3),
                                                            "region": example.region})
         return {"classes": [{"label": label, "count": len(items), "examples": items, "variety": view.variety(label)}
-                            for label, items in examples.items()], "undo": self._next_undo(teacher)}
+                            for label, items in examples.items()], "undo": teacher.next_undo()}
 
     def _set_region(self, region, reset: bool, via: str) -> dict:
         """The focus region, at once and kept (``reset``: the config's again); how many camera examples were taken
@@ -228,12 +227,6 @@ class Router:
         d.event(m.RegionChanged(region=d.region, other_region=len(others), via=via))
         # the ids too: a page offers to delete them (to re-take them with this region); undo brings them back
         return {"region": list(d.region) if d.region else None, "other_region": len(others), "other_ids": others}
-
-    @staticmethod
-    def _next_undo(teacher) -> dict | None:
-        """What undo would take back now (its id, its description), or None."""
-        history = teacher.history
-        return history[-1].brief() if history else None
 
     def _explain(self, count: int) -> dict:
         """The examples nearest to the current frame; the examples a leave-one-out vote puts in another class."""

@@ -311,7 +311,7 @@ class Daemon:
                 "kernels": self.embedder.kernels, "runtime": f"{runtime.name} {runtime.version}",
                 "store": self.config.store if self.teacher is not None else None,
                 "classes": self.teacher.counts() if self.teacher is not None else {},
-                "undo": self.teacher.history[-1].brief() if self.teacher is not None and self.teacher.history else None,
+                "undo": self.teacher.next_undo() if self.teacher is not None else None,
                 "shown": self.shown, "controls": self.control_mode,
                 "dropped_views": {b.port.name: b.dropped_views for b in self.mailboxes if b.dropped_views},
                 "fingerprint": self.embedder.fingerprint}

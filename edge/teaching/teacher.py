@@ -39,6 +39,11 @@ class Undoing:
     removed: list[Example]
     restored: list[Example]
 
+    def reply(self, next_undo: dict | None) -> dict:
+        """What the socket, MQTT and `teachcam store undo --json` say about it (``next_undo``: Teacher.next_undo)."""
+        return {"undone": self.action.text, "action": self.action.id, "removed": len(self.removed),
+                "restored": len(self.restored), "undo": next_undo}
+
 
 class Teacher:
     """Enrolled examples + KNN index + durable store."""
@@ -230,6 +235,10 @@ class Teacher:
         """What undo can take back, newest last."""
         return list(self.snapshot.history)
 
+    def next_undo(self) -> dict | None:
+        """What undo would take back now (its id, its description, who did it, when), or None."""
+        return self.snapshot.history[-1].brief() if self.snapshot.history else None
+
     def undo(self, action_id: str | None = None) -> Undoing | None:
         """Take back one action — the newest, or the one named — as its inverse on the store as it is now (see
         :mod:`teachcam.edge.teaching.history`). None when there is nothing to undo.
@@ -282,8 +291,7 @@ class Teacher:
                 back.append(snap.limbo_embeddings[j])
                 present.add(e.id)
         if restored:
-            examples = examples + restored
-            rows = np.concatenate([rows, np.stack(back)])
+            examples, rows = examples + restored, np.concatenate([rows, np.stack(back)])
             order = sorted(range(len(examples)), key=lambda i: examples[i].added)
             examples, rows = [examples[i] for i in order], rows[order]
         for name in action.created:
