@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from teachcam.edge.daemon import MODES
-from teachcam.edge.errors import ConfigError
+from teachcam.edge.errors import ClassNameError, ConfigError
 from teachcam.edge.model.runtime import PRECISIONS
 from teachcam.edge.region import check_region
-from teachcam.edge.teaching.store import check_class_name
+from teachcam.edge.teaching.names import check_new_class_name
 from teachcam.edge.teaching.teacher import CAP_POLICIES
 
 DEFAULT_CLASSES = ("one", "two", "three", "four")
@@ -216,7 +216,10 @@ class DaemonConfig:
         for key in ("terminal", "json"):
             if getattr(self.output, key) not in ("auto", "on", "off"):
                 raise ConfigError(f"output.{key} = {getattr(self.output, key)!r}: use auto, on or off")
-        names = [check_class_name(c) for c in self.classes]
+        try:
+            names = [check_new_class_name(c) for c in self.classes]
+        except ClassNameError as exc:
+            raise ConfigError(f"classes: {exc}") from None
         if len({n.casefold() for n in names}) != len(names):
             raise ConfigError("classes: two class names are the same (ignoring case)")
         if not names or len(names) > 9:

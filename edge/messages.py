@@ -407,7 +407,9 @@ class Stats(Event):
     """Periodic: how the daemon is doing."""
 
     kind: ClassVar[str] = "stats"
-    fps: float = 0.0
+    fps: float = 0.0  # = model_fps (its old name)
+    model_fps: float = 0.0  # frames a second the model could classify: 1 / the time one frame takes
+    camera_fps: float = 0.0  # frames a second the camera delivers
     inference_ms: float = 0.0
     frames: int = 0
     uptime_s: float = 0.0

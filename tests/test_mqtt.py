@@ -174,11 +174,12 @@ def test_state_commands_and_home_assistant_discovery(bundle_path, tmp_path, brok
     assert config["o"]["name"] == "teachcam" and config["avty_t"] == f"{base}/availability"
     platforms = {key: c["p"] for key, c in config["cmps"].items()}
     assert platforms == {"label": "sensor", "confidence": "sensor", "class_seen": "event", "snapshot": "image",
-                         "teach_class": "select", "capture": "button", "paused": "switch", "fps": "sensor",
-                         "inference_ms": "sensor", "examples": "sensor"}
-    assert all(c["uniq_id"].startswith("teachcam_pi1_") for c in config["cmps"].values())
+                         "teach_class": "select", "capture": "button", "paused": "switch", "camera_fps": "sensor",
+                         "model_fps": "sensor", "inference_ms": "sensor", "examples": "sensor",
+                         "fps": "sensor"}  # "fps": retired (only its platform: Home Assistant removes the entity)
+    assert all(c["uniq_id"].startswith("teachcam_pi1_") for k, c in config["cmps"].items() if k != "fps")
     assert config["cmps"]["label"]["stat_t"] == f"{base}/state" and config["cmps"]["label"]["exp_aft"] > 0
-    assert config["cmps"]["fps"]["ent_cat"] == "diagnostic"
+    assert config["cmps"]["camera_fps"]["ent_cat"] == config["cmps"]["model_fps"]["ent_cat"] == "diagnostic"
 
     # a command with a transaction id: enroll the current frame into "cat"
     watcher.publish(f"{base}/request/enroll", {"id": "t-1", "label": "cat"})
@@ -233,6 +234,88 @@ def test_state_commands_and_home_assistant_discovery(bundle_path, tmp_path, brok
     assert watcher.wait(lambda: watcher.on(f"{base}/availability")[-1:] == [b"offline"])
     bridge.start()
     assert watcher.wait(lambda: watcher.on(f"{base}/availability")[-1:] == [b"online"])
+
+
+def home_assistant_rules_broken(watcher: Watcher, base: str, discovery_topic: str) -> list[str]:
+    """What Home Assistant would log as an error or a warning, from the messages in the order it got them: a select
+    state that is not one of the options of the discovery before it, an event type the discovery did not declare."""
+    broken, options, types = [], None, None
+    with watcher.lock:
+        messages = list(watcher.messages)
+    for topic, payload, _, _ in messages:
+        if topic == discovery_topic and payload:
+            cmps = json.loads(payload)["cmps"]
+            options, types = cmps["teach_class"]["ops"], cmps["class_seen"]["evt_typ"]
+        elif topic == f"{base}/teach_class" and payload != b"None" and payload.decode() not in (options or []):
+            broken.append(f"select state {payload.decode()!r} not in {options}")
+        elif topic == f"{base}/event/class" and json.loads(payload)["event_type"] not in (types or []):
+            broken.append(f"event type {json.loads(payload)['event_type']!r} not in {types}")
+    return broken
+
+
+def test_home_assistant_gets_valid_states_and_capture_follows_a_rename(bundle_path, tmp_path, broker, cleanup):
+    """#25 1, 3, 5, 7, 8: the select's state is always one of its options or None; every event type is declared;
+    the chosen class follows a rename and is dropped with its class; a late subscriber gets the stats at once;
+    camera and model frames/s apart; one announce burst; reserved names refused on every topic."""
+    daemon = start_daemon(bundle_path, tmp_path, "pi1", "chelsea.png", 52, cleanup)
+    watcher = Watcher(broker.port)
+    cleanup(watcher)
+    bridge = BridgeProcess(tmp_path, "pi1", daemon.socket, broker.port)
+    cleanup(bridge)
+    base, discovery_topic = "teachcam/pi1", "homeassistant/device/pi1/config"
+    assert watcher.wait(lambda: watcher.on(f"{base}/teach_class") and watcher.on(f"{base}/stats"))
+    time.sleep(1.5)
+    # one announce burst for the start (the daemon and the broker both coming up)
+    assert len(watcher.on(discovery_topic)) == 1 and watcher.on(f"{base}/availability") == [b"online"]
+    assert watcher.on(f"{base}/teach_class") == [b"None"]  # no classes yet: nothing chosen (not the placeholder)
+
+    for label in ("cat", "dog"):
+        watcher.publish(f"{base}/request/add_class", {"label": label})
+    assert watcher.wait(lambda: json.loads(watcher.on(discovery_topic)[-1])["cmps"]["teach_class"]["ops"]
+                        == ["cat", "dog"])
+    watcher.publish(f"{base}/set/teach_class", b"cat")
+    assert watcher.wait(lambda: watcher.on(f"{base}/teach_class")[-1:] == [b"cat"])
+    watcher.publish(f"{base}/set/capture", b"PRESS")
+    assert watcher.wait(lambda: daemon.status()["classes"] == {"cat": 1, "dog": 0})
+    assert watcher.wait(lambda: watcher.last_json(f"{base}/classes") == {"classes": {"cat": 1, "dog": 0}, "examples": 1})
+
+    # renamed in teachcam (here through the socket, as the page does): Capture enrolls into the new name
+    daemon.request("rename_class", old="cat", new="kitty")
+    assert watcher.wait(lambda: watcher.on(f"{base}/teach_class")[-1:] == [b"kitty"])
+    watcher.publish(f"{base}/set/capture", b"PRESS")
+    assert watcher.wait(lambda: daemon.status()["classes"] == {"kitty": 2, "dog": 0}), bridge.text()
+    # removed: nothing chosen any more, and Capture brings nothing back
+    daemon.request("remove_class", label="kitty")
+    assert watcher.wait(lambda: watcher.on(f"{base}/teach_class")[-1:] == [b"None"])
+    watcher.publish(f"{base}/set/capture", b"PRESS")
+    assert watcher.wait(lambda: "choose a class to teach first" in bridge.text())
+    assert daemon.status()["classes"] == {"dog": 0}
+    watcher.publish(f"{base}/set/teach_class", b"kitty")  # a stale choice from Home Assistant is not taken
+    assert watcher.wait(lambda: "no class 'kitty'" in bridge.text())
+    assert watcher.on(f"{base}/teach_class")[-1:] == [b"None"]
+
+    # reserved names: refused with one line on every way in (request topics, the socket), nothing changes
+    for name in ("unknown", "None", "icon", "nothing recognised"):
+        watcher.publish(f"{base}/request/add_class", {"id": name, "label": name})
+        assert watcher.wait(lambda n=name: (watcher.last_json(f"{base}/response/add_class") or {}).get("id") == n)
+        response = watcher.last_json(f"{base}/response/add_class")
+        assert response["status"] == "error" and "reserved word" in response["error"], response
+        watcher.publish(f"{base}/request/enroll", {"id": name, "label": name})
+        assert watcher.wait(lambda n=name: (watcher.last_json(f"{base}/response/enroll") or {}).get("id") == n)
+        assert "reserved word" in watcher.last_json(f"{base}/response/enroll")["error"]
+        with pytest.raises(Exception, match="reserved word"):
+            daemon.request("rename_class", old="dog", new=name)
+    assert daemon.status()["classes"] == {"dog": 0}
+
+    # a subscriber that comes late (Home Assistant restarting) gets the stats at once, retained, with the camera's
+    # rate and the model's capacity apart
+    late = Watcher(broker.port, topics=(f"{base}/stats", f"{base}/classes"))
+    cleanup(late)
+    assert late.wait(lambda: late.on(f"{base}/stats") and late.on(f"{base}/classes"), timeout=5)
+    stats = late.last_json(f"{base}/stats")
+    assert 0 < stats["camera_fps"] < 100 and stats["model_fps"] > 0 and "fps" not in stats
+    assert all(retained for t, _, retained, _ in late.messages)
+    assert home_assistant_rules_broken(watcher, base, discovery_topic) == []
 
 
 def test_bad_input_on_every_command_topic_gets_an_error_and_changes_nothing(bundle_path, tmp_path, broker, cleanup):

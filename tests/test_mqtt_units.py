@@ -86,7 +86,47 @@ def test_discovery_names_every_class_and_never_an_empty_option_list():
     assert payload["cmps"]["teach_class"]["ops"] == [hass.NO_CLASS]
     payload = json.loads(hass.discovery_payload(device_id="pi1", base="teachcam/pi1", classes=["cat", "dog"],
                                                 expire_after=90, web_url="http://pi1:8080/"))
-    assert payload["cmps"]["class_seen"]["evt_typ"] == ["cat", "dog"] and payload["dev"]["cu"] == "http://pi1:8080/"
+    # every event type the bridge publishes is declared: the classes and "nothing recognised" (#25)
+    assert payload["cmps"]["class_seen"]["evt_typ"] == ["cat", "dog", "nothing recognised"]
+    assert payload["dev"]["cu"] == "http://pi1:8080/"
+    assert [hass.event_type(x) for x in ("cat", "unknown", "", None)] == ["cat"] + ["nothing recognised"] * 3
+    # the camera's rate and the model's capacity are two sensors; the old "fps" one is retired (platform only)
+    assert payload["cmps"]["camera_fps"]["val_tpl"] == "{{ value_json.camera_fps }}"
+    assert payload["cmps"]["model_fps"]["val_tpl"] == "{{ value_json.model_fps }}"
+    assert payload["cmps"]["fps"] == {"p": "sensor"}
+    assert payload["cmps"]["examples"]["stat_t"] == "teachcam/pi1/classes"  # published on every change, retained
+
+
+def render(template: str, value: dict) -> str:
+    """A discovery template rendered as Home Assistant does (Jinja2, the payload's JSON as value_json)."""
+    jinja2 = pytest.importorskip("jinja2")
+    environment = jinja2.Environment()
+    environment.filters["tojson"] = json.dumps
+    return environment.from_string(template).render(value_json=value)
+
+
+def test_nothing_recognised_is_neither_home_assistants_unknown_nor_confident():
+    cmps = json.loads(hass.discovery_payload(device_id="pi1", base="b", classes=["cat"], expire_after=90))["cmps"]
+    label, confidence = cmps["label"]["val_tpl"], cmps["confidence"]["val_tpl"]
+    assert render(label, {"label": "cat", "confidence": 0.91}) == "cat"
+    assert render(confidence, {"label": "cat", "confidence": 0.91}) == "91.0"
+    for nothing in ({"label": "unknown", "confidence": 0.9}, {"label": None, "confidence": 0.0}):
+        assert render(label, nothing) == "nothing recognised"
+        assert render(confidence, nothing) == "None"  # Home Assistant: no value (not 90 %)
+
+
+@pytest.mark.parametrize("name", ["unknown", "Unknown", "unavailable", "None", "none", "nothing recognised", "icon",
+                                  "friendly_name", "Entity_ID"])
+def test_reserved_class_names_are_refused_with_one_line(name):
+    from teachcam.edge.errors import ClassNameError
+    from teachcam.edge.teaching.names import check_class_name, check_new_class_name
+
+    assert check_class_name(name) == name  # a store that holds one still loads (nothing lost)
+    with pytest.raises(ClassNameError, match="reserved word.*choose another class name") as refused:
+        check_new_class_name(name)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(ConfigError, match="reserved word"):
+        load_config(None, {"classes": ["cat", name]})
 
 
 def test_mqtt_config_is_checked():

@@ -256,10 +256,12 @@ def cmd_status(args) -> int:
     camera = "ok" if status["camera_ok"] else f"TROUBLE: {status['camera_error']}"
     runs_on = {"edgetpu": "Edge TPU", "xnnpack": "CPU (XNNPACK)"}.get(status["kernels"], "CPU (reference kernels)")
     hours, rest = divmod(int(status["uptime_s"]), 3600)
-    print(f"camera    {status['camera']} — {camera}{'  (paused)' if status['paused'] else ''}")
+    print(f"camera    {status['camera']} — {camera}{'  (paused)' if status['paused'] else ''}; "
+          f"delivers {status.get('camera_fps', 0.0):.1f} frames/s")
     print(f"model     {status['model']} on {runs_on}, {status['runtime']}; mode {status['mode']}")
-    print(f"speed     {status['fps']:.1f} frames/s, inference {status['inference_ms']:.1f} ms; "
-          f"{status['frames']} frames in {hours}:{rest // 60:02d}:{rest % 60:02d}")
+    print(f"speed     the model could classify {status.get('model_fps', status['fps']):.1f} frames/s "
+          f"(inference {status['inference_ms']:.1f} ms); {status['frames']} frames in "
+          f"{hours}:{rest // 60:02d}:{rest % 60:02d}")
     print(f"showing   {status['shown']}")
     print(f"store     {status['store']}: {status['examples']} example(s)")
     for label, count in status["classes"].items():
@@ -298,7 +300,8 @@ def _describe(message: dict) -> str:
     elif isinstance(event, m.Enrolled):
         text = f"enrolled an example of {event.label} ({event.count} now, via {event.via})"
     elif isinstance(event, m.Stats):
-        text = f"{event.fps:.1f} frames/s, inference {event.inference_ms:.1f} ms, {event.examples} examples"
+        text = (f"camera {event.camera_fps:.1f} frames/s, model capacity {event.model_fps or event.fps:.1f} frames/s "
+                f"(inference {event.inference_ms:.1f} ms), {event.examples} examples")
     else:  # every other kind (and a newer daemon's) as its fields
         fields = {k: v for k, v in message.items() if k not in ("event", "time")}
         text = f"{message.get('event')} {json.dumps(fields, ensure_ascii=False)}"

@@ -246,7 +246,7 @@ class Daemon:
         t3 = time.perf_counter()
         shown = self.smoother.update(label)
         counts = self.teacher.counts() if self.teacher is not None else {}
-        view = View(shown, label, score, confidence, confidences, counts, self._fps(),
+        view = View(shown, label, score, confidence, confidences, counts, self.model_fps(),
                     (time.monotonic() - captured) * 1e3 if captured else (t3 - t0) * 1e3,
                     number if number is not None else self.stats.frames + 1, self.config.mode, self.region)
         if shown != self.shown:
@@ -268,7 +268,7 @@ class Daemon:
             self.notifier.notify(f"STATUS=classifying frames from {self.config.camera.source}")
         return view
 
-    def _fps(self) -> float:
+    def model_fps(self) -> float:
         invoke = self.stats.stages.get("invoke")
         if not invoke:
             return 0.0
@@ -291,7 +291,12 @@ class Daemon:
 
     def _stats_fields(self) -> dict:
         invoke = self.stats.stages.get("invoke") or [0.0]
-        return {"fps": round(self._fps(), 1), "inference_ms": round(1e3 * sum(invoke[-30:]) / len(invoke[-30:]), 2),
+        model_fps = round(self.model_fps(), 1)
+        # model_fps: what the model could classify (1 / the time one frame takes); camera_fps: what the camera
+        # delivers. "fps" is model_fps under its old name (scripts read it).
+        return {"model_fps": model_fps, "fps": model_fps,
+                "camera_fps": round(self.grabber.delivered_fps(), 1) if self.grabber is not None else 0.0,
+                "inference_ms": round(1e3 * sum(invoke[-30:]) / len(invoke[-30:]), 2),
                 "frames": self.stats.frames, "uptime_s": round(time.monotonic() - self.stats.started, 1),
                 "examples": len(self.teacher) if self.teacher is not None else 0, "paused": self.paused,
                 **({"gated": self.gate.gated, "capped": self.gate.capped, "embedded": self.gate.embedded}
@@ -302,7 +307,6 @@ class Daemon:
         runtime = interpreter_module()
         hint = getattr(self.grabber.source, "hint", None) if self.grabber is not None else None
         return {**self._stats_fields(), "camera": self.config.camera.source,
-                "camera_fps": round(self.grabber.delivered_fps(), 1) if self.grabber is not None else 0.0,
                 "region": list(self.region) if self.region else None,
                 "scene": hint() if hint is not None else None,
                 "camera_ok": not self._camera_trouble,

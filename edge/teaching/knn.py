@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-UNKNOWN = "unknown"
+from teachcam.edge.teaching.names import UNKNOWN  # noqa: F401 (the answer when nothing is recognised)
+
 EXACT_LIMIT = 512  # above this many examples, a coarse pass picks the candidates to score exactly (see KNNIndex)
 COARSE_DIM = 64
 CANDIDATES_PER_K = 4

@@ -28,46 +28,23 @@ import os
 import re
 import struct
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from teachcam.edge.errors import ClassNameError, StoreError, StoreVersionError
+from teachcam.edge.errors import StoreError, StoreVersionError
 from teachcam.edge.teaching.durable import FILE_MODE, FOLDER_MODE, fsync_dir, make_folder, write_atomic
 from teachcam.edge.teaching.history import Action
+from teachcam.edge.teaching.names import MAX_NAME_LENGTH, check_class_name  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: the undo history and its limbo; a generation with an empty limbo is still written as 1
 MAGIC = b"TEACHCAM-STORE\n"
-MAX_NAME_LENGTH = 64
 KEEP_GENERATIONS = 2
 _GEN_RE = re.compile(r"^gen-(\d{8})\.tcs$")
-
-
-def check_class_name(name: str) -> str:
-    """Return the canonical form of a class name (NFC, trimmed) or raise ClassNameError.
-
-    Rules: 1–64 characters after trimming; any language; no control characters; no ``/``
-    or ``\\`` (names become folder names in exports); not ``.`` or ``..``.
-    """
-    if not isinstance(name, str):
-        raise ClassNameError("a class name must be text")
-    canonical = unicodedata.normalize("NFC", name).strip()
-    if not canonical:
-        raise ClassNameError("a class name cannot be empty")
-    if len(canonical) > MAX_NAME_LENGTH:
-        raise ClassNameError(f"class name is {len(canonical)} characters long; the limit is {MAX_NAME_LENGTH}")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in canonical):
-        raise ClassNameError(f"class name {canonical!r} contains control characters")
-    if "/" in canonical or "\\" in canonical:
-        raise ClassNameError(f"class name {canonical!r} contains a slash; use another character (names become folders)")
-    if canonical in (".", ".."):
-        raise ClassNameError(f"{canonical!r} is not a usable class name")
-    return canonical
 
 
 @dataclass

@@ -25,6 +25,7 @@ from teachcam.edge.errors import ClassNameError, StoreError
 from teachcam.edge.teaching.archive import export_archive
 from teachcam.edge.teaching.history import DEPTH, Action, in_limbo, record, trim
 from teachcam.edge.teaching.knn import KNNConfig, KNNIndex, Prediction
+from teachcam.edge.teaching.names import check_new_class_name
 from teachcam.edge.teaching.store import EnrollmentStore, Example, Snapshot, check_class_name, count_examples, normalize_rows
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class Teacher:
                                      f"use {existing!r}")
         if not create:
             raise ClassNameError(f"no class {canonical!r} in the store (classes: {', '.join(self.classes) or 'none'})")
-        return canonical
+        return check_new_class_name(canonical)
 
     def _commit(self, examples: list[Example], embeddings: np.ndarray, classes: list[str],
                 fingerprint: str | None = None, *, action: Action | None = None, taken=(),
@@ -354,6 +355,8 @@ class Teacher:
     def rename_class(self, old: str, new: str, *, via: str = "") -> str:
         source = self.resolve_name(old, create=False)
         target = check_class_name(new)
+        if target.casefold() != source.casefold():
+            check_new_class_name(target)
         clash = [c for c in self.snapshot.classes if c != source and c.casefold() == target.casefold()]
         if clash:
             raise ClassNameError(f"cannot rename {source!r} to {target!r}: class {clash[0]!r} exists")

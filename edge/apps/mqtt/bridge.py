@@ -12,10 +12,11 @@ Topics, under ``<base>`` = ``teachcam/<device id>`` unless configured:
 ``<base>/availability``        ``online`` / ``offline`` (retained; ``offline`` is also the will)
 ``<base>/state``               retained JSON: label, confidence, scores, counts, time, bundle fingerprint
 ``<base>/event``               every daemon event (class changes, enrollments, camera trouble, …)
-``<base>/event/class``         ``{"event_type": LABEL}`` on each class change (Home Assistant's event)
+``<base>/event/class``         ``{"event_type": LABEL}`` on each class change (Home Assistant's event;
+                               ``nothing recognised`` when the view turns to unknown)
 ``<base>/snapshot``            a small JPEG on each class change (retained)
-``<base>/classes``             retained JSON: classes and example counts
-``<base>/stats``               JSON every 60 s: fps, inference ms, uptime, examples, camera
+``<base>/classes``             retained JSON: classes and example counts (on every change)
+``<base>/stats``               retained JSON every 60 s: camera and model frames/s, inference ms, uptime, camera
 ``<base>/request/<op>``        commands → ``<base>/response/<op>``: ``{"id", "status", "data", "error"}``
 ``teachcam/all/request/<op>``  the same for every device; each answers on its own response topic
 ``<base>/set/…``, ``<base>/teach_class``, ``<base>/paused``  Home Assistant's select, button and switch
@@ -52,6 +53,7 @@ MAX_REQUEST = 64 * 1024
 STATE_MIN_INTERVAL = 0.25  # at most 4 state messages a second
 STATS_INTERVAL = 60.0
 SNAPSHOT_SIZE = 320
+TEACH_CLASS_DELAY = 1.0  # s between a discovery with new options and a select state that needs them
 SNAPSHOT_MIN_INTERVAL = 1.0  # a JPEG is encoded in the daemon: at most one a second, of the newest class
 # The daemon events published on <base>/event (not stats: <base>/stats has them; not notices: they hold secrets),
 # and the ones that change what the store holds.
@@ -91,6 +93,7 @@ class Bridge:
         self.last_stats = 0.0
         self.last_snapshot = 0.0
         self.snapshot_due = False
+        self.teach_class_due = 0.0  # when to publish the chosen class again (after a discovery with new options)
         self.dropped = 0  # work items dropped because the worker fell 20,000 behind
         self.transport = Transport(self.config, device=self.device, will_topic=f"{self.base}/availability", put=self._put)
 
@@ -203,10 +206,9 @@ class Bridge:
             # published after the subscription: when this one comes back, the replay is over.
             self.transport.client.publish(f"{self.base}/sync", marker, qos=1)
         pending = self.transport.take_pending()
-        if self.daemon_up:
-            self._announce()
+        announced = self._announce()  # once per connection: it publishes every retained topic afresh
         for topic, (data, retain, qos) in pending.items():
-            if topic != f"{self.base}/availability":
+            if topic != f"{self.base}/availability" and topic not in announced:
                 self.publish(topic, data, retain=retain, qos=qos)
 
     def _daemon_ready(self) -> None:
@@ -216,21 +218,30 @@ class Bridge:
         self.classes = dict(status.get("classes") or {})
         if self.prediction.get("label") is None and status.get("shown"):
             self.prediction = {"label": status["shown"], "confidence": 0.0, "confidences": {}}
-        self._announce()
+        if self.connected:
+            self._announce()  # (not connected: the broker's connection announces)
         if self.sync is not None and self.connected:
             self._carry_out(self.sync.share_own(self._listing()))  # (nothing while catching up)
 
-    def _announce(self) -> None:
-        """Availability, discovery and every retained topic, as after a (re)connect."""
+    def _announce(self) -> set[str]:
+        """Availability, discovery and every retained topic, as after a (re)connect; the topics it published."""
         if not self.daemon_up:
-            return
+            return set()
         self.publish(f"{self.base}/availability", "online", retain=True, qos=1)
         self._publish_discovery()
         self._publish_classes()
         self._publish_state()
         self.publish(f"{self.base}/paused", "ON" if self.paused else "OFF", retain=True)
-        self.publish(f"{self.base}/teach_class", self.teach_class or hass.NO_CLASS, retain=True)
+        self._publish_teach_class()
         self._publish_stats()
+        return {f"{self.base}/{t}" for t in ("availability", "classes", "state", "paused", "teach_class", "stats")} | {
+            hass.discovery_topic(self.config.discovery_prefix, self.device)}
+
+    def _publish_teach_class(self) -> None:
+        """The select's state: a class that is one of its options, or ``None`` (Home Assistant: nothing chosen)."""
+        if self.teach_class not in self.classes:
+            self.teach_class = ""
+        self.publish(f"{self.base}/teach_class", self.teach_class or hass.NO_SELECTION, retain=True)
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -238,6 +249,9 @@ class Bridge:
             self._publish_state()
         if self.daemon_up and now - self.last_state >= self.config.state_interval:
             self._publish_state()
+        if self.teach_class_due and now >= self.teach_class_due:
+            self.teach_class_due = 0.0
+            self._publish_teach_class()
         if self.snapshot_due and self.daemon_up and now - self.last_snapshot >= SNAPSHOT_MIN_INTERVAL:
             self._publish_snapshot()
         if self.daemon_up and now - self.last_stats >= STATS_INTERVAL:
@@ -262,9 +276,10 @@ class Bridge:
             status = self.ask("status")
         except ControlError:
             return
-        keep = ("fps", "inference_ms", "uptime_s", "examples", "frames", "camera", "camera_ok", "model", "kernels",
-                "temperature_c", "throttled", "paused")
-        self.publish(f"{self.base}/stats", {k: status.get(k) for k in keep})
+        keep = ("camera_fps", "model_fps", "inference_ms", "uptime_s", "examples", "frames", "camera", "camera_ok",
+                "model", "kernels", "temperature_c", "throttled", "paused")
+        # retained: Home Assistant (re)starting, a script subscribing late — each gets the figures at once
+        self.publish(f"{self.base}/stats", {k: status.get(k) for k in keep}, retain=True)
 
     def _publish_classes(self) -> None:
         self.publish(f"{self.base}/classes", {"classes": self.classes, "examples": sum(self.classes.values())},
@@ -296,7 +311,7 @@ class Bridge:
             self.classes = dict(event.counts or self.classes)
             self.state_due = True
             if changed:
-                self.publish(f"{self.base}/event/class", {"event_type": event.label or "unknown"})
+                self.publish(f"{self.base}/event/class", {"event_type": hass.event_type(event.label)})
                 self.snapshot_due = True
         elif isinstance(event, m.Paused):
             self.paused = bool(event.paused)
@@ -309,10 +324,27 @@ class Bridge:
                 self.classes = {c["label"]: c["count"] for c in listing}
             self._publish_classes()
             self.state_due = True
+            self._follow_teach_class(event)
             if list(self.classes) != before:
                 self._publish_discovery()
+                if self.teach_class:  # after Home Assistant took the new options (a state not among them is an error)
+                    self.teach_class_due = time.monotonic() + TEACH_CLASS_DELAY
             if self.sync is not None:
                 self._carry_out(self.sync.changed(event, listing))
+
+    def _follow_teach_class(self, event: m.Event) -> None:
+        """The class chosen to teach follows a rename and is dropped when its class goes (Capture must never
+        bring a removed class back, or enroll into a name that is no more)."""
+        chosen = self.teach_class
+        if isinstance(event, m.Renamed) and chosen == event.old:
+            chosen = event.new
+        if chosen not in self.classes:
+            chosen = ""
+        if chosen != self.teach_class:
+            # "None" first: always valid, whatever options Home Assistant holds at this moment
+            self.teach_class = ""
+            self.publish(f"{self.base}/teach_class", hass.NO_SELECTION, retain=True)
+            self.teach_class = chosen
 
     def _listing(self) -> list[dict] | None:
         """The daemon's classes with their examples (the ``classes`` op), or None when it does not answer."""
@@ -367,10 +399,14 @@ class Bridge:
             if what == "teach_class":
                 if text in self.classes:
                     self.teach_class = text
-                self.publish(f"{self.base}/teach_class", self.teach_class or hass.NO_CLASS, retain=True)
+                elif text != hass.NO_CLASS:
+                    log.warning("Class to teach: no class %r (classes: %s)", text, ", ".join(self.classes) or "none")
+                self._publish_teach_class()
             elif what == "capture":
-                if not self.teach_class:
-                    raise ControlError("capture: choose a class to teach first")
+                if self.teach_class not in self.classes:  # (renames and removals are followed: belt and braces)
+                    self.teach_class = ""
+                    self._publish_teach_class()
+                    raise ControlError("capture: choose a class to teach first (Class to teach)")
                 self.ask("enroll", label=self.teach_class, via="mqtt")
             elif what == "paused":
                 self.ask("pause" if text.upper() == "ON" else "resume", via="mqtt")

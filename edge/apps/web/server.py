@@ -286,7 +286,10 @@ class WebApp:
             except ControlError:
                 status = {}
         lines.append(f"teachcam_up {1 if status else 0}")
-        gauges = [("frames_per_second", "fps", "gauge", "classified frames per second"),
+        gauges = [("camera_frames_per_second", "camera_fps", "gauge", "frames per second the camera delivers"),
+                  ("model_frames_per_second", "model_fps", "gauge",
+                   "frames per second the model could classify (1 / the time one frame takes)"),
+                  ("frames_per_second", "fps", "gauge", "the same as model_frames_per_second (its old name)"),
                   ("inference_milliseconds", "inference_ms", "gauge", "model invoke time"),
                   ("frames_total", "frames", "counter", "frames classified since the daemon started"),
                   ("uptime_seconds", "uptime_s", "gauge", "seconds since the daemon started"),
