@@ -27,6 +27,7 @@ Topics, under ``<base>`` = ``teachcam/<device id>`` unless configured:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import logging
@@ -439,10 +440,10 @@ class Bridge:
             log.debug("example %s: %s", action.example_id, exc)
             self.sync.not_shared(action.example_id)
             return
+        bare = fleet.FleetExample(self.group, self.device, action.example_id, data["label"], data["fingerprint"],
+                                  data["embedding"], "", data["added"])
         with Image.open(io.BytesIO(base64.b64decode(data["png"]))) as image:
-            out = io.BytesIO()
-            image.convert("RGB").save(out, "JPEG", quality=90)
-        shared = fleet.FleetExample(self.group, self.device, action.example_id, data["label"], data["fingerprint"],
-                                    data["embedding"], base64.b64encode(out.getvalue()).decode(), data["added"])
+            jpeg = fleet.fit_jpeg(image, fleet.jpeg_budget(bare))
+        shared = dataclasses.replace(bare, jpeg=base64.b64encode(jpeg).decode())
         self.publish(fleet.example_topic(self.group, self.device, action.example_id), shared.payload(), retain=True,
                      qos=1)
