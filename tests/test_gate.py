@@ -38,12 +38,12 @@ class Views:
         return view
 
 
-def make(bundle_path, tmp_path, frames, *, gate=3.0, fps=0.0, taught=None, **camera):
+def make(bundle_path, tmp_path, frames, *, gate=3.0, fps=0.0, taught=None, smoothing=1, **camera):
     """A daemon on ``frames`` (fps 0: every frame, one read ahead, none dropped), its store taught ``taught``."""
     if taught:
         teach(bundle_path, tmp_path / "store", *taught)
     config = load_config(None, {"bundle": str(bundle_path), "store": str(tmp_path / "store"), "classes": ["cat", "cup"],
-                                "smoothing": 1, "frames": len(frames), "buttons": {"enabled": False},
+                                "smoothing": smoothing, "frames": len(frames), "buttons": {"enabled": False},
                                 "leds": {"enabled": False}, "output": {"terminal": "off", "json": "off"},
                                 "camera": {"fps": fps, "gate": gate, **camera}})
     daemon = Daemon(config, source=ArraySource(frames), keyboard=False, stdout=io.StringIO()).start()
@@ -83,6 +83,34 @@ def test_a_still_scene_is_gated_and_a_change_is_embedded_on_the_very_next_frame(
     assert counts["gated"] >= 50 and counts["embedded"] <= 6, counts  # two still scenes: a handful of model runs
     first_cup = next(number for number, label in views.seen if label == "cup")
     assert first_cup == 31  # the very first cup frame: not one frame later than without the gate
+
+
+def test_the_shown_class_follows_a_still_scene_as_fast_with_the_gate_as_without(bundle_path, tmp_path, scenes):
+    """A gated frame votes its (unchanged) prediction: with smoothing, an object put down and left still is shown
+    after the same frames as without the gate (it was shown only after gate.max_interval per vote, or never)."""
+    from teachcam.edge import messages as m
+
+    cat, cup = scenes
+    frames = noisy(cat[1], 30, 5) + noisy(cup[1], 30, 6)
+    switched = {}
+    for gate in (3.0, 0.0):
+        daemon = make(bundle_path, tmp_path / f"gate{gate}", frames, gate=gate, smoothing=5, taught=(cat[0], cup[0]))
+        changes, original = [], daemon.event
+
+        def record(event, *args, daemon=daemon, changes=changes, original=original, **kwargs):
+            if isinstance(event, m.PredictionChanged):
+                changes.append((daemon.stats.frames, event.label))
+            return original(event, *args, **kwargs)
+
+        daemon.event = record
+        try:
+            daemon.run()
+            if gate:
+                assert daemon.gate.counts()["gated"] >= 40  # the gate did spare most frames
+        finally:
+            daemon.close()
+        switched[gate] = next(frame for frame, label in changes if label == "cup")
+    assert switched[3.0] <= switched[0.0] + 1 and switched[0.0] <= 30 + 5, switched
 
 
 def test_gating_off_is_todays_behaviour_exactly(bundle_path, tmp_path, scenes):

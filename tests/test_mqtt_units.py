@@ -116,7 +116,7 @@ def test_nothing_recognised_is_neither_home_assistants_unknown_nor_confident():
 
 
 @pytest.mark.parametrize("name", ["unknown", "Unknown", "unavailable", "None", "none", "nothing recognised", "icon",
-                                  "friendly_name", "Entity_ID"])
+                                  "friendly_name", "State", "state_class"])
 def test_reserved_class_names_are_refused_with_one_line(name):
     from teachcam.edge.errors import ClassNameError
     from teachcam.edge.teaching.names import check_class_name, check_new_class_name

@@ -180,8 +180,19 @@ class Daemon:
         self.last_frame = frame.image
         self._apply_commands(None)
         self.stats.frames += 1
-        self._show(replace(self._view, frame=frame.number, latency_ms=(time.monotonic() - frame.captured) * 1e3),
-                   frame.image)
+        view = self._view
+        # The scene is the one the model last saw, so its prediction is this frame's too: it votes. (Without the
+        # vote, an object put down and left still got one vote per gate.max_interval, and the shown class
+        # changed seconds late — or never, with a view that changed every few frames.)
+        shown = self.smoother.update(view.raw_label)
+        if shown != self.shown:
+            self.shown = shown
+            self.event(m.PredictionChanged(label=shown, raw_label=view.raw_label, score=round(view.score, 4),
+                                            confidence=round(view.confidence, 4),
+                                            confidences={k: round(v, 4) for k, v in view.confidences.items()},
+                                            counts=view.counts), log_it=False)
+        self._show(replace(view, label=shown, frame=frame.number,
+                           latency_ms=(time.monotonic() - frame.captured) * 1e3), frame.image)
 
     def _show(self, view: View, image: np.ndarray) -> None:
         self._view = view

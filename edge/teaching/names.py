@@ -10,7 +10,7 @@ because a class called one of them would be taken for something else:
   or sensor receiving ``None`` resets itself), and ``nothing recognised`` is the label and
   event type this project gives Home Assistant for "nothing recognised";
 * the attribute names Home Assistant's MQTT integration drops from a JSON attributes
-  payload (``MQTT_ATTRIBUTES_BLOCKED`` in ``homeassistant/components/mqtt/entity.py``): the
+  payload (``MQTT_ATTRIBUTES_BLOCKED`` in ``homeassistant/components/mqtt/entity.py``, and the sensor's): the
   Label sensor carries each class's score as an attribute named after the class.
 
 Names compare without case (the store's rule: ``Cat`` is ``cat``). A store that already holds
@@ -30,10 +30,12 @@ _OWN = {UNKNOWN: "teachcam's answer when it recognises nothing",
         "unavailable": "Home Assistant's state of an entity it cannot reach",
         "none": "Home Assistant reads it as 'no value'",
         NOTHING_RECOGNISED: "what Home Assistant is told when nothing is recognised"}
-# homeassistant/components/mqtt/entity.py, MQTT_ATTRIBUTES_BLOCKED (read from Home Assistant 2026.2.3's source)
+# Home Assistant 2026.2.3: homeassistant/components/mqtt/entity.py MQTT_ATTRIBUTES_BLOCKED, and sensor.py's
+# MQTT_SENSOR_ATTRIBUTES_BLOCKED (last_reset, state_class) for the Label sensor
 HA_BLOCKED_ATTRIBUTES = frozenset({
-    "assumed_state", "available", "device_class", "entity_category", "entity_id", "entity_picture", "event_types",
-    "friendly_name", "icon", "supported_features", "unit_of_measurement"})
+    "assumed_state", "available", "device_class", "device_info", "entity_category", "entity_picture",
+    "entity_registry_enabled_default", "extra_state_attributes", "force_update", "icon", "friendly_name",
+    "should_poll", "state", "supported_features", "unique_id", "unit_of_measurement", "last_reset", "state_class"})
 RESERVED = {**_OWN, **{name: "a Home Assistant attribute name: the Label sensor would lose its score"
                        for name in HA_BLOCKED_ATTRIBUTES}}
 
