@@ -40,8 +40,9 @@ class Wire:
     ``int`` and ``number`` (``low``..``high``), ``bool``, ``strings`` (a list of texts), ``region`` (four
     fractions x0, y0, x1, y1 of the picture, or null/[] for the whole of it), ``image`` (base64
     JPEG/PNG under the key ``image``, decoded to the model's input; ``exact``: taken as is when already that
-    size) and ``embedding`` (base64 of little-endian float32). Fields without a Wire are not accepted from
-    the socket.
+    size), ``embedding`` (base64 of little-endian float32) and ``examples`` (a list of at most 200
+    ``{"label", "source", "fingerprint", "embedding", "image"}`` objects). Fields without a Wire are not
+    accepted from the socket.
     """
 
     kind: str
@@ -152,6 +153,16 @@ class EnrollEmbedding(Command):
 
 
 @dataclass(frozen=True)
+class EnrollEmbeddings(Command):
+    """Several examples taught elsewhere at once (a fleet's catch-up): each as :class:`EnrollEmbedding` says, all in
+    one durable write. ``examples``: dicts with ``label``, ``source``, ``fingerprint``, ``embedding`` (or None) and
+    ``pixels`` (or ``error``: the one line why its picture could not be read)."""
+
+    op: ClassVar[str] = "enroll_embeddings"
+    examples: tuple = wire((), "examples", required=True)
+
+
+@dataclass(frozen=True)
 class RemoveExamples(Command):
     """Remove examples by id and/or by source (a fleet peer withdrew them); classes stay."""
 
@@ -256,7 +267,8 @@ class Quit(Command):
 # Commands a control-socket client may send, by op (Quit stays local: keys and signals only).
 SOCKET_COMMANDS: dict[str, type[Command]] = {c.op: c for c in (
     Enroll, EnrollImage, PredictImage, AddClass, RenameClass, RemoveClass, Undo, Clear, Pause, Resume, Reload,
-    Snapshot, Status, ListClasses, Thumbnail, ExampleData, EnrollEmbedding, RemoveExamples, Explain, Notice, SetRegion)}
+    Snapshot, Status, ListClasses, Thumbnail, ExampleData, EnrollEmbedding, EnrollEmbeddings, RemoveExamples, Explain,
+    Notice, SetRegion)}
 
 
 # Ops the control socket answers itself (no command for the daemon's loop).

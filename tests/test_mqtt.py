@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from teachcam.edge.apps.mqtt import fleet
 from tests.helpers import RunningDaemon, save_views, wait_for
 
 pytestmark = [pytest.mark.slow,
@@ -353,17 +354,26 @@ def test_bad_input_on_every_command_topic_gets_an_error_and_changes_nothing(bund
            ("teachcam/fleet/shop/example/pi9/e4", {**good, "id": "e4", "device": "pi1"}),
            ("teachcam/fleet/shop/example/pi9/e5", b"\xff\xfe"),
            ("teachcam/fleet/shop/example/pi9/e6", {**good, "id": "e6", "label": "a/b"}),
+           ("teachcam/fleet/shop/example/pi9/e7", fleet.MAGIC + b"\x05\x00{bad"),  # format 2, broken
+           ("teachcam/fleet/shop/example/pi9/e8", {**good, "id": "e8", "label": "unknown",  # a reserved name
+                                                   "jpeg": jpeg_text(np.full((224, 224, 3), 128, np.uint8))}),
            ("teachcam/fleet/shop/op", {"v": 1, "group": "shop", "device": "pi9", "op": "format_disk"})]
     for topic, payload in bad:
         watcher.publish(topic, payload, retain="/example/" in topic)
-    assert watcher.wait(lambda: bridge.text().count("fleet example refused") >= 4, timeout=20), bridge.text()
-    assert watcher.wait(lambda: "not enrolled" in bridge.text())
+    assert watcher.wait(lambda: bridge.text().count("fleet example refused") >= 5, timeout=20), bridge.text()
+    assert watcher.wait(lambda: "not enrolled" in bridge.text() and "reserved word" in bridge.text())
     assert watcher.wait(lambda: "does not travel" in bridge.text())  # the op topic has its own QoS: any order
     time.sleep(1.0)
     assert daemon.status()["classes"] == {} and bridge.alive() and daemon.proc.poll() is None
     assert "Traceback" not in bridge.text()
     watcher.publish(f"{base}/request/status", {"id": "still"})  # and it still answers
     assert watcher.wait(lambda: any(json.loads(p).get("id") == "still" for p in watcher.on(f"{base}/response/status")))
+
+
+def jpeg_text(pixels: np.ndarray) -> str:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG")
+    return base64.b64encode(out.getvalue()).decode()
 
 
 def fleet_of_two(bundle_path, tmp_path, broker, cleanup, seed: int):
@@ -411,7 +421,7 @@ def test_a_fleet_shares_what_one_pi_was_taught(bundle_path, tmp_path, broker, cl
     retained = [t for t, p, r, _ in watcher.messages if t.startswith("teachcam/fleet/shop/example/")]
     assert retained  # one retained message per example went out
     size = max(len(p) for t, p, _, _ in watcher.messages if t.startswith("teachcam/fleet/shop/example/") and p)
-    assert size < 64 * 1024
+    assert size <= fleet.WIRE_BUDGET  # format 2: at most 8 KB an example
 
 
 def test_a_deletion_anywhere_holds_everywhere_and_ops_wait_for_a_pi_that_was_away(bundle_path, tmp_path, broker,
@@ -445,8 +455,8 @@ def test_a_deletion_anywhere_holds_everywhere_and_ops_wait_for_a_pi_that_was_awa
     bridges["pia"].start()
     assert wait_for(lambda: a.status()["classes"] == {"kitty": 1}, timeout=20), bridges["pia"].text()
     assert wait_for(lambda: bridges["pia"].text().count("caught up") > caught_up, timeout=20), bridges["pia"].text()
-    assert watcher.wait(lambda: json.loads(watcher.on(f"teachcam/fleet/shop/example/pia/{ids[1]}")[-1] or b"{}")
-                        .get("label") == "kitty")
+    topic = f"teachcam/fleet/shop/example/pia/{ids[1]}"
+    assert watcher.wait(lambda: fleet.decode(topic, watcher.on(topic)[-1], "shop").label == "kitty")
     time.sleep(1.0)  # what A republished has reached B
     assert b.status()["classes"] == {"kitty": 1} and a.status()["classes"] == {"kitty": 1}
     for bridge in bridges.values():

@@ -137,6 +137,12 @@ class Router:
                     label, source, command.pixels, command.embedding, fingerprint=command.fingerprint,
                     embedder=d.embedder, embedding_size=int(np.prod(d.embedder.model.output.shape[1:])), via=via)
                 return self._enrolled(outcome, via)
+            case m.EnrollEmbeddings(examples=examples):
+                outcomes = self._taught(command).adopt_many(
+                    examples, embedder=d.embedder, embedding_size=int(np.prod(d.embedder.model.output.shape[1:])),
+                    via=via)
+                return {"results": [{"error": str(o)} if isinstance(o, Exception) else self._enrolled(o, via)
+                                    for o in outcomes]}
             case m.PredictImage(pixels=pixels):
                 label, score, confidence, confidences = d.predict(d.embedder.embed(pixels))
                 return {"label": label, "score": round(score, 4), "confidence": round(confidence, 4),

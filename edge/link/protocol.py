@@ -40,7 +40,7 @@ import numpy as np
 
 from teachcam.edge import __version__
 from teachcam.edge import messages as m
-from teachcam.edge.errors import ControlAccessError, ControlError
+from teachcam.edge.errors import ControlAccessError, ControlError, TeachcamError
 from teachcam.edge.region import check_region
 
 MAX_LINE = 8 * 1024 * 1024
@@ -48,6 +48,7 @@ MAX_SOCKET_PATH = 100  # bytes: a Unix socket's path must fit sun_path (108 on L
 MAX_TEXT = 256  # characters in a text field
 MAX_EMBEDDING = 16384  # floats in an embedding a client may send (MobileNetV2's is 1280)
 MAX_LIST = 100_000  # ids or sources in one remove_examples
+MAX_BATCH = 200  # examples in one enroll_embeddings
 SERVICE_SOCKET = Path("/run/teachcam/control.sock")  # systemd's RuntimeDirectory=teachcam (mode 0750)
 
 
@@ -172,6 +173,8 @@ def command_from_json(request: dict, decode_image: Callable[[str, bool], np.ndar
             if not isinstance(value, str):
                 raise ControlError("image must be a base64 string")
             values[name] = decode_image(value, rules.exact)
+        elif rules.kind == "examples":
+            values[name] = _examples(op, key, value, decode_image)
         else:
             values[name] = _checked(op, key, value, rules)
     for key, (name, rules) in accepted.items():
@@ -224,6 +227,35 @@ def _checked(op: str, key: str, value, rules: m.Wire):
         except ValueError as exc:
             raise ControlError(f"{op}: {key}: {exc}") from None
     raise ControlError(f"{op}: {key} cannot be sent")  # a kind this version does not know
+
+
+def _examples(op: str, key: str, value, decode_image) -> tuple:
+    """A batch of examples taught elsewhere: each checked as enroll_embedding's fields are; a picture that cannot be
+    read fails its own example (``error``), not the batch."""
+    if decode_image is None:
+        raise ControlError(f"{op}: images are not taken here")
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_BATCH:
+        raise ControlError(f"{op}: {key} must be a list of 1 to {MAX_BATCH} examples")
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) - {"label", "source", "fingerprint", "embedding", "image"}:
+            raise ControlError(f"{op}: each example is an object with label, source, fingerprint, embedding, image")
+        for text in ("label", "source"):
+            if not isinstance(item.get(text), str) or not item[text] or len(item[text]) > MAX_TEXT:
+                raise ControlError(f"{op}: each example's {text} must be a non-empty string")
+        fingerprint = item.get("fingerprint", "")
+        if not isinstance(fingerprint, str) or len(fingerprint) > MAX_TEXT:
+            raise ControlError(f"{op}: an example's fingerprint must be a string")
+        if not isinstance(item.get("image"), str):
+            raise ControlError(f"{op}: each example needs its image (base64 JPEG or PNG)")
+        embedding = decode_embedding(item["embedding"]) if item.get("embedding") is not None else None
+        example = {"label": item["label"], "source": item["source"], "fingerprint": fingerprint, "embedding": embedding}
+        try:
+            example["pixels"] = decode_image(item["image"], True)
+        except TeachcamError as exc:
+            example["error"] = str(exc)
+        out.append(example)
+    return tuple(out)
 
 
 def decode_embedding(value) -> np.ndarray:

@@ -328,7 +328,7 @@ class ControlServer(Port):
             return {"pong": time.time()}
         if op in ("subscribe", "unsubscribe"):
             return self._subscribe(client, op, request)
-        if "image" in request:  # decoding and preprocessing an upload takes a while: not on the socket's thread
+        if "image" in request or "examples" in request:  # decoding and preprocessing takes a while: not on this thread
             command = await asyncio.get_running_loop().run_in_executor(None, command_from_json, request, self._decode_image)
         else:
             command = command_from_json(request, self._decode_image)

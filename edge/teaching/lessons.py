@@ -169,3 +169,45 @@ class Lessons:
             embedding = embedder.embed(pixels)
         example = teacher.add(label, embedding, pixels, source=source, via=via)
         return Outcome(example.label, self._count(example.label), example, reembedded=not reuse)
+
+    def adopt_many(self, items, *, embedder, embedding_size: int, via: str = "fleet") -> list[Outcome | TeachcamError]:
+        """:meth:`adopt` for many examples (dicts: label, source, fingerprint, embedding, pixels — or error) in one
+        durable write: what each one came to, in order (an Outcome, or the error that refused it)."""
+        teacher = self.teacher
+        results: list[Outcome | TeachcamError | None] = [None] * len(items)
+        held: dict[str, str] = {}  # source → its label in the store
+        for e in teacher.snapshot.examples:
+            if e.source:
+                held.setdefault(e.source, e.label)
+        known = {e.source: e for e in teacher.snapshot.examples if e.source}
+        size = teacher.snapshot.embedding_size or embedding_size
+        classes, moved, batch = list(teacher.snapshot.classes), set(), []
+        for i, item in enumerate(items):
+            try:
+                if item.get("error"):
+                    raise TeachcamError(item["error"])
+                source = item["source"]
+                label = teacher.resolve_name(item["label"], create=True, classes=classes)
+                if held.get(source) == label:  # already here (or twice in this batch)
+                    results[i] = Outcome(label, 0, known.get(source), skipped=m.SKIPPED_KNOWN)
+                    continue
+                if source in known:
+                    moved.add(source)  # relabelled where it was taught: moved
+                embedding = item.get("embedding")
+                reuse = embedding is not None and item.get("fingerprint") == embedder.fingerprint and embedding.size == size
+                if label not in classes:
+                    classes.append(label)
+                batch.append((i, label, embedding if reuse else embedder.embed(item["pixels"]), item["pixels"], source,
+                              not reuse))
+                held[source] = label
+            except TeachcamError as exc:
+                results[i] = exc
+        if moved:
+            teacher.remove_examples(lambda e: e.source in moved, via=via)
+        if batch:
+            added = teacher.add_many([(label, vector, pixels, source) for _, label, vector, pixels, source, _ in batch],
+                                     via=via)
+            counts = teacher.counts()
+            for (i, *_, reembedded), example in zip(batch, added, strict=True):
+                results[i] = Outcome(example.label, counts.get(example.label, 0), example, reembedded=reembedded)
+        return results

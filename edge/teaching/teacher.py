@@ -26,7 +26,15 @@ from teachcam.edge.teaching.archive import export_archive
 from teachcam.edge.teaching.history import DEPTH, Action, in_limbo, record, trim
 from teachcam.edge.teaching.knn import KNNConfig, KNNIndex, Prediction
 from teachcam.edge.teaching.names import check_new_class_name
-from teachcam.edge.teaching.store import EnrollmentStore, Example, Snapshot, check_class_name, count_examples, normalize_rows
+from teachcam.edge.teaching.store import (
+    EnrollmentStore,
+    Example,
+    Snapshot,
+    check_class_name,
+    count_examples,
+    normalize_rows,
+    thumbnail_digest,
+)
 
 log = logging.getLogger(__name__)
 CAP_POLICIES = ("oldest", "redundant")  # which example goes when a class is full
@@ -195,41 +203,25 @@ class Teacher:
                 raise StoreError(f"embedding has {vector.size} values; this store holds {snap.embedding_size}")
             if name not in classes:
                 classes.append(name)
-            example = Example(name, self.store.write_thumbnail(pixels), round(time.time(), 6), source, region)
+            example = Example(name, thumbnail_digest(pixels), round(time.time(), 6), source, region)
             examples.append(example)
             rows.append(normalize_rows(vector[None]))
-            added.append(example)
+            added.append((example, pixels))
         embeddings = np.concatenate(rows) if rows else snap.embeddings
-        examples, embeddings, dropped = self._apply_cap(examples, embeddings)
+        examples, embeddings, dropped = apply_cap(examples, embeddings, self.cap, self.cap_policy)
+        # Thumbnails are written (durably, before the generation that refers to them) for the examples kept, and
+        # for the ones the cap dropped when undo may bring them back; a fleet's catch-up of thousands, capped
+        # per class, writes no thumbnail it would drop at once.
+        kept = {id(e) for e in examples} | ({id(e) for e, _ in dropped} if via != "fleet" else set())
+        for example, pixels in added:
+            if id(example) in kept:
+                self.store.write_thumbnail(pixels)
+        added = [e for e, _ in added]
         action = Action("add", via, group, labels=tuple(dict.fromkeys(e.label for e in added)),
                         added=tuple(e.id for e in added), taken=tuple(e.id for e, _ in dropped),
                         created=tuple(c for c in classes if c not in snap.classes))
         self._commit(examples, embeddings, classes, action=action, taken=dropped)
         return added
-
-    def _apply_cap(self, examples: list[Example], embeddings: np.ndarray):
-        """The examples within the per-class cap, and the (example, row) pairs it dropped."""
-        labels = np.array([e.label for e in examples], dtype=object)
-        drop: set[int] = set()
-        for name in dict.fromkeys(labels):
-            members = np.flatnonzero(labels == name)
-            excess = len(members) - self.cap
-            if excess <= 0:
-                continue
-            if self.cap_policy == "oldest":
-                order = sorted(members, key=lambda i: examples[i].added)
-                drop.update(order[:excess])
-            else:  # "redundant": drop the examples most similar to the rest of their class
-                block = embeddings[members]
-                sims = block @ block.T
-                np.fill_diagonal(sims, -np.inf)
-                redundancy = sims.max(axis=1)
-                drop.update(members[np.argsort(-redundancy, kind="stable")[:excess]])
-        if not drop:
-            return examples, embeddings, []
-        keep = [i for i in range(len(examples)) if i not in drop]
-        log.info("per-class cap %d reached: dropped %d example(s) (%s)", self.cap, len(drop), self.cap_policy)
-        return [examples[i] for i in keep], embeddings[keep], [(examples[i], embeddings[i]) for i in sorted(drop)]
 
     @property
     def history(self) -> list[Action]:
@@ -398,3 +390,28 @@ class Teacher:
     def export(self, archive: Path) -> int:
         """Every example's thumbnail into a zip, one folder per class (see :func:`archive.export_archive`)."""
         return export_archive(self.store, archive)
+
+
+def apply_cap(examples: list[Example], embeddings: np.ndarray, cap: int, policy: str):
+    """The examples within the per-class cap, and the (example, row) pairs it dropped."""
+    labels = np.array([e.label for e in examples], dtype=object)
+    drop: set[int] = set()
+    for name in dict.fromkeys(labels):
+        members = np.flatnonzero(labels == name)
+        excess = len(members) - cap
+        if excess <= 0:
+            continue
+        if policy == "oldest":
+            order = sorted(members, key=lambda i: examples[i].added)
+            drop.update(order[:excess])
+        else:  # "redundant": drop the examples most similar to the rest of their class
+            block = embeddings[members]
+            sims = block @ block.T
+            np.fill_diagonal(sims, -np.inf)
+            redundancy = sims.max(axis=1)
+            drop.update(members[np.argsort(-redundancy, kind="stable")[:excess]])
+    if not drop:
+        return examples, embeddings, []
+    keep = [i for i in range(len(examples)) if i not in drop]
+    log.info("per-class cap %d reached: dropped %d example(s) (%s)", cap, len(drop), policy)
+    return [examples[i] for i in keep], embeddings[keep], [(examples[i], embeddings[i]) for i in sorted(drop)]

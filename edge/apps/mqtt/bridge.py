@@ -27,8 +27,6 @@ Topics, under ``<base>`` = ``teachcam/<device id>`` unless configured:
 from __future__ import annotations
 
 import base64
-import dataclasses
-import io
 import json
 import logging
 import queue
@@ -40,8 +38,9 @@ from pathlib import Path
 
 from teachcam.edge import messages as m
 from teachcam.edge.apps.mqtt import fleet, hass
+from teachcam.edge.apps.mqtt.carrier import FleetCarrier
 from teachcam.edge.apps.mqtt.daemon_link import DaemonConnection
-from teachcam.edge.apps.mqtt.sync import Ask, FleetSync, Publish, Share
+from teachcam.edge.apps.mqtt.sync import FleetSync
 from teachcam.edge.apps.mqtt.transport import Transport
 from teachcam.edge.config import DaemonConfig
 from teachcam.edge.errors import ControlError
@@ -53,8 +52,8 @@ REQUEST_OPS = {"enroll", "add_class", "rename_class", "remove_class", "undo", "c
 MAX_REQUEST = 64 * 1024
 STATE_MIN_INTERVAL = 0.25  # at most 4 state messages a second
 STATS_INTERVAL = 60.0
+CHANGE_INTERVAL = 0.5  # s between looks at the store while examples from the fleet come in
 SNAPSHOT_SIZE = 320
-TEACH_CLASS_DELAY = 1.0  # s between a discovery with new options and a select state that needs them
 SNAPSHOT_MIN_INTERVAL = 1.0  # a JPEG is encoded in the daemon: at most one a second, of the newest class
 # The daemon events published on <base>/event (not stats: <base>/stats has them; not notices: they hold secrets),
 # and the ones that change what the store holds.
@@ -84,17 +83,19 @@ class Bridge:
         self.stopping = threading.Event()
         self.daemon = DaemonConnection(socket_path, self._put)
         self.classes: dict[str, int] = {}
-        self.teach_class = ""
+        self.teach = hass.ClassToTeach()
+        self.change_due, self.last_change = False, 0.0  # examples from the fleet came in (looked at in _tick)
+        self.discovered: list[str] | None = None  # the classes the last discovery named
         self.paused = False
         self.prediction: dict = {}
         self.fingerprint = ""
         self.sync = FleetSync(self.group, self.device) if self.group else None
+        self.carrier = FleetCarrier(self.sync, self.group, self.device, ask=self.ask, publish=self.publish) if self.sync else None
         self.last_state = 0.0
         self.state_due = False
         self.last_stats = 0.0
         self.last_snapshot = 0.0
         self.snapshot_due = False
-        self.teach_class_due = 0.0  # when to publish the chosen class again (after a discovery with new options)
         self.dropped = 0  # work items dropped because the worker fell 20,000 behind
         self.transport = Transport(self.config, device=self.device, will_topic=f"{self.base}/availability", put=self._put)
 
@@ -222,7 +223,7 @@ class Bridge:
         if self.connected:
             self._announce()  # (not connected: the broker's connection announces)
         if self.sync is not None and self.connected:
-            self._carry_out(self.sync.share_own(self._listing()))  # (nothing while catching up)
+            self.carrier.carry_out(self.sync.share_own(self._listing()))  # (nothing while catching up)
 
     def _announce(self) -> set[str]:
         """Availability, discovery and every retained topic, as after a (re)connect; the topics it published."""
@@ -240,9 +241,7 @@ class Bridge:
 
     def _publish_teach_class(self) -> None:
         """The select's state: a class that is one of its options, or ``None`` (Home Assistant: nothing chosen)."""
-        if self.teach_class not in self.classes:
-            self.teach_class = ""
-        self.publish(f"{self.base}/teach_class", self.teach_class or hass.NO_SELECTION, retain=True)
+        self.publish(f"{self.base}/teach_class", self.teach.state(self.classes), retain=True)
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -250,13 +249,16 @@ class Bridge:
             self._publish_state()
         if self.daemon_up and now - self.last_state >= self.config.state_interval:
             self._publish_state()
-        if self.teach_class_due and now >= self.teach_class_due:
-            self.teach_class_due = 0.0
+        if self.teach.take_due(now):
             self._publish_teach_class()
         if self.snapshot_due and self.daemon_up and now - self.last_snapshot >= SNAPSHOT_MIN_INTERVAL:
             self._publish_snapshot()
         if self.daemon_up and now - self.last_stats >= STATS_INTERVAL:
             self._publish_stats()
+        if self.carrier is not None:
+            self.carrier.tick(now)
+        if self.change_due and now - self.last_change >= CHANGE_INTERVAL:
+            self._store_changed(None)
         if self.sync is not None and self.sync.tick(now, self.daemon_up):
             self._put(("catch_up_done",))  # after every fleet message already queued
 
@@ -289,6 +291,7 @@ class Bridge:
     def _publish_discovery(self) -> None:
         if not self.config.discovery:
             return
+        self.discovered = list(self.classes)
         payload = hass.discovery_payload(device_id=self.device, base=self.base, classes=list(self.classes),
                                          expire_after=int(self.config.state_interval * 3), web_url=self.web_url)
         self.publish(hass.discovery_topic(self.config.discovery_prefix, self.device), payload, retain=True, qos=1)
@@ -310,6 +313,7 @@ class Bridge:
             changed = event.label != self.prediction.get("label")
             self.prediction = event.as_json()
             self.classes = dict(event.counts or self.classes)
+            self._discover_if_changed()
             self.state_due = True
             if changed:
                 self.publish(f"{self.base}/event/class", {"event_type": hass.event_type(event.label)})
@@ -318,34 +322,33 @@ class Bridge:
             self.paused = bool(event.paused)
             self.publish(f"{self.base}/paused", "ON" if self.paused else "OFF", retain=True)
             self.state_due = True
-        if isinstance(event, CHANGES):
-            listing = self._listing()  # one request serves the counts and the fleet's own examples
-            before = list(self.classes)
-            if listing is not None:
-                self.classes = {c["label"]: c["count"] for c in listing}
-            self._publish_classes()
-            self.state_due = True
-            self._follow_teach_class(event)
-            if list(self.classes) != before:
-                self._publish_discovery()
-                if self.teach_class:  # after Home Assistant took the new options (a state not among them is an error)
-                    self.teach_class_due = time.monotonic() + TEACH_CLASS_DELAY
-            if self.sync is not None:
-                self._carry_out(self.sync.changed(event, listing))
+        if isinstance(event, m.Enrolled) and event.via == "fleet":
+            self.change_due = True  # a fleet's catch-up enrolls thousands: one look at the store per half second
+        elif isinstance(event, CHANGES):
+            self._store_changed(event)
 
-    def _follow_teach_class(self, event: m.Event) -> None:
-        """The class chosen to teach follows a rename and is dropped when its class goes (Capture must never
-        bring a removed class back, or enroll into a name that is no more)."""
-        chosen = self.teach_class
-        if isinstance(event, m.Renamed) and chosen == event.old:
-            chosen = event.new
-        if chosen not in self.classes:
-            chosen = ""
-        if chosen != self.teach_class:
-            # "None" first: always valid, whatever options Home Assistant holds at this moment
-            self.teach_class = ""
+    def _store_changed(self, event: m.Event | None) -> None:
+        """What the store holds changed (``event``; None: examples from the fleet came in)."""
+        self.change_due, self.last_change = False, time.monotonic()
+        listing = self._listing()  # one request serves the counts and the fleet's own examples
+        if listing is not None:
+            self.classes = {c["label"]: c["count"] for c in listing}
+        self._publish_classes()
+        self.state_due = True
+        renamed = (event.old, event.new) if isinstance(event, m.Renamed) else None
+        if self.teach.follow(renamed, self.classes, time.monotonic()):
             self.publish(f"{self.base}/teach_class", hass.NO_SELECTION, retain=True)
-            self.teach_class = chosen
+        self._discover_if_changed()
+        if self.sync is not None:
+            self.carrier.carry_out(self.sync.changed(event, listing) if event is not None else self.sync.share_own(listing))
+
+    def _discover_if_changed(self) -> None:
+        """Discovery again when the classes differ from the ones it last named (options and event types); the
+        chosen class's state follows it (hass.ClassToTeach.DELAY)."""
+        if list(self.classes) != self.discovered:
+            self._publish_discovery()
+            if self.teach.chosen:
+                self.teach.due = time.monotonic() + self.teach.DELAY
 
     def _listing(self) -> list[dict] | None:
         """The daemon's classes with their examples (the ``classes`` op), or None when it does not answer."""
@@ -357,7 +360,7 @@ class Bridge:
     # -- requests from the broker --------------------------------------------------------------------
     def _on_broker_message(self, topic: str, payload: bytes, retained: bool = False, received: float = 0.0) -> None:
         if self.sync is not None and topic.startswith("teachcam/fleet/"):
-            self._carry_out(self.sync.message(topic, payload, retained=retained, now=received))
+            self.carrier.carry_out(self.sync.message(topic, payload, retained=retained, now=received))
         elif topic == f"{self.base}/sync":
             if self.sync is not None:
                 self.sync.sync_marker(payload)
@@ -398,52 +401,21 @@ class Bridge:
         text = payload.decode("utf-8", "replace").strip()[:256]
         try:
             if what == "teach_class":
-                if text in self.classes:
-                    self.teach_class = text
-                elif text != hass.NO_CLASS:
-                    log.warning("Class to teach: no class %r (classes: %s)", text, ", ".join(self.classes) or "none")
+                refused = self.teach.choose(text, self.classes)
+                if refused:
+                    log.warning("%s", refused)
                 self._publish_teach_class()
             elif what == "capture":
-                if self.teach_class not in self.classes:  # (renames and removals are followed: belt and braces)
-                    self.teach_class = ""
+                if not self.teach.chosen or self.teach.chosen not in self.classes:  # (followed anyway: belt and braces)
                     self._publish_teach_class()
                     raise ControlError("capture: choose a class to teach first (Class to teach)")
-                self.ask("enroll", label=self.teach_class, via="mqtt")
+                self.ask("enroll", label=self.teach.chosen, via="mqtt")
             elif what == "paused":
                 self.ask("pause" if text.upper() == "ON" else "resume", via="mqtt")
         except ControlError as exc:
             log.warning("%s", exc)
 
-    # -- fleet: the sync decides (apps/mqtt/sync.py), the bridge carries it out --------------------------------
+    # -- fleet: the sync decides (apps/mqtt/sync.py), the carrier carries it out (apps/mqtt/carrier.py) -------
     def _finish_catch_up(self) -> None:
-        self._carry_out(self.sync.caught_up(self._listing()))
-
-    def _carry_out(self, actions: list) -> None:
-        for action in actions:
-            if isinstance(action, Publish):
-                self.publish(action.topic, action.payload, retain=action.retain, qos=action.qos)
-            elif isinstance(action, Ask):
-                try:
-                    self.ask(action.op, via="fleet", **action.fields)
-                except ControlError as exc:
-                    (log.warning if action.warn else log.info)("%s: %s", action.refused or action.op, exc)
-            elif isinstance(action, Share):
-                self._share(action)
-
-    def _share(self, action: Share) -> None:
-        """One of this device's own examples, retained for the fleet (the thumbnail as a JPEG)."""
-        from PIL import Image
-
-        try:
-            data = self.ask("example", example=action.example_id)
-        except ControlError as exc:
-            log.debug("example %s: %s", action.example_id, exc)
-            self.sync.not_shared(action.example_id)
-            return
-        bare = fleet.FleetExample(self.group, self.device, action.example_id, data["label"], data["fingerprint"],
-                                  data["embedding"], "", data["added"])
-        with Image.open(io.BytesIO(base64.b64decode(data["png"]))) as image:
-            jpeg = fleet.fit_jpeg(image, fleet.jpeg_budget(bare))
-        shared = dataclasses.replace(bare, jpeg=base64.b64encode(jpeg).decode())
-        self.publish(fleet.example_topic(self.group, self.device, action.example_id), shared.payload(), retain=True,
-                     qos=1)
+        self.carrier.flush()  # the replay's last examples before the stale ones are counted
+        self.carrier.carry_out(self.sync.caught_up(self._listing()))

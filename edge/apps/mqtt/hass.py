@@ -93,3 +93,50 @@ def discovery_payload(*, device_id: str, base: str, classes: list[str], expire_a
     payload = {"dev": device, "o": {"name": "teachcam", "sw": __version__}, "cmps": components,
                "avty_t": f"{base}/availability", "qos": 1}
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+class ClassToTeach:
+    """The *Class to teach* select's choice: a class that exists, or none. It follows a rename and is dropped when its
+    class goes, so Capture never enrolls into a name that is gone (nor brings it back); its published state is only
+    ever one of the options Home Assistant holds, or ``None`` — a new name waits ``DELAY`` s after the discovery
+    that brings it (Home Assistant applies a discovery update asynchronously)."""
+
+    DELAY = 1.0
+
+    def __init__(self):
+        self.chosen = ""
+        self.due = 0.0  # when to publish the choice again (0: nothing pending)
+
+    def state(self, classes) -> str:
+        if self.chosen not in classes:
+            self.chosen = ""
+        return self.chosen or NO_SELECTION
+
+    def choose(self, text: str, classes) -> str:
+        """Home Assistant chose ``text``; the one-line warning when it is not a class ("" when it is)."""
+        if text in classes:
+            self.chosen = text
+            return ""
+        return "" if text in (NO_CLASS, NO_SELECTION) else \
+            f"Class to teach: no class {text!r} (classes: {', '.join(classes) or 'none'})"
+
+    def follow(self, renamed: tuple[str, str] | None, classes, now: float) -> bool:
+        """After a change in the store (``renamed``: old, new): True when the choice changed — publish ``None`` now
+        (valid whatever options Home Assistant holds); a new name follows after DELAY."""
+        chosen = self.chosen
+        if renamed is not None and chosen == renamed[0]:
+            chosen = renamed[1]
+        if chosen not in classes:
+            chosen = ""
+        if chosen == self.chosen:
+            return False
+        self.chosen = chosen
+        if chosen:
+            self.due = now + self.DELAY
+        return True
+
+    def take_due(self, now: float) -> bool:
+        if self.due and now >= self.due:
+            self.due = 0.0
+            return True
+        return False
