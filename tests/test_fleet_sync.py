@@ -214,6 +214,7 @@ def test_the_quiet_rule_ends_a_replay_whose_marker_never_comes():
     assert [a.op for a in sync.message(topic, payload, retained=True, now=101.5)] == ["enroll_embedding"]
     assert not sync.tick(103.0, daemon_up=True)  # 1.5 s since the last retained message
     assert not sync.tick(104.0, daemon_up=False)  # the daemon is not there to apply the catch-up
+    assert not sync.tick(104.0, daemon_up=True, backlog=3)  # messages received and not handled yet: not quiet
     assert sync.tick(103.6, daemon_up=True)  # 2.1 s of quiet
     assert not sync.tick(200.0, daemon_up=True)  # once
     sync.sync_marker(b"m1")  # late: changes nothing

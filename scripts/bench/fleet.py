@@ -10,10 +10,11 @@ what a Pi joining a big fleet late goes through. Needs Debian's mosquitto for pa
    bundle); re-embedded from format 1's thumbnail (224 px JPEG, quality 90); re-embedded from format 2's (fitted
    to the 8 KB message). Bytes per message of both formats, on these noisy frames.
 2. Joining late: N simulated devices publish M examples each (real format-2 messages: thumbnails of composed
-   scenes, their embeddings; 10 classes) retained on a real Mosquitto; then a real `teachcam run` (empty store)
+   scenes, their embeddings; 10 classes) retained on a real Mosquitto (max_queued_messages 20000, as docs/mqtt.md
+   says a fleet's broker needs); then a real `teachcam run` (empty store)
    and its `teachcam mqtt --fleet-group` start: time until its store holds what the fleet has (within the
-   per-class cap, knn.cap = 200), the broker's RSS, the daemon's RSS and store size, and its capacity (status
-   model_fps) against the same daemon with an empty store in the same run.
+   per-class cap, knn.cap = 200), the broker's RSS, the daemon's RSS and store size; then the real Daemon's
+   frames/s (unpaced, in this process) with that store against an empty one, alternating rounds.
 
 Usage: scripts/bench/fleet.py [--bundle build/default-bundle] [--seeds 3] [--devices 100] [--examples 100] [--json]
 """
@@ -26,6 +27,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,7 @@ from teachcam.edge.model.bundle import load_bundle  # noqa: E402
 from teachcam.edge.model.images import read_image_bytes  # noqa: E402
 from teachcam.edge.model.models import Embedder  # noqa: E402
 from teachcam.edge.model.preprocess import Preprocessor  # noqa: E402
+from teachcam.edge.teaching.teacher import Teacher  # noqa: E402
 
 WHOLE = (0.0, 0.0, 1.0, 1.0)
 FRACTION = 0.2
@@ -153,15 +156,24 @@ def start_daemon(args, tmp: Path, name: str, camera: Path) -> tuple[subprocess.P
     raise SystemExit(f"the daemon {name} did not start: " + (tmp / f"{name}.log").read_text()[-2000:])
 
 
-def capacity(socket_path: Path, seconds: float) -> float:
-    """The daemon's model_fps (1 / the time one frame takes, all stages), sampled over ``seconds``."""
-    samples = []
-    with ControlClient(socket_path) as client:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            samples.append(client.request("status")["model_fps"])
-            time.sleep(0.5)
-    return float(np.median(samples[2:] or samples))
+def capacity(args, store: Path, tmp: Path) -> dict:
+    """Frames/s of the real Daemon (unpaced, demo frames, in this process) with the joiner's store vs an empty one,
+    alternating rounds; the ratio of the medians."""
+    from daemon import background_daemon, demo_frames  # scripts/bench/daemon.py
+
+    empty = tmp / "empty-store"
+    Teacher.open(empty, Embedder.create(load_bundle(args.bundle), "int8")).close()
+    frames, rounds = demo_frames(200, (342, 256)), {"empty": [], "fleet": []}
+    for r in range(args.rounds):
+        for name, folder in (("empty", empty), ("fleet", store)):
+            with background_daemon(args.bundle, folder, frames, 2, tmp / f"cap{r}{name}.sock") as daemon:
+                time.sleep(1.5)  # the index built, caches warm
+                frames0, started = daemon.stats.frames, time.perf_counter()
+                time.sleep(args.seconds)
+                rounds[name].append((daemon.stats.frames - frames0) / (time.perf_counter() - started))
+    empty_fps, fleet_fps = float(np.median(rounds["empty"])), float(np.median(rounds["fleet"]))
+    return {"empty": round(empty_fps, 1), "fleet": round(fleet_fps, 1), "ratio": round(fleet_fps / empty_fps, 3),
+            "rounds": {k: [round(x, 1) for x in v] for k, v in rounds.items()}}
 
 
 def joining_part(args, embedder, preprocess, fingerprint: str, tmp: Path) -> dict:
@@ -179,7 +191,9 @@ def joining_part(args, embedder, preprocess, fingerprint: str, tmp: Path) -> dic
     # the fleet: N devices x M examples, retained (as their bridges publish them)
     import paho.mqtt.client as paho
 
-    broker, port = start_broker(tmp / "broker")
+    # Mosquitto drops what a subscriber has not taken beyond max_queued_messages (1,000 by default, QoS 0 too): a
+    # fleet's broker must hold the whole replay for a joining Pi (docs/mqtt.md); --default-queue measures without
+    broker, port = start_broker(tmp / "broker", "" if args.default_queue else "max_queued_messages 20000\n")
     try:
         client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-fleet")
         client.connect("127.0.0.1", port)
@@ -206,38 +220,38 @@ def joining_part(args, embedder, preprocess, fingerprint: str, tmp: Path) -> dic
         expected = min(total, classes * args.cap)
         print(f"  {total} examples published in {published_s:.1f} s; broker RSS {broker_rss:.0f} MB", file=sys.stderr)
 
-        # an empty store's capacity, then the late joiner
-        empty, empty_socket = start_daemon(args, tmp, "empty", camera)
-        empty_fps = capacity(empty_socket, args.seconds)
-        stop(empty)
         daemon, socket_path = start_daemon(args, tmp, "joiner", camera)
         rss_before = rss_mb(daemon.pid)
         started = time.monotonic()
         late = bridge(port, "joiner", socket_path, tmp / "bridge.log", "--fleet-group", "bench")
-        count, peak_rss = 0, rss_before
+        count, peak_rss, filled_s = 0, rss_before, None
+        log = tmp / "bridge.log"
         try:
             with ControlClient(socket_path) as c:
-                while time.monotonic() - started < args.timeout:
+                while time.monotonic() - started < args.timeout:  # until the bridge says the replay is taken in
                     count = sum(c.request("status")["classes"].values())
                     peak_rss = max(peak_rss, rss_mb(daemon.pid))
-                    if count >= expected:
+                    if filled_s is None and count >= expected:
+                        filled_s = time.monotonic() - started
+                    if log.exists() and "caught up" in log.read_text():
                         break
-                    time.sleep(0.5)
+                    time.sleep(0.25)
             catch_up_s = time.monotonic() - started
-            time.sleep(3.0)  # the bridge's catch-up settles (stale examples, own examples)
-            fleet_fps = capacity(socket_path, args.seconds)
+            count = sum(ControlClient(socket_path).connect().request("status")["classes"].values())
             out = {"devices": args.devices, "examples_per_device": args.examples, "published": total,
                    "classes": classes, "expected_in_store": expected, "in_store": count,
                    "caught_up": count >= expected, "catch_up_s": round(catch_up_s, 1),
+                   "store_filled_s": round(filled_s, 1) if filled_s is not None else None,
                    "bytes_per_example": {"median": int(np.median(sizes)), "max": int(max(sizes))},
                    "broker_rss_mb": round(broker_rss, 1), "daemon_rss_mb": {"empty": round(rss_before, 1),
                                                                          "peak": round(peak_rss, 1)},
-                   "store_mb": round(folder_mb(tmp / "joiner"), 1),
-                   "capacity_fps": {"empty": round(empty_fps, 1), "fleet": round(fleet_fps, 1),
-                                    "ratio": round(fleet_fps / empty_fps, 3)}}
+                   "store_mb": round(folder_mb(tmp / "joiner"), 1)}
         finally:
             stop(late)
             stop(daemon)
+            if log.exists():
+                shutil.copy(log, Path(tempfile.gettempdir()) / "fleet-bench-bridge.log")  # for a look afterwards
+        out["capacity_fps"] = capacity(args, tmp / "joiner", tmp)
         return out
     finally:
         broker.terminate()
@@ -252,8 +266,11 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=100, help="examples each simulated device publishes")
     parser.add_argument("--pool", type=int, default=100, help="distinct composed scenes the devices' examples use")
     parser.add_argument("--cap", type=int, default=200, help="the joining daemon's knn.cap (its default)")
-    parser.add_argument("--seconds", type=float, default=8.0, help="how long capacity is sampled")
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per capacity round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating capacity rounds (empty store, fleet's)")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up on the catch-up after this long")
+    parser.add_argument("--default-queue", action="store_true",
+                        help="Mosquitto's default max_queued_messages (1000): a joining Pi misses most of the replay")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-join", action="store_true")
     parser.add_argument("--json", action="store_true")
@@ -286,11 +303,12 @@ def main() -> int:
         j = out["join"]
         print(f"  {j['devices']} devices x {j['examples_per_device']} examples ({j['published']} messages, "
               f"{j['bytes_per_example']['median']:,} B each): broker RSS {j['broker_rss_mb']} MB")
-        print(f"  a Pi joining late: {j['in_store']}/{j['expected_in_store']} examples in its store (cap "
-              f"{args.cap} per class, {j['classes']} classes) after {j['catch_up_s']} s; daemon RSS "
-              f"{j['daemon_rss_mb']['empty']} → {j['daemon_rss_mb']['peak']} MB; store {j['store_mb']} MB; "
-              f"capacity {j['capacity_fps']['fleet']} vs {j['capacity_fps']['empty']} frames/s empty "
-              f"({j['capacity_fps']['ratio']}×)")
+        print(f"  a Pi joining late: caught up on all {j['published']} in {j['catch_up_s']} s (its store full at "
+              f"{j['store_filled_s']} s): {j['in_store']}/{j['expected_in_store']} examples kept (cap "
+              f"{args.cap} per class, {j['classes']} classes); daemon RSS "
+              f"{j['daemon_rss_mb']['empty']} → {j['daemon_rss_mb']['peak']} MB (peak); store {j['store_mb']} MB; "
+              f"frames/s {j['capacity_fps']['fleet']} vs {j['capacity_fps']['empty']} with an empty store "
+              f"({j['capacity_fps']['ratio']}×, {args.rounds} alternating rounds: {j['capacity_fps']['rounds']})")
     return 0
 
 

@@ -48,12 +48,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_broker(folder: Path) -> tuple[subprocess.Popen, int]:
+def start_broker(folder: Path, extra: str = "") -> tuple[subprocess.Popen, int]:
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    + ("user root\n" if os.geteuid() == 0 else ""))
+                    + ("user root\n" if os.geteuid() == 0 else "") + extra)
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
         with socket.socket() as s:

@@ -259,7 +259,7 @@ class Bridge:
             self.carrier.tick(now)
         if self.change_due and now - self.last_change >= CHANGE_INTERVAL:
             self._store_changed(None)
-        if self.sync is not None and self.sync.tick(now, self.daemon_up):
+        if self.sync is not None and self.sync.tick(now, self.daemon_up, self.work.qsize()):
             self._put(("catch_up_done",))  # after every fleet message already queued
 
     # -- what goes out -------------------------------------------------------------------------------

@@ -90,10 +90,12 @@ class FleetSync:
         if self.catching_up and payload.decode(errors="replace") == self.marker:
             self.replay_over = True
 
-    def tick(self, now: float, daemon_up: bool) -> bool:
-        """True once, when the replay is over: the bridge then calls :meth:`caught_up` with a fresh listing."""
+    def tick(self, now: float, daemon_up: bool, backlog: int = 0) -> bool:
+        """True once, when the replay is over: the bridge then calls :meth:`caught_up` with a fresh listing.
+        ``backlog``: messages the bridge received and has not handled yet — the quiet rule waits for them (a bridge
+        working through a replay of 10,000 lags behind the broker by more than ``quiet``)."""
         if self.catching_up and self.connected and daemon_up and (
-                self.replay_over or now - self.last_retained > self.quiet):
+                self.replay_over or (backlog == 0 and now - self.last_retained > self.quiet)):
             self.catching_up = False
             return True
         return False
