@@ -36,7 +36,9 @@ def test_every_command_and_event_is_in_the_tables():
 def example_value(rules: m.Wire):
     return {"text": "mug", "int": int(rules.low or 1), "number": float(rules.high or 0.5), "bool": True,
             "strings": ["a", "b"], "embedding": base64.b64encode(np.ones(4, "<f4").tobytes()).decode(),
-            "region": [0.25, 0.25, 0.75, 0.75]}[rules.kind]
+            "region": [0.25, 0.25, 0.75, 0.75],
+            "examples": [{"label": "mug", "source": "fleet:pi2:e1", "fingerprint": "f" * 64, "image": "aW1n",
+                          "embedding": base64.b64encode(np.ones(4, "<f4").tobytes()).decode()}]}[rules.kind]
 
 
 @pytest.mark.parametrize("op", sorted(m.SOCKET_COMMANDS))
@@ -58,10 +60,13 @@ def test_a_command_round_trips_and_every_bad_field_is_one_line(op):
             assert value.tolist() == [1.0] * 4
         elif rules.kind == "region":
             assert value == tuple(fields[key])
+        elif rules.kind == "examples":  # each checked like enroll_embedding's fields, its picture decoded
+            assert [(e["label"], e["source"], e["embedding"].tolist(), e["pixels"] is pixels) for e in value] == \
+                [("mug", "fleet:pi2:e1", [1.0] * 4, True)]
         elif key != "via":
             assert value == fields[key]
         # a wrong type for the field is refused in one line that names the op and the field
-        wrong = 12 if rules.kind in ("text", "strings", "image", "embedding") else "x"
+        wrong = 12 if rules.kind in ("text", "strings", "image", "embedding", "examples") else "x"
         with pytest.raises(ControlError) as refused:
             command_from_json({"op": op, **{**fields, key: wrong}}, decode_image)
         assert "\n" not in str(refused.value) and (key in str(refused.value) or "embedding" in str(refused.value))
