@@ -365,7 +365,7 @@ class ScreenPort(Port):
         bars = tuple((name, self._steady(name, view.confidences.get(name, 0.0)), view.counts.get(name, 0))
                      for name in list(dict.fromkeys([*self.classes, *view.counts]))[:6])
         state = self.state
-        status = " · ".join(part for part in (state.runs_on, f"{state.fps:.0f} fps" if state.fps else "") if part)
+        status = " · ".join(part for part in (state.runs_on, f"camera {state.fps:.0f} fps" if state.fps else "") if part)
         notice = now < state.notice_until
         return Shown(view.label, self._steady("", view.confidence), bars,
                      state.banner if now < state.banner_until else "", state.banner_index, state.trouble, status,
@@ -418,7 +418,7 @@ class ScreenPort(Port):
         elif event.kind == "camera_back":
             state.trouble = ""
         elif event.kind == "stats":
-            state.fps = event.fps
+            state.fps = event.camera_fps  # what the camera delivers (the model's capacity is in `teachcam status`)
         elif event.kind == "notice":
             state.notice = tuple(event.text.splitlines())
             state.qr = qr_modules(event.link) if event.link else ()

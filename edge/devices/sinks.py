@@ -81,7 +81,7 @@ class TerminalSink(Port):
 
         table = Table.grid(padding=(0, 1))
         head = Text(f"teachcam · {self.mode}", style="bold")
-        head.append(f"   {view.fps:5.1f} fps   {view.latency_ms:5.1f} ms/frame", style="dim")
+        head.append(f"   model {view.fps:5.1f} fps   {view.latency_ms:5.1f} ms/frame", style="dim")
         table.add_row(head)
         shown = Text("  now: ", style="bold")
         shown.append(view.label, style="bold green" if view.label != "unknown" else "bold yellow")

@@ -226,6 +226,16 @@ function markShown() {
 
 // -- class cards: one element per class, updated in place (the held button is never replaced) ---------------
 let refreshTimer = null;
+let fleetCount = 0, fleetTimer = null;
+function fleetToast() {
+  fleetCount += 1;
+  if (fleetTimer) return;
+  fleetTimer = setTimeout(() => {
+    toast(`fleet: ${fleetCount} example${fleetCount === 1 ? "" : "s"} from other Pis`);
+    fleetCount = 0; fleetTimer = null;
+  }, 2000);
+}
+
 function refreshSoon() { clearTimeout(refreshTimer); refreshTimer = setTimeout(refreshClasses, 150); }
 
 async function refreshClasses() {
@@ -532,7 +542,8 @@ function onEvent(e) {
   switch (e.event) {
     case "prediction": showPrediction(e.label, e.confidences); break;
     case "enrolled":
-      if (e.via !== "web") toast(`${e.via === "button" ? "button" : e.via}: added to ${e.label} (${e.count})`);
+      if (e.via === "fleet") fleetToast();  // a fleet's catch-up brings thousands: one toast for them
+      else if (e.via !== "web") toast(`${e.via === "button" ? "button" : e.via}: added to ${e.label} (${e.count})`);
       refreshSoon(); break;
     case "region": showRegion(e.region); break;
     case "undone":
