@@ -21,11 +21,14 @@ Usage: scripts/bench/fleet.py [--bundle build/default-bundle] [--seeds 3] [--dev
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `teachcam` itself does (edge/cli); before numpy is imported
+
 import argparse
 import base64
 import io
 import json
-import os
 import platform
 import shutil
 import subprocess
