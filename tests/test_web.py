@@ -363,10 +363,18 @@ def test_undo_upload_delete_and_accessibility_from_the_page(running, tmp_path, f
         page.locator(".card[data-label='camera'] button.remove").click()  # confirm() is accepted
         page.wait_for_selector(".card[data-label='camera']", state="detached")
         page.wait_for_function("document.getElementById('undo').textContent === \"Undo: delete 'camera' (2 examples)\"")
-        press(factory, 5)  # someone at the Pi adds a cat meanwhile
+        # Someone at the Pi adds a cat before the page has refreshed: the page's refreshes are held (page.route)
+        # so that the click lands in that window every time — it used to be a race the test usually won.
+        waiting = []
+        page.route("**/api/classes", lambda route: waiting.append(route))
+        press(factory, 5)
         assert wait_for(lambda: len(classes_now(web)["cat"]) == len(before["cat"]) + 1, timeout=10)
         cats = classes_now(web)["cat"]
+        assert page.text_content("#undo") == "Undo: delete 'camera' (2 examples)"
         page.click("#undo")  # the page still says "delete 'camera'": that is what goes back
+        page.unroute("**/api/classes")
+        for route in waiting:
+            route.continue_()
         page.locator(".card[data-label='camera']").wait_for()
         after = classes_now(web)
         assert after["camera"] == before["camera"] and after["cat"] == cats
