@@ -60,6 +60,31 @@ def test_two_stage_search_agrees_with_exact_scoring(monkeypatch):
     assert np.mean(agree) >= 0.95
 
 
+def test_two_stage_buffers_are_per_thread_and_follow_the_index():
+    """The candidates' rows go through a buffer each thread keeps: threads predicting at once, and indexes of
+    another width or with unequal classes one after the other, give exactly what one fresh thread gives."""
+    import threading
+
+    wide, wide_labels, _ = clusters({f"c{i}": 120 + 30 * i for i in range(6)}, d=96, spread=1.0, seed=2)
+    narrow, narrow_labels, _ = clusters({f"c{i}": 300 for i in range(3)}, d=40, spread=1.0, seed=3)
+    indexes = [KNNIndex(wide, wide_labels), KNNIndex(narrow, narrow_labels)]
+    assert all(index.coarse is not None for index in indexes)
+    rng = np.random.default_rng(5)
+    queries = [[np.abs(rng.normal(size=index.matrix.shape[1])) for _ in range(20)] for index in indexes]
+    config = KNNConfig(threshold=-1)
+
+    def answers():
+        return [[index.predict(q, config).confidences for q in qs] for index, qs in zip(indexes, queries, strict=True)]
+
+    expected, results = answers(), []
+    threads = [threading.Thread(target=lambda: results.append(answers())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and all(r == expected for r in results)
+
+
 def test_ridge_gives_a_big_class_no_head_start():
     x, labels, _ = clusters({"small": 3, "big": 300}, spread=0.6, seed=4)
     queries, truth, _ = clusters({"small": 100, "big": 100}, spread=0.6, seed=4)
