@@ -36,6 +36,7 @@ from teachcam.edge.daemon import MODES
 from teachcam.edge.errors import ClassNameError, ConfigError
 from teachcam.edge.model.runtime import PRECISIONS
 from teachcam.edge.region import check_region
+from teachcam.edge.teaching.inbox import InboxRules
 from teachcam.edge.teaching.names import check_new_class_name
 from teachcam.edge.teaching.teacher import CAP_POLICIES
 
@@ -184,6 +185,7 @@ class DaemonConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    inbox: InboxRules = field(default_factory=InboxRules)  # the review inbox (teachcam.edge.teaching.inbox)
 
     def validate(self) -> DaemonConfig:
         if self.mode not in MODES:
@@ -213,6 +215,8 @@ class DaemonConfig:
             raise ConfigError("web.port must be 1-65535 and web.max_upload_mb 1-4096")
         if not 0 < self.web.hold_rate <= 30 or not 0 <= self.web.skip_similar <= 1:
             raise ConfigError("web.hold_rate must be 0-30 a second and web.skip_similar 0-1 (0: off)")
+        if self.inbox.problem():
+            raise ConfigError(self.inbox.problem())
         for key in ("terminal", "json"):
             if getattr(self.output, key) not in ("auto", "on", "off"):
                 raise ConfigError(f"output.{key} = {getattr(self.output, key)!r}: use auto, on or off")

@@ -22,42 +22,14 @@ from typing import ClassVar
 
 import numpy as np
 
+from teachcam.edge.wire import Wire, wire  # noqa: F401 (Wire: protocol.py reads each field's)
+
 PROTOCOL_VERSION = 1
 
 # Why an enrollment added nothing (the reply's ``skipped``): the frame already taught a moment ago, a near-copy
 # of an example the class has (``skip_similar``), the very picture the class already holds (``unique``),
 # and (a fleet example) one this daemon already has from the same source.
 SKIPPED_SAME_FRAME, SKIPPED_SIMILAR, SKIPPED_DUPLICATE, SKIPPED_KNOWN = "same frame", "similar", "duplicate", "known"
-
-
-# -- how a command's fields travel on the control socket --------------------------------------------------
-
-@dataclass(frozen=True)
-class Wire:
-    """A command field as JSON: its kind and limits, declared beside the field (see :func:`wire`).
-
-    Kinds: ``text`` (a non-empty string of at most 256 characters; ``cut``: longer ones are cut, not refused),
-    ``int`` and ``number`` (``low``..``high``), ``bool``, ``strings`` (a list of texts), ``region`` (four
-    fractions x0, y0, x1, y1 of the picture, or null/[] for the whole of it), ``image`` (base64
-    JPEG/PNG under the key ``image``, decoded to the model's input; ``exact``: taken as is when already that
-    size), ``embedding`` (base64 of little-endian float32) and ``examples`` (a list of at most 200
-    ``{"label", "source", "fingerprint", "embedding", "image"}`` objects). Fields without a Wire are not
-    accepted from the socket.
-    """
-
-    kind: str
-    required: bool = False
-    low: float | None = None
-    high: float | None = None
-    cut: int = 0
-    exact: bool = False
-    hint: str = ""  # the error's words for what the value must be, when the kind's own are not enough
-
-
-def wire(default=None, kind: str = "text", **rules):
-    """A dataclass field with its :class:`Wire` (``default_factory`` is not needed: defaults are immutable)."""
-    return field(default=default, metadata={"wire": Wire(kind, **rules)},
-                 compare=kind not in ("image", "embedding"), repr=kind not in ("image", "embedding"))
 
 
 # -- commands: what someone asks for -----------------------------------------------------------------
@@ -260,6 +232,32 @@ class Thumbnail(Command):
 
 
 @dataclass(frozen=True)
+class Inbox(Command):
+    """The review inbox: the moments the device was unsure about, most useful first (``item``: one item's JPEG)."""
+    op: ClassVar[str] = "inbox"
+    item: str = wire("")
+
+
+@dataclass(frozen=True)
+class InboxLabel(Command):
+    """Enroll an inbox item into a class (made if new); the item leaves the inbox."""
+    op: ClassVar[str] = "inbox_label"
+    item: str = wire("", required=True)
+    label: str = wire("", required=True)
+
+
+@dataclass(frozen=True)
+class InboxDiscard(Command):
+    """Drop an inbox item unlabelled (``all``: every item)."""
+    op: ClassVar[str] = "inbox_discard"
+    item: str = wire("")
+    all: bool = wire(False, "bool")
+
+    def check(self) -> str:
+        return "" if self.item or self.all else "item (an inbox item id) or all is required"
+
+
+@dataclass(frozen=True)
 class Quit(Command):
     op: ClassVar[str] = "quit"
 
@@ -268,7 +266,7 @@ class Quit(Command):
 SOCKET_COMMANDS: dict[str, type[Command]] = {c.op: c for c in (
     Enroll, EnrollImage, PredictImage, AddClass, RenameClass, RemoveClass, Undo, Clear, Pause, Resume, Reload,
     Snapshot, Status, ListClasses, Thumbnail, ExampleData, EnrollEmbedding, EnrollEmbeddings, RemoveExamples, Explain,
-    Notice, SetRegion)}
+    Notice, SetRegion, Inbox, InboxLabel, InboxDiscard)}
 
 
 # Ops the control socket answers itself (no command for the daemon's loop).
@@ -401,6 +399,18 @@ class CameraBack(Event):
 
 
 @dataclass(frozen=True)
+class InboxChanged(Event):
+    """An inbox item came (``added``, ``reason``) or went (``removed``: its id, "*": all; ``label``: "" discarded)."""
+    kind: ClassVar[str] = "inbox"
+    count: int = 0
+    added: str = ""
+    reason: str = ""
+    removed: str = ""
+    label: str = ""
+    via: str = ""
+
+
+@dataclass(frozen=True)
 class Reloaded(Event):
     kind: ClassVar[str] = "reloaded"
     examples: int = 0
@@ -437,4 +447,4 @@ class Stats(Event):
 # Every event, by kind (what a client's ``event_from_json`` turns back into types).
 EVENTS: dict[str, type[Event]] = {e.kind: e for e in (
     PredictionChanged, Enrolled, Undone, NoticeShown, ExamplesRemoved, ClassAdded, Removed, Renamed, Cleared, Paused,
-    CameraTrouble, CameraBack, Reloaded, Error, Stats, RegionChanged)}
+    CameraTrouble, CameraBack, Reloaded, Error, Stats, RegionChanged, InboxChanged)}

@@ -23,7 +23,7 @@ import sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from teachcam.edge import __version__  # noqa: E402
-from teachcam.edge.cli import bundles, daemon, network, teach  # noqa: E402
+from teachcam.edge.cli import bundles, daemon, inbox, network, teach  # noqa: E402
 from teachcam.edge.errors import TeachcamError  # noqa: E402
 
 log = logging.getLogger("teachcam")
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for module in (bundles, teach, daemon, network):
+    for module in (bundles, teach, daemon, inbox, network):
         module.register(sub)
     return parser
 
@@ -50,7 +50,7 @@ def _configure_logging(verbosity: int) -> None:
 
 
 def _commands() -> dict:
-    return {**bundles.COMMANDS, **teach.COMMANDS, **daemon.COMMANDS, **network.COMMANDS}
+    return {**bundles.COMMANDS, **teach.COMMANDS, **daemon.COMMANDS, **inbox.COMMANDS, **network.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

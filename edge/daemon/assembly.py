@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from teachcam.edge.config import load_config
-from teachcam.edge.daemon import focus, memory
+from teachcam.edge.daemon import focus, memory, review
 from teachcam.edge.daemon.gate import ChangeGate, signature
 from teachcam.edge.daemon.smoothing import Smoother
 from teachcam.edge.devices.camera import make_source as open_source
@@ -99,6 +99,9 @@ def load_models(d: Daemon) -> None:
     d.bundle, d.embedder, d.teacher, d.head = bundle, embedder, teacher, head
     d.preprocess = preprocess
     d.region = focus.load_region(config.store, config.camera.region)
+    if d.review is not None:
+        d.review.close()
+    d.review = review.open_review(d)
     log.info("bundle %s: %s embedder, mode %s, store %s (%d examples)", config.bundle, embedder.variant,
              config.mode, config.store, len(teacher))
 
@@ -113,6 +116,9 @@ def load_standalone(d: Daemon, bundle, preprocess: Preprocessor) -> None:
     if d.teacher is not None:  # a reload from an embedder bundle: the store stays on disk, untouched
         d.teacher.close()
     d.bundle, d.embedder, d.teacher = bundle, classifier, None
+    if d.review is not None:
+        d.review.close()
+    d.review = None
     d.head = LogitsHead(classifier.name, classifier.labels)
     d.preprocess = preprocess
     log.info("bundle %s: standalone %s classifier %r (%d classes), mode head; the store is not used",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from teachcam.edge import messages as m
-from teachcam.edge.daemon import focus, memory
+from teachcam.edge.daemon import focus, memory, review
 from teachcam.edge.errors import BundleError, StoreError, TeachcamError
 from teachcam.edge.region import region_key
 from teachcam.edge.teaching import insight
@@ -200,8 +200,28 @@ class Router:
                     d.event(m.ExamplesRemoved(count=len(gone), labels=tuple(sorted({e.label for e in gone})),
                                               sources=tuple(sorted({e.source for e in gone if e.source})), via=via))
                 return {"count": len(gone)}
+            case m.Inbox() | m.InboxLabel() | m.InboxDiscard():
+                return self._inbox(command)
             case _:
                 raise TeachcamError(f"unknown command {command!r}")
+        return {}
+
+    def _inbox(self, command: m.Command) -> dict:
+        d = self.daemon
+        inbox = d.review
+        if inbox is None:
+            raise review.no_inbox(d)
+        match command:
+            case m.Inbox(item=item) if item:
+                return {"id": item, "jpeg": inbox.jpeg(item)}
+            case m.Inbox():
+                return inbox.listing()
+            case m.InboxLabel(item=item, label=label):
+                outcome = inbox.label(self._taught(command), item, label, command.via)
+                d.smoother.reset()
+                return {"item": item, **self._enrolled(outcome, command.via), "inbox": len(inbox.inbox)}
+            case m.InboxDiscard(item=item):
+                return {"discarded": inbox.discard(item or None, command.via), "inbox": len(inbox.inbox)}
         return {}
 
     def _classes(self) -> dict:

@@ -84,6 +84,7 @@ class Daemon:
         self.mailboxes: list[Mailbox] = []
         self.kept: list[Mailbox] = []  # the mailboxes a reload keeps (control socket, ports handed in)
         self.buttons = self.leds = self.keys = self.grabber = self.teacher = self.head = self.control = None
+        self.review = None  # the review inbox (teachcam.edge.daemon.review), when on
         self.last_embedding = None
         self.source = None
         self.control_mode = "none"
@@ -254,6 +255,8 @@ class Daemon:
         self.last_frame, self.last_embedding = image, embedding
         self._apply_commands((embedding, pixels))
         label, score, confidence, confidences = self.predict(embedding)
+        if self.review is not None:
+            self.review.observe(embedding, pixels, label, score, confidences)
         t3 = time.perf_counter()
         shown = self.smoother.update(label)
         counts = self.teacher.counts() if self.teacher is not None else {}
@@ -347,5 +350,7 @@ class Daemon:
             self.grabber.stop()
         assembly.close_controls(self)
         assembly.close_outputs(self)
+        if self.review is not None:
+            self.review.close()
         if self.teacher is not None:
             self.teacher.close()

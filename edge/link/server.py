@@ -386,8 +386,9 @@ class ControlServer(Port):
         if isinstance(result.get("frame"), np.ndarray):
             jpeg, width, height = _jpeg(result.pop("frame"), result.pop("max_size", 0) or None)
             result.update(jpeg=base64.b64encode(jpeg).decode(), width=width, height=height)
-        if isinstance(result.get("png"), bytes):
-            result["png"] = base64.b64encode(result["png"]).decode()
+        for key in ("png", "jpeg"):  # a thumbnail, an inbox item's picture
+            if isinstance(result.get(key), bytes):
+                result[key] = base64.b64encode(result[key]).decode()
         if isinstance(result.get("embedding"), np.ndarray):
             result["embedding"] = encode_embedding(result["embedding"])
         return result
