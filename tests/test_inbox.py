@@ -3,6 +3,8 @@ the daemon (socket, CLI) — one example enrolled, exactly that one, once."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import signal
@@ -12,10 +14,13 @@ import textwrap
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from teachcam.edge import messages as m
 from teachcam.edge.errors import ControlError
 from teachcam.edge.link.client import ControlClient
 from teachcam.edge.teaching.inbox import Inbox, InboxRules, Item, Watch
@@ -163,19 +168,21 @@ def test_label_through_the_socket_and_the_cli_enrolls_exactly_that_example(taugh
     first, second, third = listing["items"][:3]
     assert first["reason"] == "new" and [g[0] for g in first["guesses"]] and first["seen"] >= 1
     with ControlClient(d.socket) as client:
-        stored = client.request("inbox", item=first["id"])  # its picture
-    assert stored["jpeg"]
+        picture_ = client.request("inbox", item=first["id"])["jpeg"]  # its picture: what the model saw
+    assert Image.open(io.BytesIO(base64.b64decode(picture_))).size == (224, 224)
     before = d.request("classes")
+    kept = Item.decode((tmp_path / "store" / "inbox" / f"{first['id']}.item").read_bytes())
     # the socket: enrolls the stored embedding into a new class
     result = d.request("inbox_label", item=first["id"], label="rocket")
     assert result["label"] == "rocket" and result["count"] == 1 and result["item"] == first["id"]
+    assert result["reembedded"] is False  # the embedding kept with the item, no inference
     data = d.request("example", example=result["example"])
-    item_embedding = data["embedding"]
     assert data["source"] == f"inbox:{first['id']}" and data["label"] == "rocket"
+    stored = np.frombuffer(base64.b64decode(data["embedding"]), "<f4")
+    assert np.allclose(stored, kept.embedding / np.linalg.norm(kept.embedding), atol=1e-6)  # exactly that moment
     assert first["id"] not in [i["id"] for i in d.request("inbox")["items"]]
     counts = {c["label"]: c["count"] for c in d.request("classes")["classes"]}
     assert counts == {**{c["label"]: c["count"] for c in before["classes"]}, "rocket": 1}
-    assert item_embedding  # the stored embedding, not a re-embedding of a camera frame
     # the CLI: list, label, discard, with --json
     out = run_teachcam("inbox")
     assert out.returncode == 0 and second["id"] in out.stdout and "teachcam inbox label" in out.stdout
@@ -268,3 +275,109 @@ def test_the_inbox_can_be_turned_off(bundle_path, tmp_path):
 
 def test_augmented_views_helper_is_deterministic():  # the fixtures above rely on it
     assert np.array_equal(augmented_views("rocket.jpg", 1, 3)[0], augmented_views("rocket.jpg", 1, 3)[0])
+
+
+def test_mqtt_publishes_the_count_and_labels_through_request_topics(taught_daemon, tmp_path):
+    from tests.test_mqtt import Broker, BridgeProcess, Watcher
+
+    broker = Broker(tmp_path / "broker")
+    watcher = bridge = None
+    try:
+        d = taught_daemon
+        assert wait_for(lambda: len(d.request("inbox")["items"]) >= 2, timeout=60)
+        watcher = Watcher(broker.port)
+        bridge = BridgeProcess(tmp_path, "pi1", d.socket, broker.port)
+        base = "teachcam/pi1"
+        discovery = "homeassistant/device/pi1/config"
+        assert watcher.wait(lambda: watcher.last_json(f"{base}/inbox") and watcher.on(discovery))
+        sensor = json.loads(watcher.on(discovery)[-1])["cmps"]["inbox"]
+        assert sensor["name"] == "Needs a label" and sensor["stat_t"] == f"{base}/inbox"
+        assert sensor["ent_cat"] == "diagnostic" and sensor["val_tpl"] == "{{ value_json.count }}"
+        assert watcher.last_json(f"{base}/inbox")["count"] >= 2
+        d.request("pause")  # nothing new comes in meanwhile: the counts below are exact
+        items = d.request("inbox")["items"]
+        watcher.publish(f"{base}/request/inbox_label", {"id": "t1", "item": items[0]["id"], "label": "rocket"})
+        assert watcher.wait(lambda: watcher.last_json(f"{base}/response/inbox_label"))
+        reply = watcher.last_json(f"{base}/response/inbox_label")
+        assert reply["status"] == "ok" and reply["data"]["label"] == "rocket", reply
+        assert watcher.wait(lambda: watcher.last_json(f"{base}/inbox")["count"] == len(items) - 1)
+        # a late subscriber (Home Assistant restarting) gets the count at once: retained
+        late = Watcher(broker.port, topics=(f"{base}/inbox",))
+        try:
+            assert late.wait(lambda: late.last_json(f"{base}/inbox") == {"count": len(items) - 1})
+        finally:
+            late.close()
+        watcher.publish(f"{base}/request/inbox_label", {"id": "t2", "item": items[0]["id"], "label": "rocket"})
+        assert watcher.wait(lambda: watcher.last_json(f"{base}/response/inbox_label")["id"] == "t2")
+        assert "already" in watcher.last_json(f"{base}/response/inbox_label")["error"]
+        watcher.publish(f"{base}/request/inbox_discard", {"item": items[1]["id"]})
+        assert watcher.wait(lambda: watcher.last_json(f"{base}/inbox")["count"] == len(items) - 2)
+        sources = [e["source"] for c in d.request("classes")["classes"] for e in c["examples"]]
+        assert sources.count(f"inbox:{items[0]['id']}") == 1 and f"inbox:{items[1]['id']}" not in sources
+    finally:
+        for part in (bridge, watcher, broker):
+            if part is not None:
+                part.stop() if hasattr(part, "stop") else part.close()
+
+
+def test_the_page_labels_and_discards_from_to_label(bundle_path, tmp_path, factory):
+    """The page's "To label" view (Debian's Chromium): the count badge, each moment's picture and guesses; a new
+    class typed in enrolls exactly that moment's embedding; Discard drops one; accessible (axe-core)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from axe_playwright_python.sync_playwright import Axe
+
+    from teachcam.edge.model.images import read_image
+    from teachcam.edge.samples import sample_photos
+    from tests.helpers import make_daemon
+    from tests.test_web import CHROMIUM, WebProcess, call, open_page
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    rules = InboxRules(new_after=0.3, interval=0.2, merge=0.999)
+    daemon = make_daemon(bundle_path, tmp_path, factory, augmented_views("chelsea.png", 7, seed=80), inbox=rules)
+    coffee = next(p for p in sample_photos() if p.name == "coffee.png")
+    daemon.teacher.add("coffee", daemon.embedder.embed(daemon.preprocess(read_image(coffee))),
+                       daemon.preprocess(read_image(coffee)), via="cli")  # taught: coffee; the camera sees a cat
+    loop = threading.Thread(target=daemon.run, daemon=True)
+    loop.start()
+    web = WebProcess(tmp_path, Path(os.environ["TEACHCAM_SOCKET"]), tmp_path / "store")
+    try:
+        assert wait_for(lambda: len(daemon.review.inbox) >= 3, timeout=30)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = open_page(browser, web, phone=True, width=412, height=915)
+            daemon.post(m.Pause(via="test"))  # nothing new comes in meanwhile
+            assert wait_for(lambda: daemon.paused, timeout=10)
+            count = len(daemon.review.inbox)
+            page.wait_for_function(f"document.querySelectorAll('#inbox article').length === {count}")
+            assert page.text_content("#inbox-count") == str(count) and page.is_visible("#inbox-link")
+            assert page.locator("#inbox article").count() == count
+            assert page.evaluate("document.querySelector('#inbox img').naturalWidth") in (0, 224)  # (lazy)
+            first = page.locator("#inbox article").first
+            assert "something new stayed" in first.text_content() and "coffee" in first.text_content()
+            item_id = page.evaluate("document.querySelector('#inbox img').src.split('/').pop().split('.')[0]")
+            kept = daemon.review.inbox.items[item_id].embedding.copy()
+            violations = [(v["id"], v["impact"]) for v in Axe().run(page).response["violations"]
+                          if v["impact"] in ("serious", "critical", "moderate")]
+            assert not violations, violations
+            first.locator("input").fill("cat")
+            first.locator("button[type=submit]").click()
+            page.wait_for_function("document.getElementById('toast').textContent.startsWith('added to cat')")
+            snap = daemon.teacher.snapshot
+            (example,) = [e for e in snap.examples if e.source == f"inbox:{item_id}"]
+            row = snap.embeddings[snap.examples.index(example)]
+            assert example.label == "cat" and np.allclose(row, kept / np.linalg.norm(kept), atol=1e-6)
+            page.wait_for_function(f"document.getElementById('inbox-count').textContent === '{count - 1}'")
+            page.locator("#inbox article").first.locator("button.danger").click()
+            page.wait_for_function(f"document.getElementById('inbox-count').textContent === '{count - 2}'")
+            assert len(daemon.review.inbox) == count - 2 and daemon.teacher.counts() == {"coffee": 1, "cat": 1}
+            assert not page.errors, page.errors
+            browser.close()
+        status, body = call(web, "POST", "/api/inbox/label", {"item": "../../x", "label": "cat"},
+                            headers={"X-Teachcam": "1"})
+        assert status == 400 and "inbox item's id" in body["error"]
+    finally:
+        web.stop()
+        daemon.stop()
+        loop.join(timeout=10)
+        daemon.close()

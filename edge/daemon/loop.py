@@ -330,6 +330,7 @@ class Daemon:
                 "store": self.config.store if self.teacher is not None else None,
                 "classes": self.teacher.counts() if self.teacher is not None else {},
                 "undo": self.teacher.next_undo() if self.teacher is not None else None,
+                "inbox": len(self.review.inbox) if self.review is not None else None,
                 "shown": self.shown, "controls": self.control_mode,
                 "dropped_views": {b.port.name: b.dropped_views for b in self.mailboxes if b.dropped_views},
                 "fingerprint": self.embedder.fingerprint}

@@ -17,6 +17,7 @@ Topics, under ``<base>`` = ``teachcam/<device id>`` unless configured:
 ``<base>/snapshot``            a small JPEG on each class change (retained)
 ``<base>/classes``             retained JSON: classes and example counts (on every change)
 ``<base>/stats``               retained JSON every 60 s: camera and model frames/s, inference ms, uptime, camera
+``<base>/inbox``               retained JSON ``{"count"}``: the moments waiting for a label (on every change)
 ``<base>/request/<op>``        commands → ``<base>/response/<op>``: ``{"id", "status", "data", "error"}``
 ``teachcam/all/request/<op>``  the same for every device; each answers on its own response topic
 ``<base>/set/…``, ``<base>/teach_class``, ``<base>/paused``  Home Assistant's select, button and switch
@@ -48,7 +49,7 @@ from teachcam.edge.errors import ControlError
 log = logging.getLogger(__name__)
 
 REQUEST_OPS = {"enroll", "add_class", "rename_class", "remove_class", "undo", "clear", "pause", "resume", "snapshot",
-               "status", "classes", "set_region"}
+               "status", "classes", "set_region", "inbox", "inbox_label", "inbox_discard"}
 MAX_REQUEST = 64 * 1024
 STATE_MIN_INTERVAL = 0.25  # at most 4 state messages a second
 STATS_INTERVAL = 60.0
@@ -58,7 +59,7 @@ SNAPSHOT_MIN_INTERVAL = 1.0  # a JPEG is encoded in the daemon: at most one a se
 # The daemon events published on <base>/event (not stats: <base>/stats has them; not notices: they hold secrets),
 # and the ones that change what the store holds.
 PUBLISHED = (m.PredictionChanged, m.Enrolled, m.Undone, m.ClassAdded, m.Removed, m.Renamed, m.Cleared, m.Paused,
-             m.CameraTrouble, m.CameraBack, m.ExamplesRemoved, m.Error, m.Reloaded)
+             m.CameraTrouble, m.CameraBack, m.ExamplesRemoved, m.Error, m.Reloaded, m.InboxChanged)
 CHANGES = (m.Enrolled, m.Undone, m.ClassAdded, m.Removed, m.Renamed, m.Cleared, m.ExamplesRemoved, m.Reloaded)
 
 
@@ -236,7 +237,8 @@ class Bridge:
         self.publish(f"{self.base}/paused", "ON" if self.paused else "OFF", retain=True)
         self._publish_teach_class()
         self._publish_stats()
-        return {f"{self.base}/{t}" for t in ("availability", "classes", "state", "paused", "teach_class", "stats")} | {
+        return {f"{self.base}/{t}" for t in ("availability", "classes", "state", "paused", "teach_class", "stats",
+                                             "inbox")} | {
             hass.discovery_topic(self.config.discovery_prefix, self.device)}
 
     def _publish_teach_class(self) -> None:
@@ -283,6 +285,8 @@ class Bridge:
                 "model", "kernels", "temperature_c", "throttled", "paused")
         # retained: Home Assistant (re)starting, a script subscribing late — each gets the figures at once
         self.publish(f"{self.base}/stats", {k: status.get(k) for k in keep}, retain=True)
+        if status.get("inbox") is not None:
+            self.publish(f"{self.base}/inbox", {"count": status["inbox"]}, retain=True)
 
     def _publish_classes(self) -> None:
         self.publish(f"{self.base}/classes", {"classes": self.classes, "examples": sum(self.classes.values())},
@@ -318,6 +322,8 @@ class Bridge:
             if changed:
                 self.publish(f"{self.base}/event/class", {"event_type": hass.event_type(event.label)})
                 self.snapshot_due = True
+        elif isinstance(event, m.InboxChanged):
+            self.publish(f"{self.base}/inbox", {"count": event.count}, retain=True)
         elif isinstance(event, m.Paused):
             self.paused = bool(event.paused)
             self.publish(f"{self.base}/paused", "ON" if self.paused else "OFF", retain=True)

@@ -88,6 +88,9 @@ def discovery_payload(*, device_id: str, base: str, classes: list[str], expire_a
                          "ent_cat": "diagnostic", "stat_cla": "measurement"},
         "examples": {"p": "sensor", "name": "Examples stored", "uniq_id": f"{uid}_examples", "stat_t": f"{base}/classes",
                      "val_tpl": "{{ value_json.examples }}", "ent_cat": "diagnostic", "stat_cla": "measurement"},
+        "inbox": {"p": "sensor", "name": "Needs a label", "uniq_id": f"{uid}_inbox", "stat_t": f"{base}/inbox",
+                  "val_tpl": "{{ value_json.count }}", "ent_cat": "diagnostic", "stat_cla": "measurement",
+                  "ic": "mdi:inbox"},
         **{key: {"p": platform} for key, platform in RETIRED.items()},
     }
     payload = {"dev": device, "o": {"name": "teachcam", "sw": __version__}, "cmps": components,

@@ -21,6 +21,7 @@ browser, this server's ``Origin``):
 ``POST /api/region``            ``{"region": [x0, y0, x1, y1] | null}`` or ``{"reset": true}``: the focus region
 ``GET /api/export.zip``         every example, one folder per class (``teachcam train --data`` takes it)
 ``POST /api/upload``            multipart: images (with a ``label`` field) and/or zips laid out like the export
+``…/api/inbox…``                the review inbox, "To label" (:mod:`teachcam.edge.apps.web.inbox`)
 ``GET /stream.mjpg``            the live view (MJPEG of the daemon's preview frames)
 ``GET /ws``                     the live feed: prediction, events, status every 2 s
 ==============================  =================================================================
@@ -45,6 +46,7 @@ from teachcam.edge.apps.web import files
 from teachcam.edge.apps.web.auth import COOKIE, CSRF_HEADER, SESSION_DAYS, Guard
 from teachcam.edge.apps.web.files import BODY_TIMEOUT
 from teachcam.edge.apps.web.files import error as _error
+from teachcam.edge.apps.web.inbox import InboxRoutes
 from teachcam.edge.apps.web.link import DaemonLink
 from teachcam.edge.apps.web.live import Live
 from teachcam.edge.config import DaemonConfig
@@ -117,6 +119,7 @@ class WebApp:
         r.add_post("/api/examples/remove", self.remove_examples)
         r.add_get("/api/export.zip", self.export)
         r.add_post("/api/upload", self.upload)
+        InboxRoutes(self.link, self._body).add_to(r)
         r.add_get("/stream.mjpg", self.live.stream)
         r.add_get("/ws", self.live.websocket)
         app.on_startup.append(self._start)

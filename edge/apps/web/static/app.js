@@ -522,6 +522,75 @@ async function refreshWhy() {
   } catch (e) { /* shown elsewhere */ }
 }
 
+// -- to label: the review inbox ----------------------------------------------------------------------------
+const REASONS = { unsure: "barely recognised", tie: "two classes nearly tied", flicker: "its answer flickered",
+                  new: "something new stayed" };
+let inboxTimer = null;
+function refreshInboxSoon() { clearTimeout(inboxTimer); inboxTimer = setTimeout(refreshInbox, 300); }
+
+async function refreshInbox() {
+  let data;
+  try { data = await api("/api/inbox"); } catch (e) { data = { items: [], count: 0, off: e.message }; }
+  $("inbox-count").textContent = String(data.count);
+  $("inbox-badge").textContent = String(data.count);
+  $("inbox-link").hidden = !data.count;
+  $("inbox-count").setAttribute("aria-label", `${data.count} to label`);
+  $("inbox-empty").textContent = data.off && data.off !== "log in first" ? data.off : "Nothing to label.";
+  $("inbox-empty").hidden = data.items.length > 0;
+  $("inbox").replaceChildren(...data.items.map(inboxItem));
+}
+
+function inboxItem(item) {
+  const card = el("article");
+  const why = `${REASONS[item.reason] || item.reason}, ${when(item.last)}${item.seen > 1 ? `, seen ${item.seen} times` : ""}`;
+  const img = el("img");
+  img.src = `/api/inbox/${item.id}.jpg`;
+  img.alt = `to label: ${why}`;
+  img.loading = "lazy";
+  const body = el("div");
+  const choices = el("div", "choices");
+  for (const [label, p] of item.guesses.slice(0, 2)) {
+    const b = named(el("button"), label, `(label it ${label}, ${Math.round(p * 100)}% its guess)`);
+    b.type = "button";
+    b.onclick = () => labelItem(item.id, label);
+    choices.append(b);
+  }
+  const other = el("select");
+  other.setAttribute("aria-label", "label it as another class");
+  other.append(new Option("other class…", ""), ...state.classes.map((c) => new Option(c.label, c.label)));
+  other.onchange = () => { if (other.value) labelItem(item.id, other.value); };
+  const form = el("form", "inline");
+  const name = el("input");
+  name.placeholder = "new class";
+  name.maxLength = 64;
+  name.setAttribute("aria-label", "label it as a new class");
+  const add = named(el("button"), "Add", "(as a new class)");
+  add.type = "submit";
+  form.append(name, add);
+  form.onsubmit = (e) => { e.preventDefault(); if (name.value.trim()) labelItem(item.id, name.value.trim()); };
+  const drop = named(el("button", "danger"), "Discard", `(the moment at ${when(item.last)})`);
+  drop.type = "button";
+  drop.onclick = () => discardItem(item.id);
+  choices.append(other, form, drop);
+  body.append(el("p", "hint", why), choices);
+  card.append(img, body);
+  return card;
+}
+
+async function labelItem(id, label) {
+  try {
+    const r = await api("/api/inbox/label", { method: "POST", body: { item: id, label } });
+    toast(`added to ${r.label} (${r.count})`);
+  } catch (e) { toast(e.message, true); }
+  refreshInbox();
+  refreshSoon();
+}
+
+async function discardItem(id) {
+  try { await api("/api/inbox/discard", { method: "POST", body: { item: id } }); } catch (e) { toast(e.message, true); }
+  refreshInbox();
+}
+
 // -- the live feed -----------------------------------------------------------------------------------------
 function connect() {
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
@@ -553,6 +622,7 @@ function onEvent(e) {
     case "camera_back": toast("camera back"); break;
     case "paused": toast(e.paused ? "paused" : "resumed"); break;
     case "error": toast(e.message, true); break;
+    case "inbox": refreshInboxSoon(); break;
     default: refreshSoon();
   }
 }
@@ -564,6 +634,7 @@ async function start() {
   showApp();
   $("live").src = "/stream.mjpg";
   await refreshClasses();
+  refreshInbox();
   connect();
   refreshWhy();
   setInterval(refreshWhy, 2500);
