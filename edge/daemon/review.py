@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from teachcam.edge.teaching.lessons import Lessons
 
 log = logging.getLogger(__name__)
+LOOK_GAP = 0.5  # s: a rule that holds frame after frame costs one look at the inbox (its similarities) per half second
 SOURCE = "inbox:"  # an example labelled from the inbox: its source is SOURCE + the item's id
 FOLDER = "inbox"  # in the store's folder
 
@@ -48,6 +49,7 @@ class Review:
     def __init__(self, daemon: Daemon, inbox: Inbox, rules: InboxRules):
         self.daemon, self.inbox, self.watch = daemon, inbox, Watch(rules)
         self.kept = self.merged = 0
+        self._next_look = 0.0
 
     def observe(self, embedding: np.ndarray, pixels: np.ndarray, label: str, score: float,
                 confidences: dict[str, float]) -> None:
@@ -56,12 +58,15 @@ class Review:
         teacher = d.teacher
         now = time.time()
         reason = self.watch.observe(label, score, confidences, teacher.config.threshold, now)
-        if reason is None:
-            self.inbox.flush(now)
+        if reason is None or now < self._next_look:
+            if reason is None:
+                self.inbox.flush(now)
             return
+        self._next_look = now + LOOK_GAP
         guesses = sorted(confidences.items(), key=lambda kv: -kv[1])
         try:
-            kept = self.inbox.keep(reason, embedding, pixels, guesses, score, d.embedder.fingerprint, now)
+            kept = self.inbox.keep(reason, embedding, pixels, guesses, score, d.embedder.fingerprint, now,
+                                   self.watch.doubt)
         except TeachcamError as exc:  # a full disk must not stop the camera: the moment is not kept
             log.warning("inbox: %s", exc)
             return

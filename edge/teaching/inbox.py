@@ -7,7 +7,8 @@ Two parts, both cheap enough for every frame the model sees on a Pi:
   - ``unsure``: recognised, but its best similarity is less than ``unsure_margin`` above the unknown threshold;
   - ``tie``: its two best classes' confidences are closer than ``tie_margin``;
   - ``flicker``: the (unsmoothed) answer changed at least ``flips`` times within ``flip_window`` seconds;
-  - ``new``: nothing recognised for ``new_after`` seconds on end — something new is here.
+  - ``new``: nothing recognised for ``new_after`` seconds on end (and every frame after, while it stays) —
+    something new is here.
 
 * :class:`Inbox` — the items, one file each in ``<store>/inbox/`` (written like the store: atomic, fsync'd, the
   store's permissions), so a SIGKILL or a power cut leaves every item either whole or absent. An item keeps its
@@ -88,6 +89,7 @@ class Watch:
         self._labels: deque[tuple[float, str]] = deque()  # (time, raw label) changes within flip_window
         self._last: str | None = None
         self._unknown_since: float | None = None
+        self.doubt = 0.0  # how likely the last frame's answer is wrong, 0-1 (set with each reason; see observe)
 
     def reset(self) -> None:
         """Forget the recent past (the classes changed, or the picture did: a new region)."""
@@ -96,8 +98,11 @@ class Watch:
 
     def observe(self, label: str, score: float, confidences: dict[str, float], threshold: float,
                 now: float) -> str | None:
-        """Why this frame is worth a person's look (a REASONS entry), or None."""
+        """Why this frame is worth a person's look (a REASONS entry), or None. ``doubt`` then says how much:
+        1 for a flicker and for something unrecognised; for a barely recognised answer, how far it is from the
+        margin's top (1 at the threshold); for a tie, how close the two are (1: equal)."""
         rules = self.rules
+        self.doubt = 1.0
         if label != self._last:
             if self._last is not None:
                 self._labels.append((now, label))
@@ -113,15 +118,18 @@ class Watch:
             self._labels.clear()
             return "flicker"
         if label == UNKNOWN:
+            # from new_after on, every frame while it stays: the inbox counts them into one item (``seen``), as the
+            # unsure rule's frames are — a long stay ranks as high as a long unsure spell
             if self._unknown_since is not None and now - self._unknown_since >= rules.new_after:
-                self._unknown_since = now  # again only after another new_after seconds
                 return "new" if confidences else None  # nothing taught yet: everything is new, nothing to ask
             return None
         if score < threshold + rules.unsure_margin:
+            self.doubt = min(1.0, max(0.05, 1.0 - (score - threshold) / rules.unsure_margin))
             return "unsure"
         if len(confidences) >= 2 and rules.tie_margin > 0:
             first, second = sorted(confidences.values(), reverse=True)[:2]
             if first - second < rules.tie_margin:
+                self.doubt = max(0.05, 1.0 - (first - second) / rules.tie_margin)
                 return "tie"
         return None
 
@@ -140,10 +148,11 @@ class Item:
     fingerprint: str  # the embedder that made the embedding
     embedding: np.ndarray = field(repr=False)
     jpeg: bytes = field(repr=False)
+    doubt: float = 1.0  # how likely the device's answer was wrong (Watch.doubt; the most of the moments merged)
 
     def as_json(self) -> dict:
         return {"id": self.id, "reason": self.reason, "time": round(self.time, 3), "last": round(self.last, 3),
-                "seen": self.seen, "score": round(self.score, 4), "guesses": self.guesses}
+                "seen": self.seen, "score": round(self.score, 4), "guesses": self.guesses, "doubt": round(self.doubt, 3)}
 
     def encode(self) -> bytes:
         vector = np.ascontiguousarray(self.embedding, "<f4").tobytes()
@@ -164,7 +173,7 @@ class Item:
             raise ValueError("a truncated inbox item")
         return cls(str(header["id"]), header["reason"], float(header["time"]), float(header["last"]),
                    int(header["seen"]), float(header["score"]), list(header["guesses"]), str(header["fingerprint"]),
-                   vector, jpeg)
+                   vector, jpeg, float(header.get("doubt", 1.0)))
 
     def pixels(self) -> np.ndarray:
         """The model-input picture (decoded from the JPEG)."""
@@ -216,9 +225,30 @@ class Inbox:
         return len(self.items)
 
     def listing(self) -> list[dict]:
-        """Every item, the most useful first: seen most often, then the newest."""
-        ordered = sorted(self.items.values(), key=lambda i: (-i.seen, -i.last))
-        return [i.as_json() for i in ordered]
+        """Every item, the most useful first (:meth:`ranked`)."""
+        return [i.as_json() for i in self.ranked()]
+
+    def ranked(self) -> list[Item]:
+        """The items in the order worth labelling. Each is worth √seen × doubt: a moment that keeps coming back stands
+        for many frames, and an answer likely wrong (something unrecognised, a flicker) is worth more than one barely
+        right. First the worthiest, then each time the one whose worth times its distance (1 − cosine) to the nearest
+        item already listed is largest: the first ten are ten different situations, not ten views of one."""
+        items = list(self.items.values())
+        if len(items) < 2:
+            return items
+        rows = transform(np.stack([i.embedding for i in items]), self.power)
+        weight = np.sqrt([i.seen for i in items]) * np.array([i.doubt for i in items])
+        order = [int(np.argmax(weight))]
+        nearest = rows @ rows[order[0]]
+        left = np.ones(len(items), bool)
+        left[order[0]] = False
+        while left.any():
+            score = np.where(left, weight * (1.0 - nearest), -np.inf)
+            pick = int(np.argmax(score))
+            order.append(pick)
+            left[pick] = False
+            nearest = np.maximum(nearest, rows @ rows[pick])
+        return [items[i] for i in order]
 
     def get(self, item_id: str) -> Item:
         item = self.items.get(item_id)
@@ -237,7 +267,7 @@ class Inbox:
         return item if sims[best] >= self.rules.merge and item.fingerprint == fingerprint else None
 
     def keep(self, reason: str, embedding: np.ndarray, pixels: np.ndarray, guesses: list, score: float,
-             fingerprint: str, now: float | None = None) -> tuple[str, Item] | None:
+             fingerprint: str, now: float | None = None, doubt: float = 1.0) -> tuple[str, Item] | None:
         """A moment the rules picked: ("merged", item) when it is like one already kept, ("added", item) when it is
         new and the rate allows it, else None. An added item is durable when this returns."""
         now = time.time() if now is None else now
@@ -245,7 +275,7 @@ class Inbox:
         similar = self._similar(vector, fingerprint)
         if similar is not None:
             similar.seen += 1
-            similar.last = now
+            similar.last, similar.doubt = now, max(similar.doubt, doubt)
             self._dirty.add(similar.id)
             self.flush(now)
             return "merged", similar
@@ -253,7 +283,7 @@ class Inbox:
             return None
         item = Item(f"{int(now * 1000):x}{secrets.token_hex(2)}", reason, now, now, 1, float(score),
                     [[str(label), round(float(p), 4)] for label, p in guesses[:3]], fingerprint,
-                    np.asarray(embedding, np.float32).copy(), jpeg_of(pixels))
+                    np.asarray(embedding, np.float32).copy(), jpeg_of(pixels), float(doubt))
         while len(self.items) >= self.rules.size:
             self.remove(min(self.items.values(), key=lambda i: (i.seen, i.last)).id)
         self._write(item)

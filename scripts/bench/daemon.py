@@ -68,13 +68,15 @@ def demo_frames(n: int, size=(640, 480)) -> list[np.ndarray]:
 
 @contextmanager
 def background_daemon(bundle_path: str, store: Path, frames: list, threads: int, socket_path: Path, *,
-                      fps: float = 1000.0, unpaced: bool = True):
+                      fps: float = 1000.0, unpaced: bool = True, settings: dict | None = None):
     """The real Daemon on ``frames`` (looped) with its control socket, its loop in a thread; stopped on exit.
-    ``unpaced``: frames as fast as the loop takes them, no change gate (throughput); else paced at ``fps``."""
+    ``unpaced``: frames as fast as the loop takes them, no change gate (throughput); else paced at ``fps``.
+    ``settings``: more config (e.g. ``{"inbox": {"enabled": False}}``)."""
     config = load_config(None, {"bundle": bundle_path, "store": str(store), "classes": ["cat", "coffee", "rocket"],
                                 "threads": threads, "camera": {"fps": fps, **({"gate": 0.0} if unpaced else {})},
                                 "buttons": {"enabled": False}, "leds": {"enabled": False},
-                                "output": {"terminal": "off", "json": "on"}, "control": {"socket": str(socket_path)}})
+                                "output": {"terminal": "off", "json": "on"}, "control": {"socket": str(socket_path)},
+                                **(settings or {})})
     daemon = Daemon(config, source=ArraySource(frames, loop=True), keyboard=False, stdout=io.StringIO())
     daemon.start()
     if unpaced:
