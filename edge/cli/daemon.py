@@ -264,6 +264,8 @@ def cmd_status(args) -> int:
           f"{hours}:{rest // 60:02d}:{rest % 60:02d}")
     print(f"showing   {status['shown']}")
     print(f"store     {status['store']}: {status['examples']} example(s)")
+    if status.get("inbox"):
+        print(f"inbox     {status['inbox']} moment(s) it was unsure about, to label: teachcam inbox")
     for label, count in status["classes"].items():
         print(f"  {count:5d}  {label}")
     return 0
@@ -302,6 +304,10 @@ def _describe(message: dict) -> str:
     elif isinstance(event, m.Stats):
         text = (f"camera {event.camera_fps:.1f} frames/s, model capacity {event.model_fps or event.fps:.1f} frames/s "
                 f"(inference {event.inference_ms:.1f} ms), {event.examples} examples")
+    elif isinstance(event, m.InboxChanged):
+        what = (f"kept a moment to label ({event.reason})" if event.added else
+                f"labelled {event.removed} as {event.label}" if event.label else f"discarded {event.removed}")
+        text = f"inbox: {what}; {event.count} to label"
     else:  # every other kind (and a newer daemon's) as its fields
         fields = {k: v for k, v in message.items() if k not in ("event", "time")}
         text = f"{message.get('event')} {json.dumps(fields, ensure_ascii=False)}"
