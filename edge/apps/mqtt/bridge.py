@@ -87,16 +87,11 @@ class Bridge:
         self.teach = hass.ClassToTeach()
         self.change_due, self.last_change = False, 0.0  # examples from the fleet came in (looked at in _tick)
         self.discovered: list[str] | None = None  # the classes the last discovery named
-        self.paused = False
-        self.prediction: dict = {}
-        self.fingerprint = ""
+        self.paused, self.prediction, self.fingerprint = False, {}, ""
         self.sync = FleetSync(self.group, self.device) if self.group else None
         self.carrier = FleetCarrier(self.sync, self.group, self.device, ask=self.ask, publish=self.publish) if self.sync else None
-        self.last_state = 0.0
-        self.state_due = False
-        self.last_stats = 0.0
-        self.last_snapshot = 0.0
-        self.snapshot_due = False
+        self.last_state = self.last_stats = self.last_snapshot = 0.0
+        self.state_due = self.snapshot_due = False
         self.dropped = 0  # work items dropped because the worker fell 20,000 behind
         self.transport = Transport(self.config, device=self.device, will_topic=f"{self.base}/availability", put=self._put)
 
@@ -237,8 +232,7 @@ class Bridge:
         self.publish(f"{self.base}/paused", "ON" if self.paused else "OFF", retain=True)
         self._publish_teach_class()
         self._publish_stats()
-        return {f"{self.base}/{t}" for t in ("availability", "classes", "state", "paused", "teach_class", "stats",
-                                             "inbox")} | {
+        return {f"{self.base}/{t}" for t in ("availability", "classes", "state", "paused", "teach_class", "stats", "inbox")} | {
             hass.discovery_topic(self.config.discovery_prefix, self.device)}
 
     def _publish_teach_class(self) -> None:
