@@ -17,7 +17,7 @@ import numpy as np
 from teachcam.convert import calibration
 from teachcam.convert.bundle_writer import BundleWriter, check_destination
 from teachcam.convert.quantize import DEFAULT_RECIPE, RECIPE_NOTES, cosines, output_fidelity
-from teachcam.edge.errors import DatasetError, TeachcamError
+from teachcam.edge.errors import ConvertError, DatasetError, TeachcamError
 from teachcam.edge.model.bundle import Bundle, load_bundle
 from teachcam.edge.model.images import read_image
 from teachcam.edge.model.models import Embedder, Head
@@ -50,6 +50,7 @@ class ConvertOptions:
     calibration: Path | None = None
     calibration_samples: int = 128
     edgetpu: bool = False
+    imx500: bool = False  # also the AI Camera's embedder (convert/imx500.py), with Sony's toolchain
     force: bool = False
     quantization: str = DEFAULT_RECIPE
 
@@ -241,6 +242,7 @@ def convert_bundle(options: ConvertOptions, progress=None) -> Bundle:
     progress = progress or NullProgress()
     check_destination(Path(options.out), options.force)
     check_family(options.family, options.alpha, options.input_size, options.weights)
+    imx500_weights = imx500_preflight(options)
     photos, source = calibration_images(options)
     photos, held_out = split_photos(photos)
     progress.step("loading the backbone weights")
@@ -262,4 +264,26 @@ def convert_bundle(options: ConvertOptions, progress=None) -> Bundle:
             writer.compile_edgetpu(writer.folder / "embedder_int8.tflite", progress, role="embedder")
             progress.advance()
         add_agreement(writer, held_out or photos, progress, held_out=bool(held_out))
+        if imx500_weights is not None:
+            from teachcam.convert.imx500 import build_for_imx500
+
+            views = evaluation_views(held_out or photos, pre)
+            writer.manifest["imx500"] = build_for_imx500(writer.folder, imx500_weights, np.stack(samples),
+                                                         np.stack([pixels for _, pixels in views]), progress)
     return load_bundle(options.out)
+
+
+def imx500_preflight(options: ConvertOptions) -> Path | None:
+    """With ``imx500``: the torchvision checkpoint the sensor's embedder is built from, once the toolchain is known to
+    be there (one line saying what to install when it is not) — before any slow work."""
+    if not options.imx500:
+        return None
+    from teachcam.convert.backbones import find_offline_weights
+    from teachcam.convert.imx500 import check_toolchain
+
+    if (options.family, options.alpha, options.input_size) != ("mobilenet_v2", 1.0, 224) or not (
+            options.weights == "offline" or str(options.weights).endswith(".pth")):
+        raise ConvertError("--imx500 builds torchvision's MobileNetV2 1.0 at 224 px (--weights offline or a .pth "
+                           "checkpoint): the graph the AI Camera's converter was verified with")
+    check_toolchain()
+    return find_offline_weights() if options.weights == "offline" else Path(options.weights)

@@ -69,13 +69,18 @@ def run_convert(args) -> int:
     from teachcam.convert.backbones import check_family
 
     check_family(args.backbone, args.alpha, args.input_size, args.weights)
+    if args.imx500:  # one line on what to install, before anything slow
+        from teachcam.convert.imx500 import check_toolchain
+
+        check_toolchain()
     _import_tensorflow_quietly()
     from teachcam.convert.build import ConvertOptions, convert_bundle
 
     options = ConvertOptions(out=args.out, weights=args.weights, input_size=args.input_size, alpha=args.alpha,
                              family=args.backbone,
                              calibration=args.calibration, calibration_samples=args.calibration_samples,
-                             edgetpu=args.edgetpu, force=args.force, quantization=args.quantization)
+                             edgetpu=args.edgetpu, imx500=args.imx500, force=args.force,
+                             quantization=args.quantization)
     started = time.monotonic()
     with RichProgress() as progress:
         bundle = convert_bundle(options, progress)
@@ -91,6 +96,7 @@ def run_convert(args) -> int:
         "evaluation_views": evaluation["views"],
         "held_out": evaluation["held_out"],
         "quantization": bundle.manifest["quantization"]["recipe"],
+        **({"imx500": bundle.manifest["imx500"]} if "imx500" in bundle.manifest else {}),
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -103,6 +109,11 @@ def run_convert(args) -> int:
               f"{evaluation['images']} {what}: embedding cosine mean {evaluation['mean_embedding_cosine']:.4f}, "
               f"min {evaluation['min_embedding_cosine']:.4f}; ImageNet top-1 agreement "
               f"{evaluation['top1_agreement'] * 100:.1f}%")
+        sensor = summary.get("imx500")
+        if sensor:
+            print(f"the AI Camera's embedder: {sensor['file']} ({sensor['memory'].get('total', '?')} of the sensor's "
+                  f"{sensor['memory'].get('available', '?')}); simulated quantised vs float over the same views: "
+                  f"cosine mean {sensor['fidelity']['mean']:.4f}, min {sensor['fidelity']['min']:.4f}")
         print(f"next: teachcam classify --bundle {bundle.path} IMAGE")
     return 0
 

@@ -36,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--calibration-samples", type=int, default=128, help="calibration samples (default 128)")
     add_quantization_flag(p)
     p.add_argument("--edgetpu", action="store_true", help="also compile for the Edge TPU when edgetpu_compiler is on PATH")
+    p.add_argument("--imx500", action="store_true",
+                   help="also build the embedder for the Raspberry Pi AI Camera (Sony IMX500) with Sony's toolchain "
+                        "(scripts/setup --imx500: its own venv); says what to install when it is missing")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--json", action="store_true", help="print the manifest summary as JSON when done")
 
@@ -162,6 +165,13 @@ def cmd_info(args) -> int:
         print(f"  {m['file']:<32} {role:<16} {('edgetpu' if m.get('edgetpu') else m['precision']):<8} "
               f"{m['bytes'] / 1e6:6.2f} MB  in {tensor_in['dtype']}{tensor_in['shape']}{qtext} → "
               f"out {tensor_out['dtype']}{tensor_out['shape']}")
+    sensor = manifest.get("imx500")
+    if sensor:
+        memory, fidelity = sensor.get("memory", {}), sensor.get("fidelity", {})
+        print(f"  {sensor['file']:<32} {'embedder':<16} {'imx500':<8} {memory.get('total', '?'):>6} of the sensor's "
+              f"{memory.get('available', '?')}  in RGB uint8 {sensor['input']['width']}×{sensor['input']['height']} "
+              f"→ out {sensor['output']['bits']}-bit {sensor['output']['shape']} (scale {sensor['output']['scale']:g}); "
+              f"simulated vs float: cosine {fidelity.get('mean', '?')} mean, {fidelity.get('min', '?')} min")
     for name, head in manifest.get("heads", {}).items():
         count = len(bundle.labels(name)) if (args.bundle / head["labels"]).is_file() else "?"
         print(f"head        {name}: {count} labels ({head.get('kind', 'classifier')})")
