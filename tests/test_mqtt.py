@@ -176,7 +176,7 @@ def test_state_commands_and_home_assistant_discovery(bundle_path, tmp_path, brok
     platforms = {key: c["p"] for key, c in config["cmps"].items()}
     assert platforms == {"label": "sensor", "confidence": "sensor", "class_seen": "event", "snapshot": "image",
                          "teach_class": "select", "capture": "button", "paused": "switch", "camera_fps": "sensor",
-                         "model_fps": "sensor", "inference_ms": "sensor", "examples": "sensor",
+                         "model_fps": "sensor", "inference_ms": "sensor", "examples": "sensor", "inbox": "sensor",
                          "fps": "sensor"}  # "fps": retired (only its platform: Home Assistant removes the entity)
     assert all(c["uniq_id"].startswith("teachcam_pi1_") for k, c in config["cmps"].items() if k != "fps")
     assert config["cmps"]["label"]["stat_t"] == f"{base}/state" and config["cmps"]["label"]["exp_aft"] > 0
