@@ -233,13 +233,13 @@ def main() -> int:
                     f"image.{entity}_snapshot", f"select.{entity}_class_to_teach", f"button.{entity}_capture_example",
                     f"switch.{entity}_paused", f"sensor.{entity}_camera_frames_per_second",
                     f"sensor.{entity}_model_capacity", f"sensor.{entity}_inference_time",
-                    f"sensor.{entity}_examples_stored"}
+                    f"sensor.{entity}_examples_stored", f"sensor.{entity}_needs_a_label"}
         def all_there():
             now = ha.states()
             return now if expected <= set(now) else None
 
         states = wait_for(all_there, 60) or ha.states()
-        check(expected <= set(states), f"the device's 11 entities ({sorted(expected - set(states)) or 'all there'})")
+        check(expected <= set(states), f"the device's 12 entities ({sorted(expected - set(states)) or 'all there'})")
         check(not [e for e in states if e.startswith("sensor.") and e.endswith("_frames_per_second")
                    and "camera" not in e], "no entity left from the old 'Frames per second'")
 
@@ -295,6 +295,12 @@ def main() -> int:
                                                               f"({request('status')['classes']})")
         check(bool(wait_for(lambda: ha.state(f"sensor.{entity}_examples_stored")["state"] == "1", 10)),
               "Examples stored follows the change at once")
+        # the review inbox's count (#26): what the daemon holds, a number in Home Assistant
+        def inbox_agrees() -> bool:  # (the daemon may keep a moment meanwhile: compared afresh each time)
+            return ha.state(f"sensor.{entity}_needs_a_label")["state"] == str(request("inbox")["count"])
+
+        check(bool(wait_for(inbox_agrees, 10)), f"Needs a label = the daemon's inbox ({request('inbox')['count']}: "
+                                                f"{ha.state(f'sensor.{entity}_needs_a_label')['state']})")
         request("rename_class", old="coffee", new="cat")  # for the automation below
 
         # the bridge killed: unavailable; back: available; the automation does not fire on the return
