@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -48,8 +49,6 @@ def toolchain_venv() -> Path:
     configured = os.environ.get("TEACHCAM_IMX500_VENV")
     if configured:
         return Path(configured)
-    import sys
-
     return Path(sys.prefix).parent / ".venv-imx500"
 
 

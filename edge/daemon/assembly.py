@@ -99,9 +99,7 @@ def load_models(d: Daemon) -> None:
     d.bundle, d.embedder, d.teacher, d.head = bundle, embedder, teacher, head
     d.preprocess = preprocess
     d.region = focus.load_region(config.store, config.camera.region)
-    if d.review is not None:
-        d.review.close()
-    d.review = review.open_review(d)
+    d.review = review.reopen(d)
     log.info("bundle %s: %s embedder, mode %s, store %s (%d examples)", config.bundle, embedder.variant,
              config.mode, config.store, len(teacher))
 
@@ -116,10 +114,8 @@ def load_standalone(d: Daemon, bundle, preprocess: Preprocessor) -> None:
     if d.teacher is not None:  # a reload from an embedder bundle: the store stays on disk, untouched
         d.teacher.close()
     d.bundle, d.embedder, d.teacher = bundle, classifier, None
-    if d.review is not None:
-        d.review.close()
-    d.review = None
     d.head = LogitsHead(classifier.name, classifier.labels)
+    d.review = review.reopen(d)  # None: nothing to teach
     d.preprocess = preprocess
     log.info("bundle %s: standalone %s classifier %r (%d classes), mode head; the store is not used",
              config.bundle, classifier.variant, classifier.name, len(classifier.labels))

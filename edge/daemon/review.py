@@ -19,14 +19,13 @@ import numpy as np
 
 from teachcam.edge import messages as m
 from teachcam.edge.errors import TeachcamError
-from teachcam.edge.teaching.inbox import Inbox, InboxRules, Watch
+from teachcam.edge.teaching.inbox import Collector, Inbox, InboxRules
 
 if TYPE_CHECKING:
     from teachcam.edge.daemon.loop import Daemon
     from teachcam.edge.teaching.lessons import Lessons
 
 log = logging.getLogger(__name__)
-LOOK_GAP = 0.5  # s: a rule that holds frame after frame costs one look at the inbox (its similarities) per half second
 SOURCE = "inbox:"  # an example labelled from the inbox: its source is SOURCE + the item's id
 FOLDER = "inbox"  # in the store's folder
 
@@ -43,30 +42,27 @@ def open_review(d: Daemon) -> Review | None:
     return Review(d, inbox, rules)
 
 
+def reopen(d: Daemon) -> Review | None:
+    """After the models (re)loaded: the old inbox written out, the new one (or None) — see :func:`open_review`."""
+    if d.review is not None:
+        d.review.close()
+    return open_review(d)
+
+
 class Review:
-    """Watch + Inbox, wired to one daemon."""
+    """The inbox's collector, wired to one daemon: its events, its commands."""
 
     def __init__(self, daemon: Daemon, inbox: Inbox, rules: InboxRules):
-        self.daemon, self.inbox, self.watch = daemon, inbox, Watch(rules)
+        self.daemon, self.inbox, self.collector = daemon, inbox, Collector(inbox, rules)
         self.kept = self.merged = 0
-        self._next_look = 0.0
 
     def observe(self, embedding: np.ndarray, pixels: np.ndarray, label: str, score: float,
                 confidences: dict[str, float]) -> None:
         """One frame the model saw (and its raw prediction). Keeps it when a rule says so; never raises."""
         d = self.daemon
-        teacher = d.teacher
-        now = time.time()
-        reason = self.watch.observe(label, score, confidences, teacher.config.threshold, now)
-        if reason is None or now < self._next_look:
-            if reason is None:
-                self.inbox.flush(now)
-            return
-        self._next_look = now + LOOK_GAP
-        guesses = sorted(confidences.items(), key=lambda kv: -kv[1])
         try:
-            kept = self.inbox.keep(reason, embedding, pixels, guesses, score, d.embedder.fingerprint, now,
-                                   self.watch.doubt)
+            kept = self.collector.observe(embedding, pixels, label, score, confidences, d.teacher.config.threshold,
+                                          d.embedder.fingerprint, time.time())
         except TeachcamError as exc:  # a full disk must not stop the camera: the moment is not kept
             log.warning("inbox: %s", exc)
             return
@@ -77,26 +73,29 @@ class Review:
             self.merged += 1
             return
         self.kept += 1
-        log.info("inbox: kept %s (%s; guesses %s)", item.id, reason, ", ".join(g[0] for g in item.guesses[:2]))
-        d.event(m.InboxChanged(count=len(self.inbox), added=item.id, reason=reason), log_it=False)
+        log.info("inbox: kept %s (%s; guesses %s)", item.id, item.reason, ", ".join(g[0] for g in item.guesses[:2]))
+        d.event(m.InboxChanged(count=len(self.inbox), added=item.id, reason=item.reason), log_it=False)
 
     def label(self, lessons: Lessons, item_id: str, label: str, via: str):
         """Enroll item ``item_id`` into class ``label`` (created if new); the item leaves the inbox. Returns the
         enrollment's Outcome."""
         d = self.daemon
         item = self.inbox.get(item_id)
-        lessons.teacher.resolve_name(label, create=True)  # a bad or reserved name: one line, the item stays
         outcome = lessons.adopt(label, SOURCE + item.id, item.pixels(), item.embedding, fingerprint=item.fingerprint,
                                 embedder=d.embedder, embedding_size=int(np.prod(d.embedder.model.output.shape[1:])),
                                 via=via)
-        self.inbox.remove(item.id)
-        self.watch.reset()
+        self.inbox.remove(item.id)  # (only once the example is durable: adopt refuses a bad name before any change)
+        self.collector.watch.reset()
         d.event(m.InboxChanged(count=len(self.inbox), removed=item.id, label=outcome.label, via=via), log_it=False)
         return outcome
 
     def discard(self, item_id: str | None, via: str) -> int:
         """Discard one item (or every one, ``item_id`` None): how many went."""
-        count = self.inbox.clear() if item_id is None else (self.inbox.remove(item_id) and 1)
+        if item_id is None:
+            count = self.inbox.clear()
+        else:
+            self.inbox.remove(item_id)
+            count = 1
         self.daemon.event(m.InboxChanged(count=len(self.inbox), removed=item_id or "*", via=via), log_it=False)
         return count
 

@@ -18,13 +18,15 @@ Two parts, both cheap enough for every frame the model sees on a Pi:
   (``seen``). When full, the item seen fewest times (the oldest of those) makes room: a moment that keeps coming
   back is worth more than a one-off.
 
+* :class:`Collector` — the two together, as the daemon runs them on each frame (one look at the inbox per
+  ``LOOK_GAP`` at most).
+
 Example usage::
 
-    inbox = Inbox.open(Path(store) / "inbox", InboxRules())
-    watch = Watch(InboxRules())
-    reason = watch.observe(prediction.label, prediction.score, prediction.confidences, threshold, now)
-    if reason:
-        inbox.keep(reason, embedding, pixels, guesses, score, fingerprint, now)
+    rules = InboxRules()
+    collector = Collector(Inbox.open(Path(store) / "inbox", rules), rules)
+    collector.observe(embedding, pixels, p.label, p.score, p.confidences, threshold, fingerprint, now)
+    # → ("added", item), ("merged", item) or None
 """
 
 from __future__ import annotations
@@ -228,6 +230,12 @@ class Inbox:
         """Every item, the most useful first (:meth:`ranked`)."""
         return [i.as_json() for i in self.ranked()]
 
+    def _transformed(self) -> np.ndarray:
+        """The items' embeddings in the KNN's space, in ``self.items``' order (kept until the items change)."""
+        if self._rows is None or len(self._rows) != len(self.items):
+            self._rows = transform(np.stack([i.embedding for i in self.items.values()]), self.power)
+        return self._rows
+
     def ranked(self) -> list[Item]:
         """The items in the order worth labelling. Each is worth √seen × doubt: a moment that keeps coming back stands
         for many frames, and an answer likely wrong (something unrecognised, a flicker) is worth more than one barely
@@ -236,7 +244,7 @@ class Inbox:
         items = list(self.items.values())
         if len(items) < 2:
             return items
-        rows = transform(np.stack([i.embedding for i in items]), self.power)
+        rows = self._transformed()
         weight = np.sqrt([i.seen for i in items]) * np.array([i.doubt for i in items])
         order = [int(np.argmax(weight))]
         nearest = rows @ rows[order[0]]
@@ -259,9 +267,7 @@ class Inbox:
     def _similar(self, vector: np.ndarray, fingerprint: str) -> Item | None:
         if not self.items:
             return None
-        if self._rows is None or len(self._rows) != len(self.items):
-            self._rows = transform(np.stack([i.embedding for i in self.items.values()]), self.power)
-        sims = self._rows @ vector
+        sims = self._transformed() @ vector
         best = int(np.argmax(sims))
         item = list(self.items.values())[best]
         return item if sims[best] >= self.rules.merge and item.fingerprint == fingerprint else None
@@ -330,3 +336,30 @@ class Inbox:
         for item_id in gone:
             self.remove(item_id)
         return len(gone)
+
+
+LOOK_GAP = 0.5  # s: a rule that holds frame after frame costs one look at the inbox (its similarities) per half second
+
+
+class Collector:
+    """The rules over one inbox: what the daemon runs for each frame the model saw (and a benchmark runs on its own
+    clock)."""
+
+    def __init__(self, inbox: Inbox, rules: InboxRules):
+        self.inbox, self.watch = inbox, Watch(rules)
+        self._next_look = 0.0
+
+    def observe(self, embedding: np.ndarray, pixels: np.ndarray, label: str, score: float,
+                confidences: dict[str, float], threshold: float, fingerprint: str,
+                now: float) -> tuple[str, Item] | None:
+        """This frame and its raw prediction: what :meth:`Inbox.keep` did with it, or None (no rule holds, or the
+        inbox was looked at less than LOOK_GAP ago)."""
+        reason = self.watch.observe(label, score, confidences, threshold, now)
+        if reason is None:
+            self.inbox.flush(now)
+            return None
+        if now < self._next_look:
+            return None
+        self._next_look = now + LOOK_GAP
+        guesses = sorted(confidences.items(), key=lambda kv: -kv[1])
+        return self.inbox.keep(reason, embedding, pixels, guesses, score, fingerprint, now, self.watch.doubt)

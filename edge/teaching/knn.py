@@ -142,7 +142,7 @@ def fit_ridge(matrix: np.ndarray, ids: np.ndarray, n_classes: int, alpha: float)
     return w.astype(np.float32), (mean_y - mean_x.astype(np.float64) @ w).astype(np.float32)
 
 
-_scratch = threading.local()  # per-thread buffers of KNNIndex.class_scores
+_buffers = threading.local()  # per-thread buffers of KNNIndex.class_scores
 
 
 class KNNIndex:
@@ -199,9 +199,9 @@ class KNNIndex:
 
     def _scratch(self, rows: int) -> np.ndarray:
         """A (rows × D) float32 buffer owned by the calling thread, reused from frame to frame."""
-        buffer = getattr(_scratch, "buffer", None)
+        buffer = getattr(_buffers, "rows", None)
         if buffer is None or buffer.shape[0] < rows or buffer.shape[1] != self.matrix.shape[1]:
-            buffer = _scratch.buffer = np.empty((rows, self.matrix.shape[1]), np.float32)
+            buffer = _buffers.rows = np.empty((rows, self.matrix.shape[1]), np.float32)
         return buffer[:rows]
 
     def _slices(self):

@@ -45,13 +45,12 @@ from region import BACKGROUNDS, CLUTTER, OBJECTS, compose, photos  # noqa: E402 
 from teachcam.edge.model.bundle import load_bundle  # noqa: E402
 from teachcam.edge.model.models import Embedder  # noqa: E402
 from teachcam.edge.model.preprocess import Preprocessor  # noqa: E402
-from teachcam.edge.teaching.inbox import Inbox, InboxRules, Watch  # noqa: E402
+from teachcam.edge.teaching.inbox import Collector, Inbox, InboxRules  # noqa: E402
 from teachcam.edge.teaching.knn import KNNConfig, KNNIndex  # noqa: E402
 
 TAUGHT = ("cat", "coffee", "rocket", "motorcycle")
 NEW = "astronaut"
 FRAME_S = 0.5
-LOOK_GAP = 0.5  # as teachcam.edge.daemon.review: one look at the inbox per half second
 WHOLE = (0.0, 0.0, 1.0, 1.0)
 
 
@@ -109,23 +108,19 @@ def accuracy(rows, labels, test, truth) -> float:
 
 
 def collect(stream, pixels, truth, taught_rows, taught_labels, folder: Path) -> tuple[Inbox, dict]:
-    """The stream through the collection rules and the inbox, on the stream's own clock."""
+    """The stream through the daemon's collector (teachcam.edge.teaching.inbox.Collector), on the stream's own clock."""
     rules = InboxRules()
     index, config = KNNIndex(np.stack(taught_rows), taught_labels), KNNConfig()
-    watch, inbox = Watch(rules), Inbox.open(folder, rules)
-    truth_of, next_look, reasons = {}, 0.0, {}
+    inbox = Inbox.open(folder, rules)
+    collector = Collector(inbox, rules)
+    truth_of, reasons = {}, {}
     for i, (vector, picture) in enumerate(zip(stream, pixels, strict=True)):
-        now = 1e9 + i * FRAME_S
         p = index.predict(vector, config)
-        reason = watch.observe(p.label, p.score, p.confidences, config.threshold, now)
-        if reason is None or now < next_look:
-            continue
-        next_look = now + LOOK_GAP
-        kept = inbox.keep(reason, vector, picture, sorted(p.confidences.items(), key=lambda kv: -kv[1]), p.score,
-                          "bench", now, watch.doubt)
+        kept = collector.observe(vector, picture, p.label, p.score, p.confidences, config.threshold, "bench",
+                                 1e9 + i * FRAME_S)
         if kept is not None and kept[0] == "added":
             truth_of[kept[1].id] = truth[i]
-            reasons[reason] = reasons.get(reason, 0) + 1
+            reasons[kept[1].reason] = reasons.get(kept[1].reason, 0) + 1
     return inbox, {"truth": truth_of, "reasons": reasons}
 
 
