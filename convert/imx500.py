@@ -94,6 +94,30 @@ def output_tensor(dnn_params: str) -> dict:
             "scale": float(match.group(3)), "format": match.group(4)}
 
 
+def _worker_env(work: Path) -> dict:
+    return {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")},
+            "PYTHONPATH": str(_package_root(work)), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def simulate(weights: Path, calibration: np.ndarray, pictures: np.ndarray, *, outliers: float = OUTLIERS_Z) -> np.ndarray:
+    """What the sensor's quantised embedder gives for ``pictures`` (model-input uint8), simulated by the quantiser
+    (the same build and quantisation as :func:`build_for_imx500`, nothing converted): float32, one row each."""
+    venv = check_toolchain()
+    with tempfile.TemporaryDirectory(prefix="teachcam-imx500-") as tmp:
+        work = Path(tmp)
+        for name, array in (("calibration", calibration), ("held_out", calibration[:4]), ("pictures", pictures)):
+            np.save(work / f"{name}.npy", np.ascontiguousarray(array, np.uint8))
+        worker = subprocess.run([str(venv / "bin" / "python"), "-m", "teachcam.convert.imx500_worker",
+                                 "--weights", str(weights), "--calibration", str(work / "calibration.npy"),
+                                 "--held-out", str(work / "held_out.npy"), "--outliers", str(outliers),
+                                 "--embed", str(work / "pictures.npy"), "--embed-out", str(work / "embedded.npy")],
+                                capture_output=True, text=True, env=_worker_env(work), timeout=WORKER_TIMEOUT,
+                                check=False)
+        if worker.returncode != 0:
+            raise ConvertError(f"IMX500 simulation failed: {_last_line(worker.stderr)}")
+        return np.load(work / "embedded.npy")
+
+
 def build_for_imx500(bundle_folder: Path, weights: Path, calibration: np.ndarray, held_out: np.ndarray, progress,
                      *, outliers: float = OUTLIERS_Z) -> dict:
     """Quantise and convert the embedder for the IMX500 into ``bundle_folder/imx500``; the manifest section."""
@@ -102,8 +126,7 @@ def build_for_imx500(bundle_folder: Path, weights: Path, calibration: np.ndarray
         work = Path(tmp)
         np.save(work / "calibration.npy", np.ascontiguousarray(calibration, np.uint8))
         np.save(work / "held_out.npy", np.ascontiguousarray(held_out, np.uint8))
-        env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")},
-               "PYTHONPATH": str(_package_root(work)), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = _worker_env(work)
         progress.step("quantising for the IMX500 (model-compression-toolkit, its own venv)")
         worker = subprocess.run([str(venv / "bin" / "python"), "-m", "teachcam.convert.imx500_worker",
                                  "--weights", str(weights), "--calibration", str(work / "calibration.npy"),

@@ -41,7 +41,9 @@ def main() -> int:
     parser.add_argument("--weights", required=True)
     parser.add_argument("--calibration", required=True, help=".npy of N×S×S×3 uint8 model-input pixels")
     parser.add_argument("--held-out", required=True, help=".npy of held-out photos, the same way")
-    parser.add_argument("--out", required=True, help="the quantised model (.keras) for imxconv-tf")
+    parser.add_argument("--out", help="the quantised model (.keras) for imxconv-tf (none: not exported)")
+    parser.add_argument("--embed", help=".npy of more pictures (uint8) to run through the simulated quantised embedder")
+    parser.add_argument("--embed-out", help="where their embeddings go (.npy, float32)")
     parser.add_argument("--tpc", default="4.0", help="the IMX500 target platform capabilities version")
     parser.add_argument("--outliers", type=float, default=0.0, help="z-score above which calibration values are "
                                                                     "ignored when ranges are chosen (0: none)")
@@ -70,7 +72,12 @@ def main() -> int:
     float_out, quant_out = model.predict(held, verbose=0), quantised.predict(held, verbose=0)
     cosine = (float_out * quant_out).sum(1) / np.maximum(
         np.linalg.norm(float_out, axis=1) * np.linalg.norm(quant_out, axis=1), 1e-12)
-    mct.exporter.keras_export_model(model=quantised, save_model_path=args.out)
+    if args.out:
+        mct.exporter.keras_export_model(model=quantised, save_model_path=args.out)
+    if args.embed and args.embed_out:
+        pictures = np.load(args.embed, mmap_mode="r")
+        rows = [quantised.predict(pictures[i:i + 32].astype("float32"), verbose=0) for i in range(0, len(pictures), 32)]
+        np.save(args.embed_out, np.concatenate(rows).astype("float32"))
     print(json.dumps({"mct": mct.__version__, "tpc": args.tpc, "outliers": args.outliers,
                       "quantise_s": round(ptq_s, 1), "calibration_samples": len(calibration),
                       "fidelity": {"mean": round(float(cosine.mean()), 4), "min": round(float(cosine.min()), 4),
