@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from teachcam.edge.config import load_config
-from teachcam.edge.daemon import focus, memory, review
+from teachcam.edge.daemon import focus, memory, review, sensor
 from teachcam.edge.daemon.gate import ChangeGate, signature
 from teachcam.edge.daemon.smoothing import Smoother
 from teachcam.edge.devices.camera import make_source as open_source
@@ -24,7 +24,7 @@ from teachcam.edge.errors import BundleError, ConfigError, ScreenError, Teachcam
 from teachcam.edge.link.server import ControlServer
 from teachcam.edge.messages import Reloaded
 from teachcam.edge.model.bundle import load_bundle as read_bundle
-from teachcam.edge.model.models import Classifier, Embedder, Head, LogitsHead
+from teachcam.edge.model.models import Classifier, Head, LogitsHead
 from teachcam.edge.model.preprocess import Preprocessor
 from teachcam.edge.ports import Mailbox, Port
 from teachcam.edge.teaching.knn import KNNConfig
@@ -75,7 +75,7 @@ def load_models(d: Daemon) -> None:
     if bundle.standalone:
         load_standalone(d, bundle, preprocess)
         return
-    embedder = Embedder.create(bundle, config.precision, num_threads=config.threads)
+    embedder = sensor.create_embedder(d, bundle)
     knn = KNNConfig(k=config.knn.k) if config.knn.threshold is None else KNNConfig(k=config.knn.k,
                                                                                    threshold=config.knn.threshold)
     head = None
@@ -164,7 +164,7 @@ def open_outputs(d: Daemon) -> None:
     if output.screen:
         try:
             backend = open_backend(d.source, output.screen_device, output.screen_max_fps)
-            runs_on = {"edgetpu": "Edge TPU", "xnnpack": "CPU"}.get(d.embedder.kernels, "CPU (no XNNPACK)")
+            runs_on = {"edgetpu": "Edge TPU", "xnnpack": "CPU", "imx500": "AI Camera"}.get(d.embedder.kernels, "CPU (no XNNPACK)")
             ports.append(ScreenPort(backend, list(d.config.classes), f"{d.embedder.variant} · {runs_on}"))
             log.info("screen: %s", backend.name)
         except ScreenError as exc:  # no screen: one line, and the daemon runs on without it
@@ -190,8 +190,8 @@ def camera_source(d: Daemon):
     # but not below 64 rows (a small CNN's 28 px: the ISP scales to 64, the CPU does the rest — cheap).
     shorter = max(d.preprocess.shorter_side, 64)
     lores = (2 * round(shorter * camera.width / camera.height / 2), shorter)
-    return d.source_override or open_source(camera.source, width=camera.width, height=camera.height,
-                                               loop=camera.loop, fps=camera.fps, inference_size=lores)
+    return d.source_override or sensor.camera_source(d, lores) or open_source(
+        camera.source, width=camera.width, height=camera.height, loop=camera.loop, fps=camera.fps, inference_size=lores)
 
 
 def open_camera(d: Daemon) -> None:
@@ -202,6 +202,14 @@ def open_camera(d: Daemon) -> None:
     d.grabber = FrameGrabber(source, fps=camera.fps, summarize=summarize)
     d.set_region(d.region)  # the preparation, and the region asked of the camera's ISP when it opens (and reopens)
     d.grabber.start()
+
+
+def without_sensor(d: Daemon) -> None:
+    """The AI Camera refused its network: the CPU's embedder, and the camera as an ordinary Pi camera."""
+    d.grabber.stop()
+    load_models(d)
+    d.source = camera_source(d)
+    open_camera(d)
 
 # -- running -------------------------------------------------------------------------------------
 

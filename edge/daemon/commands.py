@@ -87,6 +87,8 @@ class Router:
         if d.last_frame is None:
             raise StoreError("no camera frame yet: nothing to enroll (is the camera working?)")
         pixels = d.frame_preprocess(d.last_frame)
+        if getattr(d.embedder, "stand_in", False) and d.last_embedding is not None:
+            return d.last_embedding, pixels  # the AI Camera's embedding of that frame (the CPU's is a stand-in)
         return d.embedder.embed(pixels), pixels
 
     def _enrolled(self, outcome: Outcome, via: str) -> dict:

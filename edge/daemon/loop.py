@@ -28,7 +28,7 @@ import numpy as np
 
 from teachcam.edge import messages as m
 from teachcam.edge.config import DaemonConfig
-from teachcam.edge.daemon import assembly
+from teachcam.edge.daemon import assembly, sensor
 from teachcam.edge.daemon.commands import Router
 from teachcam.edge.daemon.smoothing import Smoother
 from teachcam.edge.daemon.systemd import Notifier
@@ -85,6 +85,8 @@ class Daemon:
         self.kept: list[Mailbox] = []  # the mailboxes a reload keeps (control socket, ports handed in)
         self.buttons = self.leds = self.keys = self.grabber = self.teacher = self.head = self.control = None
         self.review = None  # the review inbox (teachcam.edge.daemon.review), when on
+        self.sensor_refused: str | None = None  # why the AI Camera did not take the network (then: the CPU)
+        self.upload = sensor.UploadWatch(self)
         self.last_embedding = None
         self.source = None
         self.control_mode = "none"
@@ -156,6 +158,8 @@ class Daemon:
                 if frame is not None:
                     last, self.last_frame = frame.number, frame.image
                     self.notifier.ping()  # paused on purpose, camera alive
+                else:
+                    self.upload.tick()  # the AI Camera's network is being uploaded: say so, extend the start
                 self._apply_commands(None)
                 if self.grabber.ended:
                     log.info("the camera source has no more frames")
@@ -163,10 +167,11 @@ class Daemon:
                 continue
             last = frame.number
             now = time.monotonic()
-            if self._view is not None and not self.gate.should_embed(frame.signature, now, must=self._frame_needed()):
+            if (frame.embedding is None and self._view is not None
+                    and not self.gate.should_embed(frame.signature, now, must=self._frame_needed())):
                 self._reshow(frame)  # the scene has not changed since the last embedded frame: no invoke
-            else:
-                self.step(frame.image, frame.captured, frame.number, frame.pixels)
+            else:  # (the AI Camera's frames come embedded: nothing to spare)
+                self.step(frame.image, frame.captured, frame.number, frame.pixels, frame.embedding)
                 self.gate.did_embed(frame.signature, now)
             # The watchdog is fed only while frames advance: a camera that stalls (or a capture thread that
             # hangs in the driver) stops the pings, and systemd restarts the service after WatchdogSec.
@@ -231,6 +236,10 @@ class Daemon:
     def _watch_camera(self) -> None:
         """Camera trouble (and its end) becomes an event every port receives, not only a log line."""
         errors = self.grabber.errors
+        if errors > self._camera_errors and sensor.refused(self):
+            assembly.without_sensor(self)
+            self._camera_errors = 0
+            return
         if errors > self._camera_errors and not self._camera_trouble:
             self._camera_trouble = True
             self.event(m.CameraTrouble(message=self.grabber.last_error or "camera error"))
@@ -240,17 +249,19 @@ class Daemon:
         self._camera_errors = errors
 
     def step(self, image: np.ndarray, captured: float | None = None, number: int | None = None,
-             pixels: np.ndarray | None = None) -> View:
+             pixels: np.ndarray | None = None, embedding: np.ndarray | None = None) -> View:
         """Embed one frame, apply pending commands to it, predict, and show the result on every port.
 
-        ``pixels``: the frame already preprocessed (the capture thread does it when it can).
+        ``pixels``: the frame already preprocessed (the capture thread does it when it can); ``embedding``: the
+        AI Camera's (the sensor embedded the frame: nothing to invoke).
         """
         t0 = time.perf_counter()
         pre = self.frame_preprocess
         if pixels is None or pixels.shape != (pre.crop_height, pre.crop_width, pre.channels):
             pixels = pre(image)
         t1 = time.perf_counter()
-        embedding = self.embedder.embed(pixels)
+        if embedding is None:
+            embedding = self.embedder.embed(pixels)
         t2 = time.perf_counter()
         self.last_frame, self.last_embedding = image, embedding
         self._apply_commands((embedding, pixels))
@@ -331,6 +342,8 @@ class Daemon:
                 "classes": self.teacher.counts() if self.teacher is not None else {},
                 "undo": self.teacher.next_undo() if self.teacher is not None else None,
                 "inbox": len(self.review.inbox) if self.review is not None else None,
+                "stand_ins": sum(1 for e in self.teacher.snapshot.examples if e.space) if self.teacher is not None else 0,
+                **sensor.status(self),
                 "shown": self.shown, "controls": self.control_mode,
                 "dropped_views": {b.port.name: b.dropped_views for b in self.mailboxes if b.dropped_views},
                 "fingerprint": self.embedder.fingerprint}

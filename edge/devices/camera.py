@@ -48,7 +48,7 @@ class Picamera2Source(Source):
     paced = True
 
     def __init__(self, width: int = 640, height: int = 480, lores: tuple[int, int] | None = None, *,
-                 fps: float = 30.0, timeout: float = 5.0):
+                 fps: float = 30.0, timeout: float = 5.0, camera_num: int = 0):
         # By default the ISP scales the low-resolution stream to 256 pixels on the shorter side, which is
         # what the default bundle resizes to: preprocessing is then a centre crop with no arithmetic.
         self.size = (width, height)
@@ -56,8 +56,9 @@ class Picamera2Source(Source):
         # picamera2 refuses a lores stream larger than main ("lores stream dimensions may not exceed main
         # stream"): with a small main stream, lores is main's size and the CPU does the rest of the resize.
         self.lores = (min(lores[0], width - width % 2), min(lores[1], height - height % 2))
-        self.fps, self.timeout = fps, timeout
+        self.fps, self.timeout, self.camera_num = fps, timeout, camera_num
         self.camera = None
+        self.metadata: dict = {}  # the last frame's metadata (the AI Camera's network output rides in it)
         self.stream: dict = {}
         self.preview = False  # True: picamera2's DRM preview shows the main stream on the attached screen
         self.region = None  # the focus region, fractions (x0, y0, x1, y1) of the picture
@@ -76,7 +77,7 @@ class Picamera2Source(Source):
                               "the OS's own numpy — rerun scripts/install-pi") from None
         camera = None
         try:
-            camera = Picamera2()
+            camera = Picamera2(self.camera_num)
             config = camera.create_preview_configuration(main={"size": self.size, "format": "RGB888"},
                                                          lores={"size": self.lores, "format": "YUV420"},
                                                          controls={"FrameRate": float(self.fps)})
@@ -128,9 +129,10 @@ class Picamera2Source(Source):
             raise CameraError("picamera2 source read before open")
         try:
             if self.isp_crop or self.main_crop:  # one frame, both streams
-                (main, yuv), _ = self.camera.capture_arrays(["main", "lores"], wait=self.timeout)
+                (main, yuv), self.metadata = self.camera.capture_arrays(["main", "lores"], wait=self.timeout)
             else:
-                main, yuv = None, self.camera.capture_array("lores", wait=self.timeout)
+                (yuv,), self.metadata = self.camera.capture_arrays(["lores"], wait=self.timeout)
+                main = None
         except TimeoutError:
             raise CameraError(f"the camera delivered no frame in {self.timeout:g} s (stalled)") from None
         except Exception as exc:

@@ -26,6 +26,7 @@ class Frame:
     captured: float
     pixels: np.ndarray | None = None
     signature: np.ndarray | None = None  # a small luma thumbnail, for change gating (teachcam.edge.daemon.gate)
+    embedding: np.ndarray | None = None  # the AI Camera's: the sensor embedded this frame (no model to invoke)
 
 
 class FrameGrabber:
@@ -55,6 +56,7 @@ class FrameGrabber:
         self.timings: dict[str, list[float]] = {"capture": [], "preprocess": []}  # seconds, the last 2,000
         self.errors = 0
         self.last_error: str | None = None
+        self.last_exception: CameraError | None = None
         self.last_error_time = 0.0  # time.monotonic() of the last camera error
         self.last_frame_time = 0.0  # ... and of the last frame
         self._recent = collections.deque(maxlen=61)  # the last frames' capture times: the camera's own rate
@@ -92,7 +94,7 @@ class FrameGrabber:
                 if not isinstance(exc, CameraError):
                     exc = CameraError(f"{type(exc).__name__}: {first_line(exc)}")
                 self.errors += 1
-                self.last_error = str(exc)
+                self.last_error, self.last_exception = str(exc), exc
                 self.last_error_time = time.monotonic()
                 log.error("camera %s: %s; retrying in %.1f s", self.source.name, exc, backoff)
                 if opened:
@@ -123,11 +125,12 @@ class FrameGrabber:
             else:
                 pixels = prepare(image) if prepare is not None else None
             summary = self.summarize(image) if self.summarize is not None else None
+            embedding = getattr(self.source, "embedding", None)
             self._record("capture", read_seconds)
             self._record("preprocess", time.perf_counter() - prepare_started)
             self.frames_captured += 1
             with self._lock:
-                self._frame = Frame(image, self.frames_captured, captured, pixels, summary)
+                self._frame = Frame(image, self.frames_captured, captured, pixels, summary, embedding)
                 self._taken.clear()
                 self._lock.notify_all()
             if not self.source.paced and not self.interval:

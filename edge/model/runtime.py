@@ -25,7 +25,7 @@ from pathlib import Path
 from teachcam.edge.errors import ModelError, RuntimeNotFoundError, first_line
 from teachcam.edge.model.stdio import captured_stderr
 
-PRECISIONS = ("auto", "edgetpu", "int8", "float32")  # which model runs (auto: the Edge TPU when it loads)
+PRECISIONS = ("auto", "imx500", "edgetpu", "int8", "float32")  # auto: the AI Camera, else the Edge TPU, if they load
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from teachcam.edge import messages as m
 from teachcam.edge.errors import TeachcamError
+from teachcam.edge.teaching import spaces
 from teachcam.edge.teaching.insight import StoreInsight
 from teachcam.edge.teaching.store import Example, thumbnail_digest
 from teachcam.edge.teaching.teacher import Teacher
@@ -40,6 +41,7 @@ class Sample:
     def __init__(self, pixels: np.ndarray | None = None, *, embed: Callable[[np.ndarray], np.ndarray] | None = None,
                  take: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None):
         self._pixels, self._embedding, self._embed, self._take = pixels, None, embed, take
+        self.space = spaces.space_of(embed) if take is None else ""  # the camera's frame: the store's own embedder
 
     @property
     def pixels(self) -> np.ndarray:
@@ -123,7 +125,7 @@ class Lessons:
             if len(sims) and float(sims.max()) >= skip_similar:
                 return Outcome(label, len(rows), skipped=m.SKIPPED_SIMILAR, similarity=round(float(sims.max()), 4))
         example = teacher.add(label, sample.embedding, sample.pixels, source=source, via=via or source, group=group,
-                              region=region)
+                              region=region, space=sample.space)
         if batch is not None:
             self._taken.add(label)
         return Outcome(example.label, self._count(example.label), example)
@@ -143,7 +145,7 @@ class Lessons:
                     skipped.append(True)
                     continue
                 seen.add(key)
-            chosen.append((label, sample.embedding, sample.pixels, source))
+            chosen.append((label, sample.embedding, sample.pixels, source, sample.space))
             skipped.append(False)
         added = iter(teacher.add_many(chosen, via=via) if chosen else [])
         counts = teacher.counts()
@@ -167,7 +169,8 @@ class Lessons:
         reuse = embedding is not None and fingerprint == embedder.fingerprint and embedding.size == size
         if not reuse:
             embedding = embedder.embed(pixels)
-        example = teacher.add(label, embedding, pixels, source=source, via=via)
+        example = teacher.add(label, embedding, pixels, source=source, via=via,
+                              space="" if reuse else spaces.space_of(embedder.embed))
         return Outcome(example.label, self._count(example.label), example, reembedded=not reuse)
 
     def adopt_many(self, items, *, embedder, embedding_size: int, via: str = "fleet") -> list[Outcome | TeachcamError]:
@@ -205,8 +208,9 @@ class Lessons:
         if moved:
             teacher.remove_examples(lambda e: e.source in moved, via=via)
         if batch:
-            added = teacher.add_many([(label, vector, pixels, source) for _, label, vector, pixels, source, _ in batch],
-                                     via=via)
+            stand_in = spaces.space_of(embedder.embed)
+            added = teacher.add_many([(label, vector, pixels, source, stand_in if reembedded else "")
+                                      for _, label, vector, pixels, source, reembedded in batch], via=via)
             counts = teacher.counts()
             for (i, *_, reembedded), example in zip(batch, added, strict=True):
                 results[i] = Outcome(example.label, counts.get(example.label, 0), example, reembedded=reembedded)

@@ -56,6 +56,7 @@ class Example:
     added: float  # seconds since the epoch, to the µs (as stored: the id must be the same after a restart)
     source: str = ""
     region: str = ""  # a camera frame's focus region when it was taken (region_key: "whole", "x0,y0,x1,y1"); "": not one
+    space: str = ""  # "": embedded by the store's embedder (its fingerprint); "cpu": the CPU's stand-in for the AI Camera
 
     @property
     def id(self) -> str:
@@ -66,6 +67,8 @@ class Example:
         out = {"label": self.label, "thumb": self.thumb, "added": round(self.added, 6), "source": self.source}
         if self.region:
             out["region"] = self.region
+        if self.space:
+            out["space"] = self.space
         return out
 
 
@@ -144,8 +147,8 @@ def decode_generation(data: bytes, name: str) -> Snapshot:
     size = int(header["embedding_size"])
 
     def examples_of(entries) -> list[Example]:
-        return [Example(e["label"], e["thumb"], float(e["added"]), e.get("source", ""), e.get("region", ""))
-                for e in entries]
+        return [Example(e["label"], e["thumb"], float(e["added"]), e.get("source", ""), e.get("region", ""),
+                        e.get("space", "")) for e in entries]
 
     examples, limbo = examples_of(header["examples"]), examples_of(header.get("limbo", ()))
     body = payload[start + header_len :]

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from teachcam.edge.errors import ClassNameError, StoreError
+from teachcam.edge.teaching import spaces
 from teachcam.edge.teaching.archive import export_archive
 from teachcam.edge.teaching.history import DEPTH, Action, in_limbo, record, trim
 from teachcam.edge.teaching.knn import KNNConfig, KNNIndex, Prediction
@@ -185,25 +186,25 @@ class Teacher:
             self._projection = None
 
     def add(self, label: str, embedding: np.ndarray, pixels: np.ndarray, *, source: str = "", via: str = "",
-            group: str = "", region: str = "") -> Example:
+            group: str = "", region: str = "", space: str = "") -> Example:
         """Enroll one example; durable on disk when this returns. ``region``: a camera frame's focus region
-        (:func:`teachcam.edge.region.region_key`)."""
-        return self.add_many([(label, embedding, pixels, source)], via=via, group=group, region=region)[-1]
+        (:func:`teachcam.edge.region.region_key`); ``space``: "cpu" for the AI Camera's CPU stand-in."""
+        return self.add_many([(label, embedding, pixels, source, space)], via=via, group=group, region=region)[-1]
 
     def add_many(self, items, *, via: str = "", group: str = "", region: str = "") -> list[Example]:
-        """Enroll several ``(label, embedding, pixels, source)`` examples in one durable write: one action for undo,
-        which joins the earlier enrollments of the same ``group`` (one hold, one upload)."""
+        """Enroll several ``(label, embedding, pixels, source[, space])`` examples in one durable write: one action for
+        undo, which joins the earlier enrollments of the same ``group`` (one hold, one upload)."""
         snap = self.snapshot
         examples, rows, classes = list(snap.examples), [snap.embeddings], list(snap.classes)
         added = []
-        for label, embedding, pixels, source in items:
+        for label, embedding, pixels, source, *space in items:
             name = self.resolve_name(label, create=True, classes=classes)
             vector = np.asarray(embedding, np.float32).reshape(-1)
             if snap.embedding_size and vector.size != snap.embedding_size:
                 raise StoreError(f"embedding has {vector.size} values; this store holds {snap.embedding_size}")
             if name not in classes:
                 classes.append(name)
-            example = Example(name, thumbnail_digest(pixels), round(time.time(), 6), source, region)
+            example = Example(name, thumbnail_digest(pixels), round(time.time(), 6), source, region, *space)
             examples.append(example)
             rows.append(normalize_rows(vector[None]))
             added.append((example, pixels))
@@ -370,21 +371,33 @@ class Teacher:
         return len(taken)
 
     def reembed(self, fingerprint: str, size: int, *, progress: Callable[[], None] | None = None) -> None:
+        """Every example (and the limbo's) into ``fingerprint``'s space, from its thumbnail — or from the AI Camera's
+        kept embeddings, or as they are when the stand-in made them (the rule: :mod:`.spaces`)."""
         if self.embed is None:
             raise StoreError("re-embedding needs the bundle's embedder")
         snap = self.snapshot
         log.warning("store %s: embeddings were made by another embedder (%s…); re-embedding %d example(s) from "
                     "their thumbnails with %s…", self.store.path, snap.fingerprint[:12], len(snap.examples),
                     fingerprint[:12])
-        rows = []
-        for example in snap.examples:
-            rows.append(normalize_rows(self.embed(self.store.read_thumbnail(example.thumb))[None]))
-            if progress is not None:
-                progress()
-        embeddings = np.concatenate(rows) if rows else np.zeros((0, size), np.float32)
-        waiting = [normalize_rows(self.embed(self.store.read_thumbnail(e.thumb))[None]) for e in snap.limbo]
-        limbo = (list(snap.limbo), np.concatenate(waiting) if waiting else np.zeros((0, size), np.float32))
-        self._commit(list(snap.examples), embeddings, list(snap.classes), fingerprint=fingerprint, limbo=limbo)
+        spaces.keep(self.store.path, snap)  # the sensor's embeddings cannot be made again from thumbnails
+        kept, owner = spaces.restore(self.store.path, fingerprint), getattr(self.embed, "__self__", None)
+        stand_in = spaces.STAND_IN if getattr(owner, "stand_in", False) else ""
+        already = stand_in and snap.fingerprint == getattr(getattr(owner, "cpu", None), "fingerprint", None)
+
+        def moved(examples, rows):
+            out, vectors = [], []
+            for example, row in zip(examples, rows, strict=True):
+                own = example.id in kept  # the sensor's own embedding, kept: it comes back
+                out.append(replace(example, space="" if own else stand_in))
+                vectors.append(normalize_rows(np.asarray(kept[example.id], np.float32)[None]) if own else row[None]
+                               if already else normalize_rows(self.embed(self.store.read_thumbnail(example.thumb))[None]))
+                if progress is not None:
+                    progress()
+            return out, np.concatenate(vectors) if vectors else np.zeros((0, size), np.float32)
+
+        examples, embeddings = moved(snap.examples, snap.embeddings)
+        limbo = moved(snap.limbo, snap.limbo_embeddings if snap.limbo else [])
+        self._commit(examples, embeddings, list(snap.classes), fingerprint=fingerprint, limbo=limbo)
 
     # -- exchange with the laptop --------------------------------------------------------------------
     def export(self, archive: Path) -> int:

@@ -75,15 +75,15 @@ def run_bench(config: DaemonConfig, frames: int, warmup: int = 20) -> dict:
                   "preprocess": percentiles(daemon.grabber.timings["preprocess"]),
                   **{k: percentiles(v) for k, v in daemon.stats.stages.items() if k != "preprocess"}}
         runtime = interpreter_module()
-        model = daemon.embedder.model.path
+        model = getattr(daemon.embedder, "rpk", None) or daemon.embedder.model.path  # the AI Camera's: its network
         result = {
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "source": config.camera.source, "frames": done, "fps": round(done / max(elapsed, 1e-9), 1),
             # the source is not throttled, so "fps" is the pipeline's capacity; the model's alone, as status says it
             "model_fps": round(daemon.model_fps(), 1),
             "stages": stages, "interpreter": f"{runtime.name} {runtime.version}",
-            "delegate": {"edgetpu": "edgetpu", "xnnpack": "cpu (XNNPACK)"}.get(daemon.embedder.kernels,
-                                                                               "cpu (reference kernels: no XNNPACK)"),
+            "delegate": {"edgetpu": "edgetpu", "xnnpack": "cpu (XNNPACK)", "imx500": "the AI Camera's sensor"}.get(
+                daemon.embedder.kernels, "cpu (reference kernels: no XNNPACK)"),
             "kernels": daemon.embedder.kernels,
             "gate": daemon.gate.counts(),
             "embedder": daemon.embedder.variant, "model": "embedder" if daemon.teacher is not None else "classifier",
@@ -93,6 +93,7 @@ def run_bench(config: DaemonConfig, frames: int, warmup: int = 20) -> dict:
             "startup_s": round(daemon.stats.first_prediction - daemon.stats.started, 3)
             if daemon.stats.first_prediction else None,
             "rss_mb": round(rss_mb(), 1), "seconds": round(time.perf_counter() - started, 1),
+            **{k: v for k, v in daemon.status().items() if k == "sensor"},
         }
         daemon.close()
     return result
@@ -119,4 +120,10 @@ def format_report(r: dict) -> str:
     for stage, p in r["stages"].items():
         lines.append(f"  {stage:<11} {p['p50_ms']:7.3f}  {p['p95_ms']:7.3f}")
     lines.append(f"  resident memory {r['rss_mb']} MB")
+    sensor = r.get("sensor") or {}
+    if "frames" in sensor:
+        lines.append(f"  AI Camera: {sensor['frames']} frames embedded on the sensor, {sensor['skipped']} without output "
+                     f"(skipped), {sensor['uploading']} while its network was uploaded")
+    elif sensor.get("refused"):
+        lines.append(f"  AI Camera: not used ({sensor['refused']})")
     return "\n".join(lines)

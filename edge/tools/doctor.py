@@ -94,6 +94,32 @@ def check_edgetpu(config: DaemonConfig, bundle) -> Check:
     return Check("edgetpu", "ok", f"Edge TPU model present, libedgetpu loads, {len(devices)} device(s) visible")
 
 
+def check_aicamera(config: DaemonConfig, bundle) -> Check | None:
+    """The AI Camera: connected, a network for it in the bundle, packaged for it (None: neither is here)."""
+    from teachcam.edge.daemon.sensor import cache_folder
+    from teachcam.edge.model.sensor import INSTALL, SensorUnavailable, camera_present, network_rpk
+
+    has_network = bundle is not None and "imx500" in bundle.manifest
+    missing = camera_present()
+    if not has_network and missing:
+        return None
+    if not has_network:
+        return Check("aicamera", "warn", "an AI Camera is connected but the bundle has no network for it (the CPU embeds)",
+                     "convert with `teachcam convert --imx500` to embed on the sensor")
+    if missing:
+        return Check("aicamera", "warn" if config.precision == "imx500" else "ok",
+                     f"the bundle has an AI Camera network; {missing} (the CPU embeds)", "")
+    if config.precision not in ("auto", "imx500") or config.camera.source != "picamera2":
+        return Check("aicamera", "ok", f"AI Camera connected; not used (precision = {config.precision!r}, camera "
+                                       f"{config.camera.source!r})")
+    try:
+        rpk = network_rpk(bundle, cache_folder(config))
+    except SensorUnavailable as exc:
+        return Check("aicamera", "fail", str(exc), INSTALL)
+    return Check("aicamera", "ok", f"AI Camera connected, the bundle's network packaged ({rpk}, "
+                                   f"{rpk.stat().st_size / 1e6:.1f} MB); its first upload takes minutes, then it is kept")
+
+
 def check_store(config: DaemonConfig) -> Check:
     from teachcam.edge.teaching.store import EnrollmentStore
 
@@ -258,6 +284,7 @@ def _group_exists(name: str) -> bool:
 def run_checks(config: DaemonConfig, *, camera: bool = True) -> list[Check]:
     bundle_check, bundle = check_bundle(config)
     checks = [check_runtime(bundle), bundle_check, check_edgetpu(config, bundle), check_store(config)]
+    checks += [c for c in (check_aicamera(config, bundle),) if c is not None]
     if camera:
         checks.append(check_camera(config))
     checks += [check_gpio(config), check_i2c(config), check_screen(config), check_health(), check_groups()]

@@ -22,11 +22,15 @@ As strict as the real one where teachcam could go wrong (rules copied from picam
   control in ``set_controls``; rectangles are clamped to the field of view; ``configure`` resets every crop to the
   whole field of view (picamera2 sets ``ScalerCrops`` there itself);
 * ``RGB888`` arrays are B, G, R in memory (``BGR888``: R, G, B), as libcamera names them;
-* ``capture_arrays(names)`` returns ``(arrays, metadata)`` of one and the same frame.
+* ``capture_arrays(names)`` returns ``(arrays, metadata)`` of one and the same frame;
+* ``Picamera2.global_camera_info()`` lists ``CAMERAS``; ``Picamera2(n)`` with no camera ``n`` raises ``IndexError``;
+  an AI Camera (``Model`` imx500) adds the sensor's network output to each frame's metadata through the
+  ``picamera2.devices.IMX500`` double (:mod:`.devices.imx500.imx500`).
 
 Knobs for tests (module attributes): ``SCENE`` (a list of RGB frames, or a callable giving
 the frame for a frame number), ``PLATFORM`` ("vc4" or "pisp"), ``STALLED`` (a
-``threading.Event``: set it to stall the camera), ``INSTANCES`` (every camera made).
+``threading.Event``: set it to stall the camera), ``INSTANCES`` (every camera made), ``CAMERAS`` (what is
+connected: the Raspberry Pi camera module v2 — set ``CAMERAS = [AI_CAMERA]`` for the AI Camera).
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ SCENE: list | object = [np.full((480, 640, 3), 128, np.uint8)]
 PLATFORM = "vc4"
 STALLED = threading.Event()
 INSTANCES: list = []
+CAMERA_V2 = {"Model": "imx219", "Location": 2, "Rotation": 180, "Id": "/base/soc/i2c0mux/i2c@1/imx219@10", "Num": 0}
+AI_CAMERA = {"Model": "imx500", "Location": 2, "Rotation": 0,
+             "Id": "/base/axi/pcie@120000/rp1/i2c@88000/imx500@1a", "Num": 0}
+CAMERAS: list = [CAMERA_V2]
+SENSORS: dict = {}  # camera number → the IMX500 double that holds that camera's network (devices.imx500)
 SENSOR_MAX_FPS = 120.0
 SENSOR_CROP = (0, 0, 3280, 2464)  # the sensor mode's whole field of view (an IMX219's), what SCENE shows
 KNOWN_CONTROLS = {"FrameRate", "FrameDurationLimits", "NoiseReductionMode", "ExposureTime", "AnalogueGain", "AeEnable",
@@ -87,7 +96,13 @@ def _stream(updates: dict | None, default: dict) -> dict | None:
 class Picamera2:
     platform = None  # set per instance from PLATFORM
 
+    @staticmethod
+    def global_camera_info() -> list[dict]:
+        return [dict(camera) for camera in CAMERAS]
+
     def __init__(self, camera_num: int = 0):
+        self.camera_num = camera_num
+        self.model = CAMERAS[camera_num]["Model"]  # IndexError, as picamera2's, when there is no such camera
         self.platform = PLATFORM
         self.camera_config: dict | None = None
         self.started = False
@@ -221,7 +236,11 @@ class Picamera2:
         self.frames += 1
         self.captures += 1
         scene = SCENE(self.frames) if callable(SCENE) else SCENE[(self.frames - 1) % len(SCENE)]
-        return [self._make_array(name, scene) for name in names], {"ScalerCrops": [self.crops.get(n) for n in names]}
+        metadata = {"ScalerCrops": [self.crops.get(n) for n in names], "ScalerCrop": self.crops.get("main")}
+        sensor = SENSORS.get(self.camera_num) if self.model == "imx500" else None
+        if sensor is not None:
+            metadata.update(sensor.frame_metadata(scene, self.frames))
+        return [self._make_array(name, scene) for name in names], metadata
 
     def _make_array(self, name: str, scene) -> np.ndarray:
         from PIL import Image
