@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -237,3 +238,26 @@ class RunningDaemon:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
         return self.log.read_text()
+
+
+class NotifyListener:
+    """systemd's side of sd_notify for a test: a datagram socket ``NOTIFY_SOCKET`` points at."""
+
+    def __init__(self, path: Path):
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.server.bind(str(path))
+        self.address = str(path)
+
+    def messages(self, seconds: float) -> list[str]:
+        """What the daemon said over the next ``seconds`` (sooner if it goes quiet for the rest of them)."""
+        got, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.server.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                got.append(self.server.recv(4096).decode())
+            except TimeoutError:
+                break
+        return got
+
+    def close(self) -> None:
+        self.server.close()

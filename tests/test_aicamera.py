@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import io
 import os
-import socket
 import sys
 import threading
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import wait_for
+from helpers import NotifyListener, wait_for
 
 from teachcam.convert.bundle_writer import write_manifest
 from teachcam.edge.config import load_config
@@ -252,20 +251,9 @@ def test_a_long_first_upload_extends_the_start_and_feeds_the_watchdog_only_while
     camera, sensor = ai
     camera.SCENE = [scene("chelsea.png")]
     sensor.UPLOAD_SECONDS = 4.0
-    address = str(tmp_path / "notify.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    server.bind(address)
-    monkeypatch.setenv("NOTIFY_SOCKET", address)
-
-    def messages(seconds):
-        got, end = [], time.monotonic() + seconds
-        while time.monotonic() < end:
-            server.settimeout(max(0.01, end - time.monotonic()))
-            try:
-                got.append(server.recv(4096).decode())
-            except TimeoutError:
-                break
-        return got
+    listener = NotifyListener(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
+    messages = listener.messages
 
     config = config_for(ai_bundle, tmp_path)
     daemon = Daemon(config, pin_factory=factory, keyboard=False, stdout=io.StringIO()).start()
@@ -291,7 +279,7 @@ def test_a_long_first_upload_extends_the_start_and_feeds_the_watchdog_only_while
         assert sum("WATCHDOG=1" in m for m in got) <= 1 and not any("READY=1" in m for m in got)
     finally:
         stop(daemon, thread)
-        server.close()
+        listener.close()
 
 
 def test_doctor_and_bench_know_the_ai_camera(ai, ai_bundle, tmp_path):
@@ -318,3 +306,4 @@ def test_doctor_and_bench_know_the_ai_camera(ai, ai_bundle, tmp_path):
     check = next(c for c in run_checks(replace(config, store=str(tmp_path / "other" / "store")), camera=False)
                  if c.name == "aicamera")
     assert check.status == "fail" and "imx500-package is not installed" in check.detail and "imx500-all" in check.fix
+

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import socket
 import sys
 import threading
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import NotifyListener
 from PIL import Image
 
 from teachcam.edge.config import load_config
@@ -162,10 +162,9 @@ def test_a_picamera2_that_fails_to_import_is_a_retried_camera_error(tmp_path, mo
 
 
 def test_the_watchdog_is_fed_only_while_frames_advance(fake, bundle_path, tmp_path, monkeypatch):
-    address = str(tmp_path / "notify.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    server.bind(address)
-    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    listener = NotifyListener(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
+    messages = listener.messages
     fake.SCENE = [photo()]
     config = load_config(None, {"bundle": str(bundle_path), "store": str(tmp_path / "store"), "classes": ["cat"],
                                 "camera": {"source": "picamera2"}, "buttons": {"enabled": False},
@@ -174,16 +173,6 @@ def test_the_watchdog_is_fed_only_while_frames_advance(fake, bundle_path, tmp_pa
     daemon.grabber.source.timeout = 60  # a capture that hangs (picamera2 without wait= hangs for ever)
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
-
-    def messages(seconds):
-        got, end = [], time.monotonic() + seconds
-        while time.monotonic() < end:
-            server.settimeout(max(0.01, end - time.monotonic()))
-            try:
-                got.append(server.recv(4096).decode())
-            except TimeoutError:
-                break
-        return got
 
     try:
         assert any("READY=1" in m for m in messages(10))
@@ -197,7 +186,7 @@ def test_the_watchdog_is_fed_only_while_frames_advance(fake, bundle_path, tmp_pa
         daemon.stop()
         thread.join(timeout=10)
         daemon.close()
-        server.close()
+        listener.close()
 
 
 def test_without_opencv_the_pi_camera_works_and_a_webcam_says_what_to_install(fake, monkeypatch):

@@ -40,21 +40,20 @@ def create_embedder(d: Daemon, bundle) -> Embedder | SensorEmbedder:
     """AI Camera → Edge TPU → CPU int8, as the config's precision allows: each tried with its probe."""
     config = d.config
     if wants_sensor(config) and d.sensor_refused is None and (config.precision == "imx500" or "imx500" in bundle.manifest):
-        cpu = Embedder.create(bundle, "int8", num_threads=config.threads)
         try:
-            embedder = SensorEmbedder.create(bundle, cpu, cache_folder(config))
+            embedder = SensorEmbedder.create(bundle, cache_folder(config),
+                                             lambda: Embedder.create(bundle, "int8", num_threads=config.threads))
             log.info("AI Camera: the network runs on the sensor (%s)", embedder.rpk)
             return embedder
         except SensorUnavailable as exc:
             log.warning("AI Camera: %s; embedding on the %s instead", exc,
                         "CPU" if config.precision == "imx500" else "Edge TPU if there is one, else the CPU")
-    precision = "int8" if config.precision == "imx500" else config.precision
-    return Embedder.create(bundle, precision, num_threads=config.threads)
+    return Embedder.create(bundle, config.precision, num_threads=config.threads)  # imx500 here: the CPU int8 model
 
 
 def camera_source(d: Daemon, lores: tuple[int, int]):
     """The AI Camera's source when the sensor embeds, else None (the ordinary sources)."""
-    if not isinstance(d.embedder, SensorEmbedder) or d.source_override is not None:
+    if not isinstance(d.embedder, SensorEmbedder):
         return None
     camera = d.config.camera
     return AICameraSource(d.embedder.rpk, d.embedder.model.output.shape[-1], camera.width, camera.height, lores,

@@ -14,15 +14,12 @@ while the network is being uploaded (``upload_progress`` says how far), ``skippe
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from teachcam.edge.devices.camera import Picamera2Source
 from teachcam.edge.errors import CameraError, first_line
-
-log = logging.getLogger(__name__)
 
 FW_NETWORK_STAGE = 2  # picamera2's stage of the network's upload (get_fw_upload_progress)
 FULL_SENSOR = (4056, 3040)  # the IMX500's pixels: what the inference region is given in

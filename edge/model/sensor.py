@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,20 @@ def sensor_section(bundle: Bundle) -> dict:
     return section
 
 
+def package_digest(bundle: Bundle) -> str:
+    """The sha256 of the bundle's AI Camera package (the manifest's): it names the rpk and the sensor's space."""
+    section = sensor_section(bundle)
+    digest = str(bundle.manifest.get("files", {}).get(section["file"], ""))
+    if not digest:
+        raise BundleError(f"the bundle's manifest lists no sha256 for {section['file']}")
+    return digest
+
+
+def sensor_fingerprint(bundle: Bundle) -> str:
+    """The fingerprint of the AI Camera's embeddings (a store's space): ``imx500:`` and the package's sha256."""
+    return "imx500:" + package_digest(bundle)
+
+
 def network_rpk(bundle: Bundle, cache: Path) -> Path:
     """The bundle's network as the camera loads it (``CACHE/<sha256>.rpk``), packaged once by ``imx500-package``.
 
@@ -54,10 +69,7 @@ def network_rpk(bundle: Bundle, cache: Path) -> Path:
         SensorUnavailable: no network in the bundle, no packager, or the packager failed.
     """
     section = sensor_section(bundle)
-    digest = str(bundle.manifest.get("files", {}).get(section["file"], ""))
-    if not digest:
-        raise BundleError(f"the bundle's manifest lists no sha256 for {section['file']}")
-    target = Path(cache) / f"{digest}.rpk"
+    target = Path(cache) / f"{package_digest(bundle)}.rpk"
     if target.is_file():
         return target
     packager = shutil.which(PACKAGER)
@@ -102,23 +114,29 @@ class SensorEmbedder:
 
     cpu: Embedder
     section: dict
-    rpk: Path
+    rpk: Path | None  # None: only the stand-in (a CLI on the store, no camera)
     fingerprint: str
     stand_in = True  # embed() is the CPU's stand-in, not the sensor
 
     @classmethod
-    def create(cls, bundle: Bundle, cpu: Embedder, cache: Path) -> SensorEmbedder:
-        """Raises SensorUnavailable (one line) when the AI Camera cannot run the bundle's network here."""
-        section = sensor_section(bundle)
-        size = int(section.get("output", {}).get("embedding_size", 0))
-        if size != int(np.prod(cpu.model.output.shape[1:])):
-            raise SensorUnavailable(f"the bundle's AI Camera network gives {size} values, its CPU embedder "
-                                    f"{int(np.prod(cpu.model.output.shape[1:]))}: rebuild it with teachcam convert --imx500")
+    def create(cls, bundle: Bundle, cache: Path, make_cpu: Callable[[], Embedder]) -> SensorEmbedder:
+        """The AI Camera's embedder, once its probes pass (the camera is there, the network packaged); ``make_cpu``
+        loads its stand-in only then. Raises SensorUnavailable (one line) when it cannot run here."""
+        sensor_section(bundle)  # no network in the bundle: nothing else to probe
         missing = camera_present()
         if missing is not None:
             raise SensorUnavailable(missing)
         rpk = network_rpk(bundle, cache)
-        return cls(cpu, section, rpk, "imx500:" + rpk.stem)
+        return cls._with(make_cpu(), rpk, bundle)
+
+    @classmethod
+    def _with(cls, cpu: Embedder, rpk: Path | None, bundle: Bundle) -> SensorEmbedder:
+        section = sensor_section(bundle)
+        size, cpu_size = int(section.get("output", {}).get("embedding_size", 0)), int(np.prod(cpu.model.output.shape[1:]))
+        if size != cpu_size:
+            raise SensorUnavailable(f"the bundle's AI Camera network gives {size} values, its CPU embedder {cpu_size}: "
+                                    "rebuild it with teachcam convert --imx500")
+        return cls(cpu, section, rpk, sensor_fingerprint(bundle))
 
     @property
     def model(self):
