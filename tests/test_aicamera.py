@@ -307,3 +307,35 @@ def test_doctor_and_bench_know_the_ai_camera(ai, ai_bundle, tmp_path):
                  if c.name == "aicamera")
     assert check.status == "fail" and "imx500-package is not installed" in check.detail and "imx500-all" in check.fix
 
+
+def test_enrolling_a_file_with_the_daemon_stopped_adds_a_stand_in_and_keeps_the_sensors_embeddings(
+        ai, ai_bundle, tmp_path, factory):
+    """`teachcam enroll FILE` on a store of the AI Camera's embeddings, no daemon running: the file is embedded by
+    the CPU as a marked stand-in; the sensor's rows are not touched (no re-embedding of the store)."""
+    from helpers import run_teachcam
+
+    from teachcam.edge import messages as m
+    from teachcam.edge.teaching.store import EnrollmentStore
+
+    camera, sensor = ai
+    camera.SCENE = [scene("chelsea.png")]
+    config = config_for(ai_bundle, tmp_path)
+    daemon = Daemon(config, pin_factory=factory, keyboard=False, stdout=io.StringIO()).start()
+    thread = run_in_thread(daemon)
+    replies = []
+    try:
+        assert wait_for(lambda: daemon.ready, 10)
+        daemon.post(m.Enroll(label="cat", via="socket"), replies.append)
+        assert wait_for(lambda: replies, 5)
+    finally:
+        stop(daemon, thread)
+    with EnrollmentStore.open(config.store, writable=False) as store:
+        fingerprint, sensor_row = store.fingerprint, store.snapshot.embeddings[0].copy()
+    done = run_teachcam("enroll", "--bundle", str(ai_bundle), "--store", config.store, "--label", "coffee",
+                        str(sample_photos(("coffee.png",))[0]))
+    assert done.returncode == 0, done.stderr
+    with EnrollmentStore.open(config.store, writable=False) as store:
+        assert store.fingerprint == fingerprint
+        assert [(e.label, e.space) for e in store.snapshot.examples] == [("cat", ""), ("coffee", "cpu")]
+        np.testing.assert_array_equal(store.snapshot.embeddings[0], sensor_row)
+    assert not (Path(config.store) / "spaces").exists()

@@ -155,14 +155,22 @@ def _knn_options(args) -> dict:
     return {"config": config, "cap": args.cap, "cap_policy": args.cap_policy}
 
 
-def _pipeline(args):
+def _pipeline(args, store):
+    """The bundle's preprocessing and embedder for the store at ``store`` (the AI Camera's CPU stand-in when the store
+    holds the sensor's embeddings)."""
     from teachcam.edge.model.bundle import load_bundle
     from teachcam.edge.model.models import Embedder
     from teachcam.edge.model.preprocess import Preprocessor
+    from teachcam.edge.model.sensor import SensorEmbedder, sensor_fingerprint
+    from teachcam.edge.teaching.store import EnrollmentStore
 
     bundle = load_bundle(args.bundle)
-    return Preprocessor.from_manifest(bundle.preprocessing), Embedder.create(bundle, args.precision,
-                                                                              num_threads=args.threads)
+    embedder = Embedder.create(bundle, args.precision, num_threads=args.threads)  # imx500: the CPU int8 model
+    if "imx500" in bundle.manifest and Path(store).is_dir() and EnrollmentStore.generations(Path(store)):
+        with EnrollmentStore.open(store, writable=False) as held:  # Teacher.open says what is wrong with a bad one
+            if held.fingerprint == sensor_fingerprint(bundle):
+                embedder = SensorEmbedder.without_camera(bundle, embedder)
+    return Preprocessor.from_manifest(bundle.preprocessing), embedder
 
 
 def cmd_enroll(args) -> int:
@@ -178,7 +186,7 @@ def cmd_enroll(args) -> int:
         print(f"enrolled {len(done)} example(s) of {name!r} through the running daemon; its store now holds "
               + ", ".join(f"{label}: {n}" for label, n in counts.items()))
         return 1 if failures else 0
-    preprocess, embedder = _pipeline(args)
+    preprocess, embedder = _pipeline(args, args.store or DEFAULT_STORE)
     with Teacher.open(args.store or DEFAULT_STORE, embedder, **_knn_options(args)) as teacher:
         name = teacher.resolve_name(args.label, create=True)  # a bad name fails before any work
         failures: list[str] = []
@@ -203,7 +211,7 @@ def cmd_predict(args) -> int:
                        for path, data in _each_remote(client, args.images, "predict_image", failures)]
     else:
         store = args.store or DEFAULT_STORE
-        preprocess, embedder = _pipeline(args)
+        preprocess, embedder = _pipeline(args, store)
         with Teacher.open(store, embedder, **_knn_options(args)) as teacher:
             if not len(teacher):
                 raise StoreError(f"the store {store} has no examples yet: `teachcam enroll --label NAME IMAGE…` first")
@@ -334,7 +342,7 @@ def _import(args, members) -> int:
 
     from teachcam.edge.teaching.teacher import Teacher
 
-    preprocess, embedder = _pipeline(args)
+    preprocess, embedder = _pipeline(args, args.store)
     with Teacher.open(args.store, embedder) as teacher:
         items = []
         for label, data in members:

@@ -157,6 +157,8 @@ class Daemon:
             if frame is None or self.paused:
                 if frame is not None:
                     last, self.last_frame = frame.number, frame.image
+                    if frame.embedding is not None:  # the AI Camera's: an enrollment while paused pairs them
+                        self.last_embedding = frame.embedding
                     self.notifier.ping()  # paused on purpose, camera alive
                 else:
                     self.upload.tick()  # the AI Camera's network is being uploaded: say so, extend the start

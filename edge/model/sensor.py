@@ -130,6 +130,12 @@ class SensorEmbedder:
         return cls._with(make_cpu(), rpk, bundle)
 
     @classmethod
+    def without_camera(cls, bundle: Bundle, cpu: Embedder) -> SensorEmbedder:
+        """``cpu`` as the sensor's stand-in, with no camera (a CLI on a store of the AI Camera's embeddings: what it
+        embeds is marked, and the sensor's rows stay as they are instead of the store being re-embedded)."""
+        return cls._with(cpu, None, bundle)
+
+    @classmethod
     def _with(cls, cpu: Embedder, rpk: Path | None, bundle: Bundle) -> SensorEmbedder:
         section = sensor_section(bundle)
         size, cpu_size = int(section.get("output", {}).get("embedding_size", 0)), int(np.prod(cpu.model.output.shape[1:]))
