@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -339,3 +340,49 @@ def test_enrolling_a_file_with_the_daemon_stopped_adds_a_stand_in_and_keeps_the_
         assert [(e.label, e.space) for e in store.snapshot.examples] == [("cat", ""), ("coffee", "cpu")]
         np.testing.assert_array_equal(store.snapshot.embeddings[0], sensor_row)
     assert not (Path(config.store) / "spaces").exists()
+
+
+def install_pi_sensor_step(tmp_path: Path, bundle: Path, *, apt_has_it: bool = True):
+    """scripts/install-pi's AI Camera step, run by bash as it is written, with the Pi's apt stood in for: apt-cache
+    answers whether imx500-all is available, apt-get "installs" it by putting the fake imx500-package on PATH."""
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "install-pi").read_text()
+    step = script[script.index("# The AI Camera, when the bundle carries"):script.index("\n# 7. The unit")]
+    stubs = tmp_path / "stubs"
+    if not stubs.exists():
+        stubs.mkdir(parents=True)
+        (stubs / "apt-cache").write_text("#!/bin/sh\n" + ("echo '  Candidate: 1.0.2'\n" if apt_has_it else
+                                                           "echo '  Candidate: (none)'\n"))
+        (stubs / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/apt.log\n"
+                                       f"ln -sf {FAKES / 'bin' / 'imx500-package'} {stubs}/imx500-package\n")
+        for stub in stubs.iterdir():
+            stub.chmod(0o755)
+        (tmp_path / "opt" / "venv" / "bin").mkdir(parents=True)
+        (tmp_path / "opt" / "venv" / "bin" / "python").symlink_to(sys.executable)
+        (tmp_path / "etc").mkdir()
+        (tmp_path / "etc" / "teachcam.toml").write_text(
+            f'bundle = "{bundle}"\nstore = "{tmp_path / "lib" / "store"}"\n[camera]\nsource = "picamera2"\n')
+    user = __import__("pwd").getpwuid(os.getuid()).pw_name
+    env = {"PATH": f"{stubs}:/usr/sbin:/usr/bin:/sbin:/bin", "PREFIX": str(tmp_path / "opt"),
+           "ETC": str(tmp_path / "etc"), "SERVICE_USER": user, "PYTHONPATH": os.pathsep.join(sys.path)}
+    prelude = 'say() { echo "install-pi: $*"; }\nchanged=0\n'
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", prelude + step + '\necho "changed=$changed"'],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="install-pi runs as root (runuser, install -o)")
+def test_install_pi_installs_imx500_all_and_packages_the_network_once(ai_bundle, bundle_path, tmp_path):
+    from teachcam.edge.model.sensor import package_digest
+
+    first = install_pi_sensor_step(tmp_path, ai_bundle)
+    assert first.returncode == 0, first.stderr
+    assert "apt install imx500-all" in first.stdout and "changed=1" in first.stdout
+    rpk = tmp_path / "lib" / "imx500" / f"{package_digest(load_bundle(ai_bundle))}.rpk"
+    assert rpk.is_file() and f"the AI Camera's network: {rpk}" in first.stdout, first.stdout + first.stderr
+    assert (tmp_path / "apt.log").read_text().split()[-1] == "imx500-all"
+    again = install_pi_sensor_step(tmp_path, ai_bundle)
+    assert again.returncode == 0 and "apt install" not in again.stdout and "changed=0" in again.stdout
+    assert (tmp_path / "apt.log").read_text().count("imx500-all") == 1  # installed once, packaged once (cached)
+    plain = install_pi_sensor_step(tmp_path / "plain", bundle_path)  # a bundle without an AI Camera network
+    assert plain.returncode == 0 and plain.stdout.strip() == "changed=0"
+    elsewhere = install_pi_sensor_step(tmp_path / "no-apt", ai_bundle, apt_has_it=False)
+    assert elsewhere.returncode == 0 and "imx500-all is not available here" in elsewhere.stdout
