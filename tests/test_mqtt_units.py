@@ -135,3 +135,24 @@ def test_mqtt_config_is_checked():
                                ({"mqtt.fleet_group": "a b"}, "fleet_group")):
         with pytest.raises(ConfigError, match=message):
             load_config(None, overrides)
+
+
+def test_the_chosen_class_follows_a_rename_even_when_a_listing_sees_it_before_its_event():
+    """Capture, then a rename at once: the Enrolled event's listing already holds the new name, the Renamed event comes
+    after it (ha-check under load lost the choice this way, and Capture was refused)."""
+    from teachcam.edge import messages as m
+    from teachcam.edge.apps.mqtt.bridge import Bridge
+
+    bridge = Bridge(load_config(None, {"mqtt.device_id": "pi1"}))
+    store = {"classes": [{"label": "cat", "count": 2}, {"label": "coffee", "count": 1}]}
+    bridge.ask = lambda op, **fields: store
+    bridge._on_event(m.Enrolled(label="cat", count=2, example="e", thumb="t", via="mqtt"))
+    assert bridge.teach.choose("cat", bridge.classes) == "" and bridge.teach.chosen == "cat"
+    store["classes"][0]["label"] = "kitty"  # renamed in the daemon before the bridge handles the next event
+    bridge._on_event(m.Enrolled(label="cat", count=3, example="e2", thumb="t2", via="mqtt"))
+    assert bridge.teach.chosen == "cat" and bridge.teach.state(bridge.classes) == hass.NO_SELECTION
+    bridge._on_event(m.Renamed(old="cat", new="kitty"))
+    assert bridge.teach.chosen == "kitty" and bridge.teach.state(bridge.classes) == "kitty"
+    store["classes"].pop(0)
+    bridge._on_event(m.Removed(label="kitty", count=3))
+    assert bridge.teach.chosen == ""

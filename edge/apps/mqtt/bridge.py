@@ -61,6 +61,9 @@ SNAPSHOT_MIN_INTERVAL = 1.0  # a JPEG is encoded in the daemon: at most one a se
 PUBLISHED = (m.PredictionChanged, m.Enrolled, m.Undone, m.ClassAdded, m.Removed, m.Renamed, m.Cleared, m.Paused,
              m.CameraTrouble, m.CameraBack, m.ExamplesRemoved, m.Error, m.Reloaded, m.InboxChanged)
 CHANGES = (m.Enrolled, m.Undone, m.ClassAdded, m.Removed, m.Renamed, m.Cleared, m.ExamplesRemoved, m.Reloaded)
+# the changes that can rename or remove a class: only after them may the chosen class follow or be dropped (the
+# listing read for any other event may already hold a rename whose event is still on its way)
+NAMING = (m.Undone, m.Removed, m.Renamed, m.Cleared, m.Reloaded)
 
 
 def device_id(configured: str) -> str:
@@ -230,6 +233,7 @@ class Bridge:
         self._publish_classes()
         self._publish_state()
         self.publish(f"{self.base}/paused", "ON" if self.paused else "OFF", retain=True)
+        self.teach.follow(None, self.classes, time.monotonic())  # a class removed while the daemon was away: dropped
         self._publish_teach_class()
         self._publish_stats()
         return {f"{self.base}/{t}" for t in ("availability", "classes", "state", "paused", "teach_class", "stats", "inbox")} | {
@@ -336,7 +340,7 @@ class Bridge:
         self._publish_classes()
         self.state_due = True
         renamed = (event.old, event.new) if isinstance(event, m.Renamed) else None
-        if self.teach.follow(renamed, self.classes, time.monotonic()):
+        if isinstance(event, NAMING) and self.teach.follow(renamed, self.classes, time.monotonic()):
             self.publish(f"{self.base}/teach_class", hass.NO_SELECTION, retain=True)
         self._discover_if_changed()
         if self.sync is not None:

@@ -111,9 +111,10 @@ class ClassToTeach:
         self.due = 0.0  # when to publish the choice again (0: nothing pending)
 
     def state(self, classes) -> str:
-        if self.chosen not in classes:
-            self.chosen = ""
-        return self.chosen or NO_SELECTION
+        """The select's state: the choice when it is one of ``classes``. It is not dropped here: ``classes`` may be newer
+        than the events handled so far (a rename's listing can come with the event before it), so only
+        :meth:`follow` after a change of names decides."""
+        return self.chosen if self.chosen in classes else NO_SELECTION
 
     def choose(self, text: str, classes) -> str:
         """Home Assistant chose ``text``; the one-line warning when it is not a class ("" when it is)."""
