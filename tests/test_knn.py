@@ -113,3 +113,21 @@ def test_one_class_has_no_ridge_and_predicts_by_similarity():
     index = KNNIndex(x, labels)
     assert index.ridge is None
     assert index.predict(centres["only"], KNNConfig(threshold=0.5)).label == "only"
+
+
+@pytest.mark.parametrize("per_class", [300, 20])  # two-stage (1,200 examples) and exact (80)
+def test_equal_classes_read_the_grid_in_place_with_the_same_scores(per_class):
+    """Classes of equal size (a fleet's capped store) take the grid as a view of the scores: the same class scores as
+    the general gather-and-pad path, to the last bit."""
+    rng = np.random.default_rng(7)
+    embeddings = rng.standard_normal((4 * per_class, 64)).astype(np.float32)
+    labels = [f"c{i % 4}" for i in range(4 * per_class)]
+    index = KNNIndex(embeddings, labels)
+    assert index.uniform
+    general = KNNIndex(embeddings, labels)
+    general.uniform = False
+    config = KNNConfig()
+    for query in rng.standard_normal((20, 64)).astype(np.float32):
+        q = knn.transform(query, index.power)
+        np.testing.assert_array_equal(index.class_scores(q, config), general.class_scores(q, config))
+    assert not KNNIndex(embeddings[:-1], labels[:-1]).uniform

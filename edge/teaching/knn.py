@@ -177,6 +177,9 @@ class KNNIndex:
         self.prototypes = np.stack([self._normalized_mean(self.matrix[a:b]) for a, b in self._slices()]) \
             if self.classes else np.zeros((0, 0), np.float32)
         self.counts = counts.astype(np.int64)
+        # Every class as large as the others (a fleet's store, capped per class): the score vector, reshaped, is the
+        # class grid itself (the matrix is sorted by class) — no gather, no padding.
+        self.uniform = bool(len(counts)) and int(counts.min()) == int(counts.max())
         # grid[c, j] = row of the j-th example of class c; shorter classes are padded with len(self).
         self.grid = np.full((len(self.classes), int(counts.max()) if len(counts) else 0), len(labels), np.int64)
         for c, (a, b) in enumerate(self._slices()):
@@ -210,6 +213,10 @@ class KNNIndex:
     def __len__(self) -> int:
         return int(self.bounds[-1]) if len(self.bounds) else 0
 
+    def _grid_of(self, scores: np.ndarray) -> np.ndarray:
+        """Per-example scores (``scores[len(self)]`` is the padding slot) as the class grid: a view when uniform."""
+        return scores[: len(self)].reshape(len(self.classes), -1) if self.uniform else scores[self.grid]
+
     def _top_k_means(self, grid: np.ndarray, k: int) -> np.ndarray:
         """Mean of each row's k largest values (fewer for classes with fewer examples); pads are -inf."""
         width = grid.shape[1]
@@ -229,21 +236,25 @@ class KNNIndex:
         scores[n] = -np.inf  # the padding slot of the class grid
         if self.coarse is None:
             np.matmul(self.matrix, query, out=scores[:n])
-            knn = self._top_k_means(scores[self.grid], config.k)
+            knn = self._top_k_means(self._grid_of(scores), config.k)
         else:
             np.matmul(self.coarse, query @ self.projection, out=scores[:n])
-            grid = scores[self.grid]
+            grid = self._grid_of(scores)
             width = grid.shape[1]
             m = min(CANDIDATES_PER_K * config.k, width)
             positions = np.argpartition(grid, width - m, axis=1)[:, width - m :]
-            candidates = np.take_along_axis(self.grid, positions, axis=1)
-            padding = candidates == n
+            if self.uniform:
+                candidates, padding = positions + self.bounds[:-1, None], None
+            else:
+                candidates = np.take_along_axis(self.grid, positions, axis=1)
+                padding = candidates == n
             # The candidates' rows are copied into a buffer this thread keeps: a fresh 0.5-1 MB array every frame
             # cost ~250 page faults a frame in the daemon (glibc hands the memory back in between), 0.6 ms here.
             rows = self._scratch(candidates.size)
             np.take(self.matrix, candidates.ravel(), axis=0, out=rows, mode="clip")  # "clip": padding -> last row
             exact = (rows @ query).reshape(candidates.shape)
-            exact[padding] = -np.inf
+            if padding is not None:
+                exact[padding] = -np.inf
             knn = self._top_k_means(exact, config.k)
         if config.prototype_weight == 0.0:
             return knn
