@@ -131,3 +131,19 @@ def test_equal_classes_read_the_grid_in_place_with_the_same_scores(per_class):
         q = knn.transform(query, index.power)
         np.testing.assert_array_equal(index.class_scores(q, config), general.class_scores(q, config))
     assert not KNNIndex(embeddings[:-1], labels[:-1]).uniform
+
+
+def test_candidates_are_each_class_best_even_with_ties():
+    """The candidates of the two-stage search are each class's m best coarse scores: ties (duplicate examples, a
+    class smaller than m) give the same m values as a full sort."""
+    rng = np.random.default_rng(11)
+    grid = rng.standard_normal((6, 40)).astype(np.float32)
+    grid[1, :12] = grid[1, 0]  # a tie across the m-th place
+    grid[2, 5:] = -np.inf  # a class of 5 examples, padded
+    index = KNNIndex(np.zeros((0, 4), np.float32), [])
+    for m in (1, 7, 10, 40):
+        positions = index._candidates(grid, m)
+        assert positions.shape == (6, m)
+        assert (positions // 40 == np.arange(6)[:, None]).all()  # each class's own
+        chosen = np.sort(grid.ravel()[positions], axis=1)
+        np.testing.assert_array_equal(chosen, np.sort(grid, axis=1)[:, 40 - m :])
