@@ -183,7 +183,7 @@ class KNNIndex:
         self.min_count = int(counts.min()) if len(counts) else 0
         # Every class as large as the others (a fleet's store, capped per class): the score vector, reshaped, is the
         # class grid itself (the matrix is sorted by class) — no gather, no padding.
-        self.uniform = bool(len(counts)) and int(counts.min()) == int(counts.max())
+        self.uniform = bool(len(counts)) and self.min_count == int(counts.max())
         # grid[c, j] = row of the j-th example of class c; shorter classes are padded with len(self).
         self.grid = np.full((len(self.classes), int(counts.max()) if len(counts) else 0), len(labels), np.int64)
         for c, (a, b) in enumerate(self._slices()):
@@ -241,7 +241,8 @@ class KNNIndex:
         return (sums / per_class_k).astype(np.float32)
 
     def _side(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """The query's coarse coordinates, its similarity to each prototype, and the ridge outputs (or None)."""
+        """The query's coarse coordinates, its similarity to each prototype, and the ridge outputs per class
+        (≈ +1 for its class, -1 for the others; None without a ridge)."""
         side = query @ self.side
         c, n = self._coarse_end, len(self.classes)
         ridge = side[c + n :] + self.ridge[1] if self.ridge is not None else None
@@ -263,13 +264,13 @@ class KNNIndex:
         """Per-class score for one transformed query (``side``: what :meth:`_side` gave for it, if at hand)."""
         coarse_query, prototype_scores, _ = side if side is not None else self._side(query)
         n = len(self)
+        examples, vector = (self.matrix, query) if self.coarse is None else (self.coarse, coarse_query)
         if self.uniform:  # no padding slot: the product is the grid
-            scores = (self.matrix @ query) if self.coarse is None else (self.coarse @ coarse_query)
+            scores = examples @ vector
         else:
             scores = np.empty(n + 1, np.float32)
             scores[n] = -np.inf  # the padding slot of the class grid
-            np.matmul(self.matrix if self.coarse is None else self.coarse,
-                      query if self.coarse is None else coarse_query, out=scores[:n])
+            np.matmul(examples, vector, out=scores[:n])
         if self.coarse is None:
             knn = self._top_k_means(self._grid_of(scores), config.k)
         else:
@@ -291,11 +292,6 @@ class KNNIndex:
         if config.prototype_weight == 0.0:
             return knn
         return (1.0 - config.prototype_weight) * knn + config.prototype_weight * prototype_scores
-
-    def ridge_scores(self, query: np.ndarray) -> np.ndarray:
-        """The ridge classifier's output per class (≈ +1 for the class, -1 for the others); zeros without it."""
-        ridge = self._side(query)[2] if self.ridge is not None else None
-        return ridge if ridge is not None else np.zeros(len(self.classes), np.float32)
 
     def predict(self, embedding: np.ndarray, config: KNNConfig) -> Prediction:
         if config.power != self.power or (config.ridge_weight and config.ridge_alpha != self.ridge_alpha):
